@@ -1,0 +1,257 @@
+"""The `compress1img` command: a thin layer over `compress1img.api`.
+
+Exit codes: 0 success, 2 bad input or usage, 1 anything else, 130 interrupted.
+Errors are one line; `--debug` (anywhere on the command line) shows the traceback.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tomllib
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from . import api
+from .errors import Compress1imgError, InputError
+from .training import DistillConfig, TrainingInterrupted
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
+                  help="Compress or distil a pretrained image model using one image instead of its training data.")
+
+log = logging.getLogger("compress1img")
+
+
+def _load_recipe(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
+    """`--recipe FILE`: a TOML table of option values (names as in --help, - or _) used as defaults."""
+    if value is None:
+        return value
+    try:
+        recipe = tomllib.loads(Path(value).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"recipe not found: {value}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, IsADirectoryError) as e:
+        raise InputError(f"recipe {value} is not valid TOML: {e}") from None
+    recipe = recipe.get(ctx.info_name, recipe)  # a recipe may hold one table per command
+    known = {p.name for p in ctx.command.params}
+    values = {}
+    for key, item in recipe.items():
+        name = key.replace("-", "_")
+        if name not in known or name == "recipe":
+            raise InputError(f"recipe {value}: unknown option {key!r} for `{ctx.info_name}`")
+        values[name] = item
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    return value
+
+
+# Options shared by the commands, declared once so every command explains them the same way.
+ArchOpt = Annotated[Optional[str], typer.Option(
+    "--arch", help="Architecture of a bare weights file: a registry name (cifar_resnet20/32/44/56, wrn_16_4, "
+                   "wrn_40_4), timm:NAME or tv:NAME.")]
+ImageOpt = Annotated[Optional[str], typer.Option(
+    "--image", help="Source image (JPEG/PNG/WebP/TIFF/BMP) or a bundled image name "
+                    "(china [default], astronaut, coffee, chelsea, hubble).")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory (report.json, report.md, model.pt, "
+                                                              "model.onnx).")]
+StepsOpt = Annotated[int, typer.Option("--steps", help="Training steps (the healing/training budget).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Patches per step (teacher and student see the same).")]
+LrOpt = Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (cosine schedule after warm-up).")]
+TempOpt = Annotated[float, typer.Option("--temperature", help="Softmax temperature T of the KL loss (paper: 8).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for patches, augmentation and initialisation.")]
+EvalDataOpt = Annotated[Optional[Path], typer.Option(
+    "--eval-data", help="Labelled data for top-1 accuracy: .npz (images uint8 NHWC + labels) or an ImageFolder "
+                        "directory. Without it, only agreement with the teacher on held-out patches is reported.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from --out/checkpoint.pt.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --out.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (cuda when present; AMP and "
+                                                         "channels_last are used on cuda).")]
+RecipeOpt = Annotated[Optional[Path], typer.Option(
+    "--recipe", is_eager=True, callback=_load_recipe,
+    help="TOML file of option values (see recipes/); options given on the command line win.")]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust-model", help="Allow loading a fully pickled model. Pickles can run arbitrary code: only for files "
+                          "you made yourself.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the Python traceback on errors.")]
+
+
+@app.callback()
+def _root(debug: DebugOpt = False) -> None:  # stripped from argv by main(); here for --help
+    """Compress or distil a pretrained image model using one image instead of its training data."""
+
+
+@app.command()
+def distill(
+    teacher: Annotated[str, typer.Option("--teacher", help="Teacher: weights file (+ --arch), compress1img model.pt, "
+                                                           "TorchScript / torch.export file, or a model name.")],
+    student: Annotated[str, typer.Option("--student", help="Student architecture, randomly initialised: a registry "
+                                                           "name, timm:NAME or tv:NAME.")],
+    arch: ArchOpt = None,
+    image: ImageOpt = None,
+    patches: Annotated[Optional[Path], typer.Option(
+        "--patches", help="Train on a pre-made patch file (from `compress1img patches`) instead of generating "
+                          "patches on the fly; its last --holdout-size patches are held out.")] = None,
+    out: OutOpt = None,
+    steps: StepsOpt = DistillConfig.steps,
+    batch_size: BatchOpt = DistillConfig.batch_size,
+    lr: LrOpt = DistillConfig.lr,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = DistillConfig.weight_decay,
+    warmup: Annotated[float, typer.Option("--warmup", help="Fraction of the steps for linear learning-rate warm-up.")]
+    = DistillConfig.warmup,
+    temperature: TempOpt = DistillConfig.temperature,
+    mix: Annotated[str, typer.Option("--mix", help="On-the-fly mixing of each batch: cutmix (paper's best), mixup, "
+                                                   "none.")] = DistillConfig.mix,
+    mix_alpha: Annotated[float, typer.Option("--mix-alpha", help="Beta(a, a) parameter of the mixing ratio.")]
+    = DistillConfig.mix_alpha,
+    teacher_signal: Annotated[str, typer.Option(
+        "--teacher-signal", help="What the student learns from: soft (full softmax), topk (only the teacher's "
+                                 "--topk largest logits), hard (argmax only).")] = DistillConfig.teacher_signal,
+    topk: Annotated[int, typer.Option("--topk", help="k for --teacher-signal topk.")] = DistillConfig.topk,
+    seed: SeedOpt = DistillConfig.seed,
+    eval_data: EvalDataOpt = None,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement (and accuracy) every N "
+                                                                 "steps.")] = DistillConfig.eval_every,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a resumable checkpoint every N "
+                                                                             "steps.")] = DistillConfig.checkpoint_every,
+    holdout_size: Annotated[int, typer.Option("--holdout-size", help="Number of fixed held-out patches for "
+                                                                     "agreement/KL.")] = DistillConfig.holdout_size,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = DistillConfig.device,
+    trust_model: TrustOpt = False,
+    recipe: RecipeOpt = None,
+) -> None:
+    """Train a student from scratch to imitate a teacher, on patches of one image."""
+    config = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
+                           temperature=temperature, mix=mix, mix_alpha=mix_alpha, teacher_signal=teacher_signal,
+                           topk=topk, seed=seed, holdout_size=holdout_size, eval_every=eval_every,
+                           checkpoint_every=checkpoint_every, device=device)
+    report = api.distill(teacher, student, image, out=out, config=config, eval_data=eval_data, patches_file=patches,
+                         arch=arch, trust_model=trust_model, overwrite=overwrite, resume=resume)
+    _print_summary(report, out)
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="PyTorch model (weights + --arch, model.pt, TorchScript, torch.export) "
+                                              "or an ONNX file.")],
+    data: Annotated[Path, typer.Option("--data", help="Labelled data: .npz (images uint8 NHWC + labels) or an "
+                                                      "ImageFolder directory.")],
+    arch: ArchOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object as the last line.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 256,
+    device: DeviceOpt = "auto",
+    trust_model: TrustOpt = False,
+) -> None:
+    """Top-1 accuracy of a PyTorch or ONNX model on labelled data."""
+    result = api.evaluate_model(model, data, arch=arch, trust_model=trust_model, batch_size=batch_size, device=device)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(f"top-1 {result['top1']:.2f}% ({result['correct']}/{result['n']}) of {result['model']} on {result['data']}")
+
+
+@app.command()
+def patches(
+    image: Annotated[str, typer.Argument(help="Source image, or a bundled image name.")],
+    out: Annotated[Path, typer.Option("--out", help="Output .npy file: uint8 (count, size, size, 3).")],
+    size: Annotated[int, typer.Option("--size", help="Patch side in pixels (32 for CIFAR models, 224 for ImageNet).")]
+    = 32,
+    count: Annotated[int, typer.Option("--count", help="Number of patches (the paper used 50,000).")] = 50_000,
+    preview: Annotated[Optional[Path], typer.Option("--preview", help="Also write a PNG grid of the first patches, "
+                                                                      "to see what the model will see.")] = None,
+    seed: SeedOpt = 0,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Pre-generate a fixed set of augmented patches of one image (the paper's pipeline)."""
+    for path in (out, preview):
+        if path is not None and path.exists() and not overwrite:
+            raise InputError(f"{path} already exists: pass --overwrite to replace it")
+    result = api.write_patch_file(image, out, size=size, count=count, seed=seed, preview=preview)
+    print(f"wrote {result['count']} patches of {result['size']} px from {result['image']} to {result['out']} "
+          f"({result['bytes'] / 1e6:.1f} MB, {result['patches_per_second']:.0f} patches/s)"
+          + (f"; preview in {result['preview']}" if result["preview"] else ""))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("compress1img-demo"),
+    steps: Annotated[int, typer.Option("--steps", help="Training steps (a few minutes on 2 CPU cores).")] = 300,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Run the main job end to end on the bundled teacher and image: no arguments, no downloads."""
+    report = api.demo(out=out, steps=steps, overwrite=overwrite, device=device)
+    _print_summary(report, out)
+
+
+@app.command("models")
+def list_models_() -> None:
+    """List the architectures of compress1img's own registry (timm:NAME and tv:NAME work too)."""
+    from .models import get_entry, list_models
+
+    for name in list_models():
+        entry = get_entry(name)
+        print(f"{name:16s} input {'x'.join(map(str, entry.input_size))}, {entry.num_classes} classes")
+
+
+def _print_summary(report: dict, out: Path | None) -> None:
+    lines = [f"{report['command']}: {report['student']} from {report['teacher']}",
+             f"  {report['steps']} steps x {report['batch_size']} patches in {report['train_seconds']:.0f} s "
+             f"({report['patches_per_second']:.0f} patches/s)",
+             f"  agreement with the teacher on {report['holdout_patches']} held-out patches: "
+             f"{report['holdout_agreement']:.1f}% (KL {report['holdout_kl']:.3f})"]
+    if "student_top1" in report:
+        lines.append(f"  top-1 on {report['eval_data']}: student {report['student_top1']:.2f}%, "
+                     f"teacher {report['teacher_top1']:.2f}%")
+    if out is not None:
+        lines.append(f"  wrote {out}/model.pt, {out}/model.onnx (ONNX Runtime max abs diff "
+                     f"{report['onnx_max_abs_diff']:.1e}), {out}/report.md")
+    print("\n".join(lines))
+
+
+class _WarningFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_WarningFormatter())
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="compress1img", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:  # usage errors: click's own message and exit code 2
+        e.show()
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt, TrainingInterrupted) as e:
+        if debug:
+            raise
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Compress1imgError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, InputError) else 1)
+    except Exception as e:
+        if debug:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: {type(e).__name__}: {first} (run again with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

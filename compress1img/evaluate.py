@@ -1,0 +1,96 @@
+"""Measuring models: top-1 accuracy on labelled data and teacher-student agreement."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import InputError
+
+Logits = Callable[[torch.Tensor], torch.Tensor]
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 NHWC or float [0, 1] NCHW -> float32 NCHW normalised with mean/std."""
+    if images.dtype == torch.uint8:
+        images = images.permute(0, 3, 1, 2).float().div_(255)
+    m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - m) / s
+
+
+@torch.no_grad()
+def predict(model: nn.Module | Logits, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+            batch_size: int = 256, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Logits (N, classes) as float32 on the CPU for uint8 NHWC images (or float [0,1] NCHW)."""
+    if isinstance(model, nn.Module):
+        model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start:start + batch_size].to(device), mean, std)
+        outputs.append(model(x).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent."""
+    return 100.0 * (logits.argmax(1) == labels).float().mean().item() if len(labels) else float("nan")
+
+
+def agreement(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> float:
+    """Percent of inputs on which student and teacher give the same top-1 class."""
+    return top1(student_logits, teacher_logits.argmax(1))
+
+
+def kl_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> float:
+    """KL(teacher || student) of the softmax at `temperature`, mean over inputs (nats)."""
+    t = torch.log_softmax(teacher_logits.float() / temperature, dim=1)
+    s = torch.log_softmax(student_logits.float() / temperature, dim=1)
+    return torch.nn.functional.kl_div(s, t, log_target=True, reduction="batchmean").item()
+
+
+@dataclass
+class OnnxModel:
+    """An ONNX model run by ONNX Runtime, with the preprocessing stored in its metadata."""
+
+    path: Path
+    session: object
+    input_name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: tuple[int, int, int]
+    classes: list[str] | None
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int | None = None) -> "OnnxModel":
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"ONNX model not found: {path}")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            raise InputError(f"cannot load ONNX model {path}: {str(e).splitlines()[0]}") from None
+        meta = session.get_modelmeta().custom_metadata_map
+        inp = session.get_inputs()[0]
+        shape = [d if isinstance(d, int) else None for d in inp.shape]
+        size = tuple(json.loads(meta["input_size"])) if "input_size" in meta else tuple(shape[1:])
+        if None in size or len(size) != 3:
+            raise InputError(f"{path} does not state its input size (no 'input_size' metadata, dynamic shape)")
+        mean = tuple(json.loads(meta.get("mean", "[0.485, 0.456, 0.406]")))
+        std = tuple(json.loads(meta.get("std", "[0.229, 0.224, 0.225]")))
+        classes = json.loads(meta["classes"]) if "classes" in meta else None
+        return cls(path, session, inp.name, mean, std, size, classes)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)})
+        return torch.from_numpy(out[0])

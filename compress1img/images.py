@@ -1,0 +1,142 @@
+"""Finding and loading the one source image: any common file, or a bundled name.
+
+`load_image` always returns a fully decoded 8-bit RGB image, or raises `InputError`
+with a one-line message: every later stage can then assume plain RGB pixels.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputError
+
+log = logging.getLogger("compress1img")
+
+BUNDLED_DIR = Path(__file__).parent / "assets" / "images"
+# Licences and sources: assets/images/LICENSES.md.
+BUNDLED_IMAGES: dict[str, str] = {
+    "china": "china.jpg",
+    "astronaut": "astronaut.png",
+    "coffee": "coffee.png",
+    "chelsea": "chelsea.png",
+    "hubble": "hubble_deep_field.jpg",
+}
+DEFAULT_IMAGE = "china"
+
+# Larger images are downscaled while loading: patches are cut from half the shorter
+# side and shrunk to ~45 px, so more resolution only costs memory.
+MAX_PIXELS = 100_000_000
+
+# Formats we open. Restricting them keeps Pillow away from plugins that shell out
+# (EPS runs Ghostscript). "JPEG" also opens MPO, which many phone cameras write.
+FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "PPM")
+
+
+def resolve_image(path_or_name: str | Path) -> Path:
+    """The file behind `path_or_name`: an existing path wins, else a bundled image name."""
+    path = Path(path_or_name).expanduser()
+    if path.exists():
+        return path
+    if str(path_or_name) in BUNDLED_IMAGES:
+        return BUNDLED_DIR / BUNDLED_IMAGES[str(path_or_name)]
+    raise InputError(f"image not found: {path_or_name} (not a file, and not one of the bundled images: "
+                     f"{', '.join(BUNDLED_IMAGES)})")
+
+
+def load_image(path_or_name: str | Path, min_side: int = 0) -> Image.Image:
+    """Load an image as fully decoded 8-bit RGB, upright (EXIF orientation applied).
+
+    Transparent pixels are composited on white. Images above `MAX_PIXELS` are
+    downscaled; images whose shorter side is below `min_side` are upscaled (bicubic).
+    Both warn. Anything unreadable raises `InputError`.
+    """
+    path = resolve_image(path_or_name)
+    if path.is_dir():
+        raise InputError(f"image {path} is a directory, not an image file")
+    if path.stat().st_size == 0:
+        raise InputError(f"image {path} is empty (0 bytes)")
+    try:
+        # Pillow warns between its two decompression-bomb limits; we downscale those
+        # ourselves (with our own warning) and it raises above the upper one.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=FORMATS) as im:
+                image = _decode(im, path)
+    except Image.DecompressionBombError as e:
+        raise InputError(f"image {path} is too large to decode safely ({e}); downscale it first") from None
+    except UnidentifiedImageError:
+        raise InputError(f"cannot read image {path}: not an image in a supported format "
+                         f"(JPEG, PNG, WebP, TIFF, BMP, GIF)") from None
+    except MemoryError:
+        raise InputError(f"image {path} is too large to decode in memory; downscale it first") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
+        # Truncated or corrupt files end here (Pillow's LOAD_TRUNCATED_IMAGES is left False).
+        raise InputError(f"cannot read image {path}: {_one_line(e)}") from None
+
+    w, h = image.size
+    if min(w, h) < min_side:
+        factor = min_side / min(w, h)
+        size = (max(min_side, round(w * factor)), max(min_side, round(h * factor)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
+        log.warning("image %s is only %dx%d; upscaled to %dx%d - patches will be blurry",
+                    path, w, h, *size)
+    return image
+
+
+def _decode(im: Image.Image, path: Path) -> Image.Image:
+    """Decode the first frame of an open image into RGB, bounded in size."""
+    frames = getattr(im, "n_frames", 1)
+    # MPO's extra frames are previews or stereo views of the same photo: not worth a warning.
+    if frames > 1 and im.format != "MPO":
+        log.warning("image %s has %d frames; using the first", path, frames)
+    w, h = im.size
+    too_big = w * h > MAX_PIXELS
+    if too_big and im.format in ("JPEG", "MPO"):
+        # The JPEG decoder can scale by 1/2, 1/4 or 1/8 while decoding: far less memory.
+        shrink = math.sqrt(MAX_PIXELS / (w * h))
+        im.draft(None, (max(1, int(w * shrink)), max(1, int(h * shrink))))
+    im.load()
+    image = _to_rgb(ImageOps.exif_transpose(im))
+    if image.width * image.height > MAX_PIXELS:
+        image = image.reduce(math.ceil(math.sqrt(image.width * image.height / MAX_PIXELS)))
+    if too_big:
+        log.warning("image %s is %dx%d (%.0f megapixels); downscaled to %dx%d to bound memory",
+                    path, w, h, w * h / 1e6, image.width, image.height)
+    return image
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB from any Pillow mode, scaling high-bit-depth values instead of clipping them."""
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit (and 32-bit integer, assumed to hold 16-bit data) grayscale: 0..65535 -> 0..255.
+        # (v + 128) // 257 is round(v / 257) = round(v * 255 / 65535) in integers (there are no ties).
+        values = np.clip(np.asarray(im), 0, 65535).astype(np.uint32)
+        return Image.fromarray(((values + 128) // 257).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        # Float images come as 0..1 or 0..255; anything with values above 1 is taken as 0..255.
+        values = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0)
+        if values.size and values.max() <= 1.0:
+            values = values * 255.0
+        return Image.fromarray(np.round(np.clip(values, 0, 255)).astype(np.uint8)).convert("RGB")
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode in ("LA", "La", "PA", "RGBa") or "transparency" in im.info:  # alpha, or a transparent colour key
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        # White, as image viewers show transparency; black would read as shadow.
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im).convert("RGB")
+    return im.convert("RGB")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__

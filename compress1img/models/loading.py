@@ -1,0 +1,402 @@
+"""Getting the model to compress: by name (registry, timm, torchvision), from a weights file, from our own
+checkpoints, TorchScript, torch.export programs and, only when trusted, pickled modules."""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .registry import IMAGENET_MEAN, IMAGENET_STD, _REGISTRY, create_model, get_entry, list_models
+
+log = logging.getLogger("compress1img")
+
+FORMAT = "compress1img"
+FORMAT_VERSION = 1
+# Suffixes that make a missing MODEL argument a missing file rather than an unknown model name.
+_MODEL_SUFFIXES = {".th", ".pt", ".pth", ".pt2", ".ckpt", ".bin", ".tar", ".pkl", ".ts", ".jit", ".onnx"}
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module          # in eval mode; takes NORMALISED float32 NCHW input
+    arch: str | None           # how to rebuild it: registry name, "timm:NAME", "tv:NAME"; None for programs
+    input_size: tuple[int, int, int]   # (3, H, W)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    num_classes: int
+    classes: list[str] | None = None
+    source: str = ""           # human description for reports
+
+
+def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool = False,
+               num_classes: int | None = None, input_size: int | Sequence[int] | None = None,
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+               pretrained: bool = True) -> LoadedModel:
+    """Load MODEL (a file or a name) for inference on the CPU; arguments override what the file records."""
+    size = _parse_input_size(input_size)
+    if arch is not None or _is_file_argument(model):  # --arch only makes sense with a weights file
+        loaded = _load_file(Path(model), arch, trust_model, num_classes, size)
+    else:
+        module, cfg = create_model_from_name(str(model), num_classes, pretrained=pretrained)
+        how = "pretrained" if pretrained else "random init"
+        loaded = LoadedModel(module, cfg["arch"], cfg["input_size"], cfg["mean"], cfg["std"], cfg["num_classes"],
+                             cfg.get("classes"), source=f"{cfg['arch']} ({how})")
+    if size is not None:
+        loaded.input_size = size
+    if mean is not None:
+        loaded.mean = _triple(mean, "mean")
+    if std is not None:
+        loaded.std = _triple(std, "std")
+        if min(loaded.std) <= 0:
+            raise InputError(f"std must be positive, got {loaded.std}")
+    if loaded.arch is None and (mean is None or std is None):
+        log.warning("%s records no normalisation: assuming the ImageNet mean/std where --mean/--std are not given",
+                    model)
+    try:
+        loaded.module.eval()
+    except NotImplementedError:
+        pass  # torch.export programs keep the mode they were exported in and refuse eval()
+    outputs = _probe(loaded.module, loaded.input_size, str(model))
+    if loaded.num_classes == 0:  # programs and pickled modules: only running them tells
+        loaded.num_classes = outputs
+    elif outputs != loaded.num_classes:
+        raise InputError(f"model {model} outputs {outputs} classes, expected {loaded.num_classes}")
+    return loaded
+
+
+def create_model_from_name(name: str, num_classes: int | None = None, *,
+                           pretrained: bool = False) -> tuple[nn.Module, dict]:
+    """Build a registry model, "timm:NAME" or "tv:NAME" (bare timm names too, after the registry).
+
+    The dict has arch (the name to rebuild it with), input_size, mean, std, num_classes and, for pretrained
+    torchvision models, classes.
+    """
+    if name.startswith("timm:"):
+        return _create_timm(name[len("timm:"):], num_classes, pretrained)
+    if name.startswith("tv:"):
+        return _create_torchvision(name[len("tv:"):], num_classes, pretrained)
+    if name in _REGISTRY:
+        if pretrained:
+            raise InputError(f"compress1img has no pretrained weights for {name}: "
+                             f"pass a weights file and --arch {name}")
+        entry = get_entry(name)
+        module = create_model(name, num_classes)
+        return module, {"arch": name, "input_size": entry.input_size, "mean": entry.mean, "std": entry.std,
+                        "num_classes": entry.num_classes if num_classes is None else num_classes}
+    import timm  # only now: importing timm takes a second or two
+
+    if timm.is_model(name):
+        return _create_timm(name, num_classes, pretrained)
+    raise InputError(f"unknown model {name!r}: use one of {', '.join(list_models())}, timm:NAME or tv:NAME")
+
+
+def save_model(loaded: LoadedModel, path: str | Path, extra: dict | None = None) -> None:
+    """Write `loaded` as a compress1img checkpoint: plain data only, so `load_model` reads it with
+    weights_only=True and needs no --arch. `extra` adds top-level entries (plain data and tensors only)."""
+    path = Path(path)
+    if loaded.arch is None:
+        raise InputError(f"cannot save {loaded.source or 'this model'} as a compress1img checkpoint: "
+                         "its architecture is unknown (TorchScript, torch.export or pickled module)")
+    checkpoint: dict[str, Any] = {
+        "format": FORMAT, "version": FORMAT_VERSION, "arch": loaded.arch, "num_classes": loaded.num_classes,
+        "input_size": list(loaded.input_size), "mean": list(loaded.mean), "std": list(loaded.std),
+        "classes": None if loaded.classes is None else list(loaded.classes),
+        "state_dict": {k: v.detach().cpu() for k, v in loaded.module.state_dict().items()},
+    }
+    clash = sorted(set(extra or {}) & set(checkpoint))
+    if clash:
+        raise ValueError(f"extra keys {clash} would overwrite the checkpoint's own")
+    checkpoint.update(extra or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(checkpoint, partial)
+    os.replace(partial, path)  # an interrupted save never leaves a truncated model behind
+
+
+# --- names ---------------------------------------------------------------------------------------------------
+
+def _create_timm(name: str, num_classes: int | None, pretrained: bool) -> tuple[nn.Module, dict]:
+    import timm
+
+    if not timm.is_model(name):
+        raise InputError(f"unknown timm model {name!r} (timm.list_models() lists them)")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        # Offline, set HF_HUB_OFFLINE=1 to go straight to the local cache instead of retrying.
+        module = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except OSError:
+        raise InputError(f"could not get pretrained weights for timm:{name} (no network?): "
+                         f"pass a weights file and --arch timm:{name}") from None
+    except RuntimeError as e:
+        if not pretrained:
+            raise
+        raise InputError(f"could not get pretrained weights for timm:{name}: {_short(e)}") from None
+    cfg = module.pretrained_cfg
+    return module, {"arch": f"timm:{name}", "input_size": tuple(cfg["input_size"]), "mean": tuple(cfg["mean"]),
+                    "std": tuple(cfg["std"]), "num_classes": module.num_classes}
+
+
+def _create_torchvision(name: str, num_classes: int | None, pretrained: bool) -> tuple[nn.Module, dict]:
+    import torchvision
+    from torchvision import models
+
+    if name not in models.list_models(module=torchvision.models):
+        raise InputError(f"unknown torchvision classification model {name!r} "
+                         "(torchvision.models.list_models() lists them)")
+    kwargs = {"weights": "DEFAULT" if pretrained else None}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        module = models.get_model(name, **kwargs)
+    except OSError:  # URLError is one
+        raise InputError(f"could not get pretrained weights for tv:{name} (no network?): "
+                         f"pass a weights file and --arch tv:{name}") from None
+    except ValueError as e:  # e.g. pretrained weights with another num_classes
+        raise InputError(f"tv:{name}: {_short(e)}") from None
+    # The weights' metadata is local and gives the right size (299 for inception_v3, not 224).
+    weights = models.get_model_weights(name).DEFAULT
+    preprocess = weights.transforms()
+    categories = weights.meta.get("categories")
+    cfg = {"arch": f"tv:{name}", "input_size": (3, preprocess.crop_size[0], preprocess.crop_size[0]),
+           "mean": tuple(preprocess.mean), "std": tuple(preprocess.std),
+           "num_classes": len(categories) if num_classes is None else num_classes}
+    if pretrained and categories:
+        cfg["classes"] = list(categories)
+    return module, cfg
+
+
+# --- files ---------------------------------------------------------------------------------------------------
+
+def _is_file_argument(model: str | Path) -> bool:
+    if isinstance(model, Path) or os.path.exists(model):
+        return True
+    text = str(model)
+    if text.startswith(("timm:", "tv:")):
+        return False
+    return "/" in text or os.sep in text or Path(text).suffix.lower() in _MODEL_SUFFIXES
+
+
+def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int | None,
+               input_size: tuple[int, int, int] | None) -> LoadedModel:
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not a model file")
+    if not path.exists():
+        raise InputError(f"model file {path} not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"model file {path} is empty (0 bytes)")
+    if path.suffix.lower() == ".onnx":
+        raise InputError(f"{path} is an ONNX model; this command needs a PyTorch model")
+    kind = _archive_kind(path)
+    if kind == "torchscript":
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:
+            raise InputError(f"cannot load TorchScript file {path}: {_short(e)}") from None
+        return _program(module, path, "TorchScript model", arch, num_classes, input_size)
+    if kind == "export":
+        try:
+            program = torch.export.load(str(path))
+            module = program.module()
+        except Exception as e:
+            raise InputError(f"cannot load torch.export file {path}: {_short(e)}") from None
+        if input_size is None:
+            input_size = _example_input_size(program)
+        return _program(module, path, "torch.export program", arch, num_classes, input_size)
+
+    obj = _torch_load(path, trust_model)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return _from_checkpoint(obj, path, arch)
+    state = _find_state_dict(obj)
+    if isinstance(state, nn.Module):
+        return _program(state, path, "pickled module", arch, num_classes, input_size)
+    if state is None:
+        what = f"a {type(obj).__name__}"
+        if isinstance(obj, dict):
+            what = f"a dict with keys {', '.join(map(str, list(obj)[:6]))}"
+        raise InputError(f"{path} holds {what}: neither a model nor a state dict")
+    if arch is None:
+        raise InputError(f"{path} holds only weights (a state dict): pass --arch to say which model they belong "
+                         "to, e.g. --arch cifar_resnet20, --arch timm:resnet18 or --arch tv:resnet18")
+    module, cfg = create_model_from_name(arch, num_classes)
+    if num_classes is None:
+        found = _classifier_outputs(module, state)
+        if found is not None and found != cfg["num_classes"]:
+            module, cfg = create_model_from_name(arch, found)
+    _load_strict(module, state, path, cfg["arch"])
+    return LoadedModel(module, cfg["arch"], cfg["input_size"], cfg["mean"], cfg["std"], cfg["num_classes"],
+                       source=f"{path.name} (state dict, arch {cfg['arch']})")
+
+
+def _archive_kind(path: Path) -> str | None:
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        records = {name.split("/", 1)[-1] for name in archive.namelist()}
+    if "constants.pkl" in records:  # TorchScript archives also hold a data.pkl: check them first
+        return "torchscript"
+    if "data.pkl" in records:  # torch.save
+        return None
+    if "archive_format" in records or path.suffix.lower() == ".pt2":
+        return "export"
+    return None
+
+
+def _torch_load(path: Path, trust_model: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if blocked is None:
+            raise InputError(f"{path} is not a PyTorch model file (cannot unpickle it)") from None
+        if not trust_model:
+            raise InputError(f"{path} contains pickled Python objects ({blocked.group(1)}) and unpickling can run "
+                             "arbitrary code: pass --trust-model to load it if you trust where it came from") from None
+    except (KeyError, EOFError, ValueError, IndexError):  # what garbage makes the unpickler raise
+        raise InputError(f"{path} is not a PyTorch model file (cannot unpickle it)") from None
+    except Exception as e:
+        raise InputError(f"{path} is not a PyTorch model file ({_short(e)})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise InputError(f"cannot load {path} even with --trust-model: {_short(e)}") from None
+
+
+def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | nn.Module | None:
+    if isinstance(obj, dict) and not _is_state_dict(obj):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj:
+                obj = obj[key]
+                break
+    if isinstance(obj, nn.Module):
+        return obj
+    if not _is_state_dict(obj):
+        return None
+    state = dict(obj)
+    for prefix in ("module.", "_orig_mod."):  # saved from DataParallel / torch.compile
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _classifier_outputs(module: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
+    """Classes of the file's classifier: the model's last nn.Linear, in every architecture we build."""
+    linears = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+    weight = state.get(f"{linears[-1]}.weight") if linears else None
+    return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
+
+
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
+    own = module.state_dict()
+    state = dict(state)
+    for key, value in own.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = value  # files saved before PyTorch 0.4.1 have none; only training mode uses them
+    problems = []
+    for key, value in own.items():
+        if key not in state:
+            problems.append(f"{key} is missing from the file")
+        elif state[key].shape != value.shape:
+            problems.append(f"{key} has shape {_shape(state[key])} in the file, {_shape(value)} in the model")
+    problems += [f"{key} is in the file but not in the model" for key in state if key not in own]
+    if problems:
+        more = f" (and {len(problems) - 1} more mismatched keys)" if len(problems) > 1 else ""
+        raise InputError(f"weights file {path} does not fit {arch}: {problems[0]}{more}")
+    module.load_state_dict(state, strict=True)
+
+
+def _from_checkpoint(checkpoint: dict, path: Path, arch: str | None) -> LoadedModel:
+    version = checkpoint.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise InputError(f"{path} is compress1img format version {version}; this compress1img reads up to "
+                         f"{FORMAT_VERSION}: upgrade compress1img")
+    missing = [k for k in ("arch", "num_classes", "input_size", "mean", "std", "state_dict") if k not in checkpoint]
+    if missing:
+        raise InputError(f"{path} is a damaged compress1img checkpoint: no {', '.join(missing)}")
+    if arch is not None and arch != checkpoint["arch"]:
+        raise InputError(f"{path} holds a {checkpoint['arch']} but --arch says {arch}: leave --arch out")
+    module, cfg = create_model_from_name(checkpoint["arch"], checkpoint["num_classes"])
+    # Pruned models (a later format version) will record their changed layer shapes next to the
+    # state dict; they get applied here, between building the architecture and loading the weights.
+    _load_strict(module, checkpoint["state_dict"], path, checkpoint["arch"])
+    classes = checkpoint.get("classes")
+    return LoadedModel(module, cfg["arch"], _parse_input_size(checkpoint["input_size"]),
+                       _triple(checkpoint["mean"], "mean"), _triple(checkpoint["std"], "std"),
+                       checkpoint["num_classes"], None if classes is None else list(classes),
+                       source=f"{path.name} (compress1img, arch {cfg['arch']})")
+
+
+def _program(module: nn.Module, path: Path, kind: str, arch: str | None, num_classes: int | None,
+             input_size: tuple[int, int, int] | None) -> LoadedModel:
+    """A model that carries its own code: TorchScript, torch.export or a pickled module."""
+    if arch is not None:
+        log.warning("--arch %s is ignored: %s holds a whole model (%s)", arch, path, kind)
+    if input_size is None:
+        raise InputError(f"{path} is a {kind} that does not record its input size: pass --input-size "
+                         "(e.g. --input-size 32 for CIFAR, 224 for ImageNet)")
+    return LoadedModel(module, None, input_size, IMAGENET_MEAN, IMAGENET_STD, num_classes or 0,
+                       source=f"{path.name} ({kind})")
+
+
+def _example_input_size(program: Any) -> tuple[int, int, int] | None:
+    args = (program.example_inputs or ((), {}))[0]
+    if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
+        return _parse_input_size(tuple(args[0].shape[1:]))
+    return None
+
+
+# --- checks --------------------------------------------------------------------------------------------------
+
+def _probe(module: nn.Module, input_size: tuple[int, int, int], name: str) -> int:
+    """Run a batch of two zero images to catch a wrong input size now, not mid-training; returns the classes."""
+    size = "x".join(map(str, input_size))
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(2, *input_size))
+    except Exception as e:
+        raise InputError(f"model {name} does not accept {size} input: {_short(e)}") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"model {name} returns {got} for a batch of 2 {size} images, not (2, classes) logits")
+    return int(out.shape[1])
+
+
+def _parse_input_size(value: int | Sequence[int] | None) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    size = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(size) == 2:
+        size = (3, *size)
+    if len(size) != 3 or size[0] != 3 or min(size) < 1:
+        raise InputError(f"input size must be S, (H, W) or (3, H, W) with RGB input, got {value}")
+    return size
+
+
+def _triple(value: Sequence[float], what: str) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in value)
+    if len(values) != 3:
+        raise InputError(f"{what} needs 3 values (R, G, B), got {len(values)}")
+    return values
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ",".join(map(str, t.shape)) + "]"
+
+
+def _short(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

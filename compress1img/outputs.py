@@ -1,0 +1,97 @@
+"""What a run leaves in `--out`: the directory itself, reports, and atomic writes.
+
+`report.json` is for machines, `report.md` for people. Every file is written
+under a temporary name and renamed once complete, so a crash leaves either the
+previous file or none.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .errors import InputError
+
+# Files a run may leave in --out; --overwrite removes exactly these and nothing of the user's.
+RUN_FILES = ("report.json", "report.md", "model.onnx", "model.pt", "checkpoint.pt", "preview.png")
+
+
+def prepare_out_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Check that `out` may be written, and create it. Call after validating inputs."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
+        raise InputError(f"--out {out} already exists and is not empty: pass --overwrite to replace "
+                         f"its results or --resume to continue an interrupted run")
+    if overwrite and not resume and out.is_dir():
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"cannot write to --out {out}: {e.strerror}") from None
+    return out
+
+
+def remove_if_empty(out: Path) -> None:
+    """Undo `prepare_out_dir` when a run failed before writing anything worth keeping."""
+    try:
+        out.rmdir()
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _clean(value):
+    """JSON has no NaN/Inf: report them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell(v) for v in value)
+    return str(value)
+
+
+def render_markdown(title: str, report: dict) -> str:
+    """Scalars as a two-column table, a `history` list as its own table, other dicts as sections."""
+    lines = [f"# {title}", ""]
+    scalars = {k: v for k, v in report.items() if not isinstance(v, (dict, list)) or
+               (isinstance(v, list) and not (v and isinstance(v[0], dict)))}
+    if scalars:
+        lines += ["| | |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in scalars.items()] + [""]
+    for key, value in report.items():
+        if isinstance(value, dict):
+            lines += [f"## {key}", "", "| | |", "|---|---|"]
+            lines += [f"| {k} | {_cell(v)} |" for k, v in value.items()] + [""]
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            columns = list(dict.fromkeys(c for row in value for c in row))
+            lines += [f"## {key}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in value] + [""]
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str | Path, report: dict, title: str) -> None:
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "report.json", json.dumps(_clean(report), indent=2) + "\n")
+    atomic_write_text(out_dir / "report.md", render_markdown(title, report))

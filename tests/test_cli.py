@@ -1,0 +1,140 @@
+"""The command line, run as a user runs it: a subprocess, exit codes, files written."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from compress1img import load_model, save_model
+from compress1img.api import BUNDLED_TEACHER, build_student, bundled_teacher
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "compress1img", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def test_slice(tmp_path_factory, shared_data) -> Path:
+    """200 real CIFAR-10 test images, 20 per class."""
+    with np.load(shared_data / "cifar10_test_jpeg75.npz") as data:
+        path = tmp_path_factory.mktemp("data") / "slice.npz"
+        np.savez(path, images=data["images"][::50], labels=data["labels"][::50], classes=data["classes"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A small randomly initialised CIFAR ResNet-20 saved in compress1img's own format."""
+    torch.manual_seed(0)
+    model = build_student("cifar_resnet20", bundled_teacher())
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_model(model, path)
+    return path
+
+
+def test_help_explains_every_option():
+    result = run("distill", "--help")
+    assert result.returncode == 0
+    for option in ("--teacher", "--student", "--image", "--steps", "--batch-size", "--lr", "--temperature", "--seed",
+                   "--eval-data", "--resume", "--overwrite", "--device", "--recipe", "--mix", "--teacher-signal"):
+        assert option in result.stdout, option
+
+
+def test_distill_writes_models_and_reports(tmp_path, tiny_teacher, test_slice):
+    out = tmp_path / "run"
+    result = run("distill", "--teacher", tiny_teacher, "--student", "cifar_resnet20", "--steps", "4",
+                 "--batch-size", "16", "--holdout-size", "32", "--eval-every", "2", "--eval-data", test_slice,
+                 "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "agreement with the teacher" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 4 and report["patch_size"] == 32
+    assert [row["step"] for row in report["history"]] == [2, 4]
+    assert 0 <= report["student_top1"] <= 100 and "accuracy" in report["history"][0]
+    assert report["onnx_max_abs_diff"] < 1e-3
+    assert (out / "report.md").read_text().startswith("# compress1img distill")
+    assert not (out / "checkpoint.pt").exists()
+    meta = {p.key: json.loads(p.value) for p in onnx.load(out / "model.onnx").metadata_props if p.key != "producer"}
+    assert meta["input_size"] == [3, 32, 32] and len(meta["mean"]) == 3 and len(meta["std"]) == 3
+
+    # The ONNX file and the reloaded PyTorch model score the same on real images.
+    onnx_eval = run("eval", out / "model.onnx", "--data", test_slice, "--json")
+    torch_eval = run("eval", out / "model.pt", "--data", test_slice, "--json")
+    assert onnx_eval.returncode == 0 and torch_eval.returncode == 0, onnx_eval.stderr + torch_eval.stderr
+    a, b = json.loads(onnx_eval.stdout.splitlines()[-1]), json.loads(torch_eval.stdout.splitlines()[-1])
+    assert a["n"] == b["n"] == 200 and a["top1"] == pytest.approx(b["top1"]) == pytest.approx(report["student_top1"])
+
+    again = run("distill", "--teacher", tiny_teacher, "--student", "cifar_resnet20", "--steps", "4", "--out", out)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_eval_reproduces_the_bundled_teacher_accuracy(test_slice):
+    result = run("eval", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--data", test_slice, "--json")
+    assert result.returncode == 0, result.stderr
+    top1 = json.loads(result.stdout.splitlines()[-1])["top1"]
+    assert 70 <= top1 <= 92  # 81.0% on the full JPEG-q75 test set (MANIFEST); 200 images are noisier
+
+
+def test_recipe_supplies_defaults_and_the_command_line_wins(tmp_path, tiny_teacher):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('student = "cifar_resnet20"\nsteps = 3\nbatch_size = 8\nholdout_size = 16\n')
+    out = tmp_path / "run"
+    result = run("distill", "--recipe", recipe, "--teacher", tiny_teacher, "--steps", "2", "--out", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 2 and report["batch_size"] == 8
+
+    recipe.write_text("stepz = 3\n")
+    bad = run("distill", "--recipe", recipe, "--teacher", tiny_teacher, "--student", "cifar_resnet20")
+    assert bad.returncode == 2 and "stepz" in bad.stderr
+
+
+def test_patches_command_writes_array_and_preview(tmp_path):
+    out, preview = tmp_path / "p.npy", tmp_path / "grid.png"
+    result = run("patches", "coffee", "--size", "32", "--count", "300", "--out", out, "--preview", preview)
+    assert result.returncode == 0, result.stderr
+    array = np.load(out)
+    assert array.shape == (300, 32, 32, 3) and array.dtype == np.uint8
+    assert preview.stat().st_size > 0
+    assert run("patches", "coffee", "--count", "10", "--out", out).returncode == 2  # exists, no --overwrite
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["eval", "missing.pt", "--data", "missing.npz"], "missing"),
+    (["distill", "--teacher", "{teacher}", "--student", "cifar_resnet20", "--steps", "0"], "--steps"),
+    (["distill", "--teacher", "{teacher}", "--student", "no_such_net"], "no_such_net"),
+    (["distill", "--teacher", "{teacher}", "--student", "cifar_resnet20", "--image", "nope.jpg"], "nope.jpg"),
+    (["distill", "--teacher", "{teacher}", "--student", "cifar_resnet20", "--mix", "blend"], "--mix"),
+    (["distill", "--teacher", "{teacher}", "--student", "cifar_resnet20", "--device", "cuda"], "cuda"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(args, needle, tiny_teacher, tmp_path):
+    if "--device" in args and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = run(*[a.replace("{teacher}", str(tiny_teacher)) for a in args], "--out", tmp_path / "out") \
+        if args[0] == "distill" else run(*args)
+    assert result.returncode == 2, result.stderr
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_debug_shows_the_traceback():
+    result = run("eval", "missing.pt", "--data", "missing.npz", "--debug")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_python_api_reloads_the_student(tmp_path, tiny_teacher):
+    from compress1img import DistillConfig, distill
+
+    report = distill(str(tiny_teacher), "cifar_resnet20", "coffee", out=tmp_path / "r", progress=False,
+                     config=DistillConfig(steps=2, batch_size=8, holdout_size=16))
+    student = load_model(tmp_path / "r" / "model.pt")
+    assert student.arch == "cifar_resnet20" and student.input_size == (3, 32, 32)
+    assert report["holdout_patches"] == 16

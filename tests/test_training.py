@@ -1,0 +1,155 @@
+"""The distillation loop: loss, mixing, schedule, resume and failure behaviour."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compress1img import DistillConfig, TrainingError, distillation_loss, run_distillation
+from compress1img.training import (CHECKPOINT_NAME, TrainingInterrupted, cosine_with_warmup, flip_and_shift,
+                                   mix_batch)
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def tiny_cnn(seed: int = 0, classes: int = 10) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes))
+
+
+class RandomPatches:
+    """Deterministic stand-in for a patch generator: batch k depends on k only."""
+    size = 16
+
+    def __init__(self, interrupt_at: int | None = None):
+        self.interrupt_at = interrupt_at
+
+    def batch(self, n: int, index: int) -> torch.Tensor:
+        if index == self.interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C during this step
+        return torch.rand(n, 3, self.size, self.size, generator=torch.Generator().manual_seed(index))
+
+
+def test_loss_equals_hand_computed_kl():
+    t = torch.tensor([[2.0, 0.0, -1.0]])
+    s = torch.tensor([[0.5, 0.5, 0.0]])
+    T = 2.0
+    p = torch.softmax(t / T, 1)[0]
+    q = torch.softmax(s / T, 1)[0]
+    by_hand = sum(p[i] * math.log(p[i] / q[i]) for i in range(3)) * T * T
+    assert distillation_loss(s, t, temperature=T).item() == pytest.approx(float(by_hand), rel=1e-5)
+    assert distillation_loss(s, t, temperature=T, scale_by_t2=False).item() == pytest.approx(float(by_hand) / 4,
+                                                                                             rel=1e-5)
+
+
+def test_loss_is_zero_when_student_equals_teacher_and_positive_otherwise():
+    logits = torch.randn(16, 10)
+    assert distillation_loss(logits, logits).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(logits + torch.randn(16, 10), logits).item() > 0
+
+
+def test_topk_and_hard_signals():
+    t = torch.tensor([[5.0, 4.0, 1.0, 0.0]])
+    s = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    # top-2: the teacher distribution lives on classes 0 and 1 only.
+    p = torch.softmax(torch.tensor([5.0, 4.0]) / 8, 0)
+    log_q = torch.log_softmax(s / 8, 1)[0]
+    by_hand = (p[0] * (p[0].log() - log_q[0]) + p[1] * (p[1].log() - log_q[1])) * 64
+    assert distillation_loss(s, t, signal="topk", topk=2).item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert distillation_loss(s, t, signal="hard").item() == pytest.approx(F.cross_entropy(s, torch.tensor([0])).item())
+
+
+def test_cutmix_pastes_a_box_of_the_reversed_batch_and_mixup_interpolates():
+    x = torch.stack([torch.full((3, 8, 8), float(i)) for i in range(4)])
+    mixed = mix_batch(x, "cutmix", 0.5, torch.Generator().manual_seed(0))
+    for i in range(4):
+        values = set(mixed[i].unique().tolist())
+        assert values <= {float(i), float(3 - i)} and float(3 - i) in values
+    assert torch.allclose(mix_batch(x, "mixup", 0.25, torch.Generator()), 0.25 * x + 0.75 * x.flip(0))
+    assert mix_batch(x, "none", 0.5, torch.Generator()) is x
+
+
+def test_flip_and_shift_is_seeded_and_keeps_shape():
+    x = torch.rand(6, 3, 16, 16)
+    a = flip_and_shift(x, torch.Generator().manual_seed(1))
+    b = flip_and_shift(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.equal(a, x)
+
+
+def test_cosine_schedule_with_warmup():
+    assert cosine_with_warmup(0, 100, 10) == pytest.approx(0.1)
+    assert cosine_with_warmup(9, 100, 10) == pytest.approx(1.0)
+    assert cosine_with_warmup(10, 100, 10) == pytest.approx(1.0)
+    assert cosine_with_warmup(100, 100, 10) == pytest.approx(0.0, abs=1e-9)
+
+
+def _train(tmp_path, steps=6, patches=None, resume=False, **overrides):
+    config = DistillConfig(steps=steps, batch_size=8, eval_every=3, checkpoint_every=3, holdout_size=16,
+                           device="cpu", **overrides)
+    student = tiny_cnn(seed=1)
+    if resume:
+        student = tiny_cnn(seed=99)  # must be replaced entirely by the checkpoint
+    result = run_distillation(tiny_cnn(seed=0), student, patches or RandomPatches(), config, mean=MEAN, std=STD,
+                              holdout=RandomPatches().batch(16, 10_000), out_dir=tmp_path, resume=resume,
+                              progress=False)
+    return student, result
+
+
+def test_training_moves_student_towards_teacher(tmp_path):
+    config = DistillConfig(steps=40, batch_size=16, lr=1e-2, eval_every=40, holdout_size=64, device="cpu")
+    holdout = RandomPatches().batch(64, 10_000)
+    teacher, student = tiny_cnn(0), tiny_cnn(1)
+    from compress1img.evaluate import kl_divergence, predict
+
+    before = kl_divergence(predict(teacher, holdout, MEAN, STD), predict(student, holdout, MEAN, STD))
+    result = run_distillation(teacher, student, RandomPatches(), config, mean=MEAN, std=STD, holdout=holdout,
+                              progress=False)
+    assert result.holdout_kl < before / 2
+    assert [row["step"] for row in result.history] == [40]
+
+
+def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path):
+    straight, _ = _train(tmp_path / "straight")
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        _train(tmp_path / "resumed", patches=RandomPatches(interrupt_at=4))
+    saved = torch.load(tmp_path / "resumed" / CHECKPOINT_NAME, weights_only=True)
+    assert saved["step"] == 5  # Ctrl-C during step 5 finishes that step, then saves
+    resumed, result = _train(tmp_path / "resumed", resume=True)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [row["step"] for row in result.history] == [3, 6]
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+    with pytest.raises(TrainingInterrupted):
+        _train(tmp_path, patches=RandomPatches(interrupt_at=1))
+    with pytest.raises(Exception, match="seed"):
+        _train(tmp_path, resume=True, seed=5)
+
+
+class NanTeacher(nn.Module):
+    def forward(self, x):
+        return torch.full((len(x), 10), float("nan"))
+
+
+def test_nan_loss_stops_with_advice(tmp_path):
+    config = DistillConfig(steps=3, batch_size=4, holdout_size=4, device="cpu")
+    with pytest.raises(TrainingError, match="lower --lr"):
+        run_distillation(NanTeacher(), tiny_cnn(), RandomPatches(), config, mean=MEAN, std=STD,
+                         holdout=RandomPatches().batch(4, 99), out_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("field,value", [("steps", 0), ("batch_size", 1), ("lr", -1.0), ("temperature", 0.0),
+                                         ("mix", "blend"), ("teacher_signal", "logits")])
+def test_bad_configuration_is_an_input_error(field, value):
+    from compress1img import InputError
+
+    with pytest.raises(InputError):
+        DistillConfig(**{field: value}).validate()
