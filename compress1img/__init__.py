@@ -10,7 +10,13 @@ from .errors import Compress1imgError, InputError, TrainingError
 from .evaluate import OnnxModel
 from .export import export_onnx
 from .images import load_image
-from .models import LoadedModel, create_model_from_name, list_models, load_model, save_model
+from .models import (
+    LoadedModel,
+    create_model_from_name,
+    list_models,
+    load_model,
+    save_model,
+)
 from .patches import PatchArray, PatchConfig, PatchGenerator
 from .training import DistillConfig, distillation_loss, run_distillation
 

@@ -18,12 +18,20 @@ from .images import DEFAULT_IMAGE, load_image, resolve_image
 from .models import LoadedModel, create_model_from_name, load_model, save_model
 from .outputs import prepare_out_dir, remove_if_empty, write_report
 from .patches import PatchArray, PatchConfig, PatchGenerator
-from .training import CHECKPOINT_NAME, DistillConfig, accuracy_fn, resolve_device, run_distillation
+from .training import (
+    CHECKPOINT_NAME,
+    DistillConfig,
+    accuracy_fn,
+    resolve_device,
+    run_distillation,
+)
 
 log = logging.getLogger("compress1img")
 
 # The held-out patches come from the same image under a seed training never uses.
 HOLDOUT_SEED_OFFSET = 1_000_003
+# `--image noise`: uniform random pixels instead of a picture.
+NOISE_IMAGE = "noise"
 # During training, labelled accuracy is tracked on a strided slice this big (the full set at the end).
 TRACKING_EVAL_SIZE = 1000
 
@@ -53,13 +61,23 @@ def patch_source(image: str | Path | None, patch_size: int, seed: int, holdout_s
         # The last patches are held out and never trained on.
         holdout = torch.from_numpy(np.array(array[-holdout_size:])).permute(0, 3, 1, 2).float() / 255
         return PatchArray(np.asarray(array[:-holdout_size]), seed=seed), holdout
-    picture = load_image(image if image is not None else DEFAULT_IMAGE, min_side=min_image_side(patch_size))
+    if image == NOISE_IMAGE:  # the paper's control: patches of noise teach (almost) nothing
+        side = max(512, min_image_side(patch_size))
+        picture = torch.rand(3, side, side, generator=torch.Generator().manual_seed(seed))
+    else:
+        picture = load_image(image if image is not None else DEFAULT_IMAGE, min_side=min_image_side(patch_size))
     config = PatchConfig(size=patch_size)
     holdout = PatchGenerator(picture, config, seed=seed + HOLDOUT_SEED_OFFSET).batch(holdout_size, 0)
     return PatchGenerator(picture, config, seed=seed), holdout
 
 
-def _load_labelled(eval_data: str | Path | EvalData | None, model: LoadedModel) -> EvalData | None:
+def describe_image(image: str | Path | None) -> str:
+    if image == NOISE_IMAGE:
+        return "noise (uniform random pixels)"
+    return str(resolve_image(image if image is not None else DEFAULT_IMAGE))
+
+
+def load_labelled(eval_data: str | Path | EvalData | None, model: LoadedModel) -> EvalData | None:
     if eval_data is None or isinstance(eval_data, EvalData):
         return eval_data
     data = load_eval_data(eval_data, image_size=model.input_size[-1])
@@ -67,7 +85,7 @@ def _load_labelled(eval_data: str | Path | EvalData | None, model: LoadedModel) 
     return data
 
 
-def _as_model(model: LoadedModel | str | Path, arch: str | None, trust_model: bool) -> LoadedModel:
+def as_model(model: LoadedModel | str | Path, arch: str | None, trust_model: bool) -> LoadedModel:
     return model if isinstance(model, LoadedModel) else load_model(model, arch, trust_model=trust_model)
 
 
@@ -97,8 +115,8 @@ def evaluate_model(model: LoadedModel | str | Path, data: str | Path | EvalData,
         logits = predict(onnx_model, labelled.images, onnx_model.mean, onnx_model.std, batch_size=batch_size)
         num_classes, source = logits.shape[1], str(model)
     else:
-        loaded = _as_model(model, arch, trust_model)
-        labelled = _load_labelled(data, loaded)
+        loaded = as_model(model, arch, trust_model)
+        labelled = load_labelled(data, loaded)
         logits = predict(loaded.module, labelled.images, loaded.mean, loaded.std, batch_size=batch_size,
                          device=resolve_device(device))
         num_classes, source = loaded.num_classes, loaded.source
@@ -123,8 +141,8 @@ def distill(teacher: LoadedModel | str | Path, student: str, image: str | Path |
     config.validate()
     wall_start = time.perf_counter()
     device = resolve_device(config.device)
-    teacher = _as_model(teacher, arch, trust_model)
-    labelled = _load_labelled(eval_data, teacher)
+    teacher = as_model(teacher, arch, trust_model)
+    labelled = load_labelled(eval_data, teacher)
     torch.manual_seed(config.seed)  # the student's initialisation is part of the run's seed
     student_model = build_student(student, teacher)
     size = teacher.input_size[-1]
@@ -138,8 +156,7 @@ def distill(teacher: LoadedModel | str | Path, student: str, image: str | Path |
 
     eval_fn = None
     report: dict = {"command": "distill", "teacher": teacher.source, "student": student_model.source,
-                    "image": str(resolve_image(image if image is not None else DEFAULT_IMAGE))
-                    if patches_file is None else None,
+                    "image": describe_image(image) if patches_file is None else None,
                     "patches_file": str(patches_file) if patches_file else None,
                     "patch_size": size, "device": str(device), "torch_threads": torch.get_num_threads(),
                     "machine": platform.processor() or platform.machine()}
@@ -219,8 +236,11 @@ def bundled_teacher() -> LoadedModel:
 
 def demo(out: str | Path = "compress1img-demo", *, steps: int = 300, overwrite: bool = False,
          device: str = "auto", progress: bool = True) -> dict:
-    """The main job on the bundled teacher and image: a short from-scratch distillation."""
-    config = DistillConfig(steps=steps, batch_size=128, eval_every=max(steps // 4, 1),
-                           checkpoint_every=max(steps // 4, 1), device=device, holdout_size=512)
-    return distill(bundled_teacher(), BUNDLED_TEACHER_ARCH, DEFAULT_IMAGE, out=out, config=config,
-                   overwrite=overwrite, progress=progress)
+    """The main job on the bundled teacher and image: remove half the parameters, heal, export."""
+    from .prune import PruneConfig
+    from .pruning_run import prune
+
+    heal = DistillConfig(steps=steps, batch_size=128, eval_every=max(steps // 4, 1),
+                         checkpoint_every=max(steps // 4, 1), device=device, holdout_size=512, freeze_bn_stats=True)
+    return prune(bundled_teacher(), DEFAULT_IMAGE, out=out, config=PruneConfig(sparsity=0.5), heal=heal,
+                 overwrite=overwrite, progress=progress)

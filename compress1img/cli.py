@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import tomllib
 from pathlib import Path
 from typing import Annotated, Optional
 
 import click
+import tomllib
 import typer
 
 from . import api
@@ -75,6 +75,13 @@ RecipeOpt = Annotated[Optional[Path], typer.Option(
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-model", help="Allow loading a fully pickled model. Pickles can run arbitrary code: only for files "
                           "you made yourself.")]
+InputSizeOpt = Annotated[Optional[int], typer.Option(
+    "--input-size", help="Input side in pixels, for models that do not record it (TorchScript, torch.export, "
+                         "pickles); overrides what the model records.")]
+MeanOpt = Annotated[Optional[str], typer.Option(
+    "--mean", help="Normalisation mean as R,G,B (e.g. 0.485,0.456,0.406) when the model does not record it.")]
+StdOpt = Annotated[Optional[str], typer.Option(
+    "--std", help="Normalisation std as R,G,B (e.g. 0.229,0.224,0.225) when the model does not record it.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the Python traceback on errors.")]
 
 
@@ -122,6 +129,9 @@ def distill(
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = DistillConfig.device,
     trust_model: TrustOpt = False,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     recipe: RecipeOpt = None,
 ) -> None:
     """Train a student from scratch to imitate a teacher, on patches of one image."""
@@ -129,9 +139,77 @@ def distill(
                            temperature=temperature, mix=mix, mix_alpha=mix_alpha, teacher_signal=teacher_signal,
                            topk=topk, seed=seed, holdout_size=holdout_size, eval_every=eval_every,
                            checkpoint_every=checkpoint_every, device=device)
-    report = api.distill(teacher, student, image, out=out, config=config, eval_data=eval_data, patches_file=patches,
-                         arch=arch, trust_model=trust_model, overwrite=overwrite, resume=resume)
+    config.validate()
+    teacher_model = _load(teacher, arch, trust_model, input_size, mean, std)
+    report = api.distill(teacher_model, student, image, out=out, config=config, eval_data=eval_data,
+                         patches_file=patches, overwrite=overwrite, resume=resume)
     _print_summary(report, out)
+
+
+@app.command()
+def prune(
+    model: Annotated[str, typer.Argument(help="The pretrained model: weights file (+ --arch), compress1img model.pt, "
+                                              "TorchScript / torch.export file, or a model name.")],
+    sparsity: Annotated[float, typer.Option(
+        "--sparsity", help="Fraction of the model's PARAMETERS to remove, between 0 and 1 (of its MACs with "
+                           "--target macs); met within 1 point and reported exactly.")] = 0.5,
+    target: Annotated[str, typer.Option("--target", help="What --sparsity counts: params or macs.")] = "params",
+    mode: Annotated[str, typer.Option(
+        "--mode", help="structured: remove whole channels (smaller, faster model); unstructured: zero single weights "
+                       "(the paper's setting; no speed-up in dense runtimes).")] = "structured",
+    importance: Annotated[str, typer.Option(
+        "--importance", help="Which channels go: l2 (weight magnitude), taylor (gradient x weight of the "
+                             "distillation loss on patches), bn (BatchNorm scale).")] = "l2",
+    allocation: Annotated[str, typer.Option(
+        "--allocation", help="uniform: every layer loses the same share; global: one ranking across layers; auto: "
+                             "uniform when it meets the budget, else global.")] = "auto",
+    round_to: Annotated[Optional[int], typer.Option(
+        "--round-to", help="Keep channel counts multiples of N (ragged counts run slower). Default: 8 where the "
+                           "budget can be met with it, else 4, 2, 1.")] = None,
+    iterations: Annotated[int, typer.Option(
+        "--iterations", help="Prune in K steps, healing after each (the --steps budget is split between them).")] = 1,
+    ignore: Annotated[Optional[list[str]], typer.Option(
+        "--ignore", help="Layer name (as in model.named_modules()) never to prune, repeatable. The stem and the "
+                         "classifier are always protected.")] = None,
+    no_heal: Annotated[bool, typer.Option("--no-heal", help="Only prune: no distillation afterwards.")] = False,
+    arch: ArchOpt = None,
+    image: ImageOpt = None,
+    out: OutOpt = None,
+    steps: StepsOpt = 2000,
+    batch_size: BatchOpt = DistillConfig.batch_size,
+    lr: LrOpt = DistillConfig.lr,
+    temperature: TempOpt = DistillConfig.temperature,
+    seed: SeedOpt = DistillConfig.seed,
+    update_bn_stats: Annotated[bool, typer.Option(
+        "--update-bn-stats", help="Let BatchNorm running statistics follow the patches while healing (default: "
+                                  "keep the model's own, which come from its real training data).")] = False,
+    eval_data: EvalDataOpt = None,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement every N healing "
+                                                                 "steps.")] = DistillConfig.eval_every,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = DistillConfig.device,
+    trust_model: TrustOpt = False,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    recipe: RecipeOpt = None,
+) -> None:
+    """Prune a pretrained model and heal it by distillation from the original on patches of one image."""
+    from .prune import PruneConfig
+    from .pruning_run import prune as run_prune
+
+    config = PruneConfig(sparsity=sparsity, target=target, mode=mode, importance=importance, allocation=allocation,
+                         round_to=round_to, iterations=iterations, ignore=tuple(ignore or ()))
+    config.validate()
+    heal = DistillConfig(steps=max(steps, 1) if no_heal else steps, batch_size=batch_size, lr=lr,
+                         temperature=temperature, seed=seed, eval_every=eval_every, device=device,
+                         freeze_bn_stats=not update_bn_stats)
+    heal.validate()
+    loaded = _load(model, arch, trust_model, input_size, mean, std)
+    report = run_prune(loaded, image, out=out, config=config, heal=heal, eval_data=eval_data, overwrite=overwrite,
+                       resume=resume, healing=not no_heal)
+    _print_prune_summary(report, out)
 
 
 @app.command("eval")
@@ -145,9 +223,14 @@ def eval_(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 256,
     device: DeviceOpt = "auto",
     trust_model: TrustOpt = False,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
 ) -> None:
     """Top-1 accuracy of a PyTorch or ONNX model on labelled data."""
-    result = api.evaluate_model(model, data, arch=arch, trust_model=trust_model, batch_size=batch_size, device=device)
+    if not model.lower().endswith(".onnx"):  # ONNX files carry their preprocessing in their metadata
+        model = _load(model, arch, trust_model, input_size, mean, std)
+    result = api.evaluate_model(model, data, batch_size=batch_size, device=device)
     if as_json:
         print(json.dumps(result))
     else:
@@ -179,13 +262,15 @@ def patches(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("compress1img-demo"),
-    steps: Annotated[int, typer.Option("--steps", help="Training steps (a few minutes on 2 CPU cores).")] = 300,
+    steps: Annotated[int, typer.Option("--steps", help="Healing steps (a few minutes on 2 CPU cores).")] = 300,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Run the main job end to end on the bundled teacher and image: no arguments, no downloads."""
+    """Prune the bundled CIFAR-10 ResNet-20 by half, heal it on the bundled image, export it: no downloads."""
+    print(f"demo: removing 50% of the parameters of {api.bundled_teacher().source}, healing it for {steps} steps "
+          f"on patches of the bundled image '{api.DEFAULT_IMAGE}', exporting to {out}/")
     report = api.demo(out=out, steps=steps, overwrite=overwrite, device=device)
-    _print_summary(report, out)
+    _print_prune_summary(report, out)
 
 
 @app.command("models")
@@ -196,6 +281,44 @@ def list_models_() -> None:
     for name in list_models():
         entry = get_entry(name)
         print(f"{name:16s} input {'x'.join(map(str, entry.input_size))}, {entry.num_classes} classes")
+
+
+def _load(model: str, arch: str | None, trust_model: bool, input_size: int | None, mean: str | None,
+          std: str | None):
+    from .models import load_model
+
+    return load_model(model, arch, trust_model=trust_model, input_size=input_size, mean=_floats(mean, "--mean"),
+                      std=_floats(std, "--std"))
+
+
+def _floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"{option} takes three comma-separated numbers like 0.485,0.456,0.406 (got {text!r})") \
+            from None
+
+
+def _print_prune_summary(report: dict, out: Path | None) -> None:
+    lines = [f"prune: {report['model']}, {report['mode']}",
+             f"  params {report['params_before']:,} -> {report['params_after']:,} "
+             f"({100 * report['params_removed']:.1f}% removed, {report['requested_sparsity'] * 100:.0f}% asked), MACs "
+             f"{report['macs_before']:,} -> {report['macs_after']:,} ({100 * report['macs_removed']:.1f}% removed)",
+             f"  healed {report['heal_steps']} steps; agreement with the original on held-out patches: "
+             f"{report['holdout_agreement']:.1f}%"]
+    if "pruned_top1" in report:
+        lines.append(f"  top-1 on {report['eval_data']}: pruned {report['pruned_top1']:.2f}%, original "
+                     f"{report['teacher_top1']:.2f}% ({report['top1_change']:+.2f} pt)")
+    if "speedup_b32" in report:
+        lines.append(f"  ONNX Runtime speed-up vs the original: {report['speedup_b1']:.2f}x at batch 1, "
+                     f"{report['speedup_b32']:.2f}x at batch 32")
+    if "speedup_note" in report:
+        lines.append(f"  note: {report['speedup_note']}")
+    if out is not None:
+        lines.append(f"  wrote {out}/model.pt, {out}/model.onnx, {out}/report.md")
+    print("\n".join(lines))
 
 
 def _print_summary(report: dict, out: Path | None) -> None:

@@ -49,13 +49,7 @@ def export_onnx(module: nn.Module, path: str | Path, *, input_size: Sequence[int
         check_inputs = torch.randn(8, *input_size, generator=torch.Generator().manual_seed(0))
     example = check_inputs[:2].float()
 
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not for our users
-        torch.onnx.export(module, (example,), buffer, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
-                          dynamo=False)
-    model = onnx.load_from_string(buffer.getvalue())
+    model = onnx.load_from_string(onnx_model_bytes(module, input_size, example))
     props = {"mean": json.dumps(list(map(float, mean))), "std": json.dumps(list(map(float, std))),
              "input_size": json.dumps(list(map(int, input_size))), "producer": "compress1img"}
     if classes is not None:
@@ -66,6 +60,19 @@ def export_onnx(module: nn.Module, path: str | Path, *, input_size: Sequence[int
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     return write_verified_onnx(model, path, module, check_inputs, tolerance)
+
+
+def onnx_model_bytes(module: nn.Module, input_size: Sequence[int], example: torch.Tensor | None = None) -> bytes:
+    """The float ONNX graph of `module` (dynamic batch axis), unchecked and without metadata."""
+    if example is None:
+        example = torch.zeros(2, *input_size)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not for our users
+        torch.onnx.export(module.eval(), (example,), buffer, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+    return buffer.getvalue()
 
 
 def write_verified_onnx(model, path: Path, reference: nn.Module, check_inputs: torch.Tensor,

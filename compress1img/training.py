@@ -54,6 +54,9 @@ class DistillConfig:
     teacher_signal: str = "soft"
     topk: int = 5
     flip_and_shift: bool = True  # the released code's on-the-fly flip + pad-4 crop
+    # Keep BatchNorm running statistics as they are: when healing a pretrained model they come
+    # from its real training data, which patch statistics would overwrite.
+    freeze_bn_stats: bool = False
     seed: int = 0
     holdout_size: int = 1024
     eval_every: int = 250
@@ -240,8 +243,15 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
                "holdout_kl": kl_divergence(holdout_teacher, student_logits)}
         if eval_fn is not None:
             row.update(eval_fn(student))
-        student.train()
+        train_mode()
         return row
+
+    def train_mode() -> None:
+        student.train()
+        if config.freeze_bn_stats:
+            for module in student.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     # In a log file (no terminal) a bar line every 30 s is plenty.
     bar = tqdm(total=config.steps, initial=start_step, disable=not progress, desc="distilling", unit="step",
@@ -250,7 +260,7 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
     seen = 0
     eval_seconds = 0.0  # kept out of the training time so patches/s measures training alone
     running_loss = float("nan")
-    student.train()
+    train_mode()
     with _stop_on_sigint() as stop:
         for step in range(start_step, config.steps):
             step_seed = _step_seed(config.seed, step)
@@ -286,14 +296,15 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
             loss_value = loss.item()
             running_loss = loss_value if math.isnan(running_loss) else 0.9 * running_loss + 0.1 * loss_value
             bar.update(1)
-            bar.set_postfix(loss=f"{running_loss:.3f}",
+            bar.set_postfix(refresh=False, loss=f"{running_loss:.3f}",
                             agree=f"{agreement(teacher_logits.float(), student_logits.detach().float()):.0f}%",
                             patches_s=f"{seen / (time.perf_counter() - started - eval_seconds):.0f}")
             if done % config.eval_every == 0 or done == config.steps:
                 eval_started = time.perf_counter()
                 row = evaluate_now(done, running_loss)
                 history.append(row)
-                bar.write(_format_row(row))
+                if progress:
+                    bar.write(_format_row(row), file=sys.stderr)
                 eval_seconds += time.perf_counter() - eval_started
             if done % config.checkpoint_every == 0 or done == config.steps or stop.requested:
                 save_checkpoint(done)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # The repository is checked out next to shared/, which holds the real test material (see shared/data/MANIFEST.md).
@@ -14,3 +15,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test material not found at {SHARED_DATA} (expected the checkout next to shared/)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def test_slice(tmp_path_factory, shared_data) -> Path:
+    """200 real CIFAR-10 test images, 20 per class."""
+    with np.load(shared_data / "cifar10_test_jpeg75.npz") as data:
+        path = tmp_path_factory.mktemp("data") / "slice.npz"
+        np.savez(path, images=data["images"][::50], labels=data["labels"][::50], classes=data["classes"])
+    return path

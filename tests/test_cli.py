@@ -21,15 +21,6 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def test_slice(tmp_path_factory, shared_data) -> Path:
-    """200 real CIFAR-10 test images, 20 per class."""
-    with np.load(shared_data / "cifar10_test_jpeg75.npz") as data:
-        path = tmp_path_factory.mktemp("data") / "slice.npz"
-        np.savez(path, images=data["images"][::50], labels=data["labels"][::50], classes=data["classes"])
-    return path
-
-
-@pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory) -> Path:
     """A small randomly initialised CIFAR ResNet-20 saved in compress1img's own format."""
     torch.manual_seed(0)
@@ -138,3 +129,23 @@ def test_python_api_reloads_the_student(tmp_path, tiny_teacher):
     student = load_model(tmp_path / "r" / "model.pt")
     assert student.arch == "cifar_resnet20" and student.input_size == (3, 32, 32)
     assert report["holdout_patches"] == 16
+
+
+def test_torchscript_model_needs_and_takes_its_preprocessing_as_flags(tmp_path, test_slice):
+    scripted = tmp_path / "teacher.ts"
+    torch.jit.script(bundled_teacher().module).save(str(scripted))
+    missing = run("eval", scripted, "--data", test_slice)
+    assert missing.returncode == 2 and "--input-size" in missing.stderr
+    flags = ["--input-size", "32", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--json"]
+    scripted_eval = run("eval", scripted, "--data", test_slice, *flags)
+    original = run("eval", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--data", test_slice, "--json")
+    assert scripted_eval.returncode == 0, scripted_eval.stderr
+    assert json.loads(scripted_eval.stdout.splitlines()[-1])["top1"] == json.loads(original.stdout.splitlines()[-1])["top1"]
+
+
+def test_demo_runs_end_to_end_on_the_bundled_material(tmp_path):
+    result = run("demo", "--steps", "2", "--out", tmp_path / "demo")
+    assert result.returncode == 0, result.stderr
+    assert "removed" in result.stdout and "speed-up" in result.stdout
+    for name in ("model.pt", "model.onnx", "report.json", "report.md"):
+        assert (tmp_path / "demo" / name).is_file(), name

@@ -163,7 +163,7 @@ def test_save_and_load_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), loaded.module(x))
     raw = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
-    assert (raw["format"], raw["version"], raw["note"], raw["steps"]) == ("compress1img", 1, "hello", 3)
+    assert (raw["format"], raw["version"], raw["note"], raw["steps"]) == ("compress1img", 2, "hello", 3)
     assert list(tmp_path.joinpath("out").iterdir()) == [tmp_path / "out" / "model.pt"]
     with pytest.raises(ValueError, match="arch"):
         save_model(original, tmp_path / "x.pt", extra={"arch": "wrn_16_4"})

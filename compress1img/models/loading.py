@@ -7,7 +7,7 @@ import os
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,12 +15,20 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .registry import IMAGENET_MEAN, IMAGENET_STD, _REGISTRY, create_model, get_entry, list_models
+from .registry import (
+    _REGISTRY,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    create_model,
+    get_entry,
+    list_models,
+)
+from .transforms import apply_transforms, resize_to_state_dict
 
 log = logging.getLogger("compress1img")
 
 FORMAT = "compress1img"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: + transforms, pruned layer shapes
 # Suffixes that make a missing MODEL argument a missing file rather than an unknown model name.
 _MODEL_SUFFIXES = {".th", ".pt", ".pth", ".pt2", ".ckpt", ".bin", ".tar", ".pkl", ".ts", ".jit", ".onnx"}
 
@@ -35,6 +43,7 @@ class LoadedModel:
     num_classes: int
     classes: list[str] | None = None
     source: str = ""           # human description for reports
+    transforms: list[str] = field(default_factory=list)  # structural changes to replay on reload (pruning)
 
 
 def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool = False,
@@ -110,6 +119,7 @@ def save_model(loaded: LoadedModel, path: str | Path, extra: dict | None = None)
         "format": FORMAT, "version": FORMAT_VERSION, "arch": loaded.arch, "num_classes": loaded.num_classes,
         "input_size": list(loaded.input_size), "mean": list(loaded.mean), "std": list(loaded.std),
         "classes": None if loaded.classes is None else list(loaded.classes),
+        "transforms": list(loaded.transforms),
         "state_dict": {k: v.detach().cpu() for k, v in loaded.module.state_dict().items()},
     }
     clash = sorted(set(extra or {}) & set(checkpoint))
@@ -329,14 +339,16 @@ def _from_checkpoint(checkpoint: dict, path: Path, arch: str | None) -> LoadedMo
     if arch is not None and arch != checkpoint["arch"]:
         raise InputError(f"{path} holds a {checkpoint['arch']} but --arch says {arch}: leave --arch out")
     module, cfg = create_model_from_name(checkpoint["arch"], checkpoint["num_classes"])
-    # Pruned models (a later format version) will record their changed layer shapes next to the
-    # state dict; they get applied here, between building the architecture and loading the weights.
+    # A pruned model: replay its structural transforms and take the saved (smaller) layer shapes.
+    transforms = list(checkpoint.get("transforms", []))
+    apply_transforms(module, transforms)
+    resize_to_state_dict(module, checkpoint["state_dict"])
     _load_strict(module, checkpoint["state_dict"], path, checkpoint["arch"])
     classes = checkpoint.get("classes")
     return LoadedModel(module, cfg["arch"], _parse_input_size(checkpoint["input_size"]),
                        _triple(checkpoint["mean"], "mean"), _triple(checkpoint["std"], "std"),
                        checkpoint["num_classes"], None if classes is None else list(classes),
-                       source=f"{path.name} (compress1img, arch {cfg['arch']})")
+                       source=f"{path.name} (compress1img, arch {cfg['arch']})", transforms=transforms)
 
 
 def _program(module: nn.Module, path: Path, kind: str, arch: str | None, num_classes: int | None,

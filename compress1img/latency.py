@@ -1,0 +1,52 @@
+"""Speed where it matters: ONNX Runtime latency, measured for several models in one run.
+
+Machines are noisy, so models are timed in interleaved rounds (A, B, A, B, ...) and
+the median per model is kept; compare models only within one call.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def ort_session(model: str | Path | bytes, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def compare_latency(models: dict[str, str | Path | bytes], input_size: tuple[int, int, int],
+                    batch_sizes: tuple[int, ...] = (1, 32), rounds: int = 7, threads: int | None = None,
+                    min_seconds: float = 0.2) -> dict[str, dict[str, float]]:
+    """Median milliseconds per forward pass: {model name: {"b1_ms": ..., "b32_ms": ...}}."""
+    sessions = {name: ort_session(model, threads) for name, model in models.items()}
+    results: dict[str, dict[str, float]] = {name: {} for name in models}
+    rng = np.random.default_rng(0)
+    for batch in batch_sizes:
+        x = rng.standard_normal((batch, *input_size), dtype=np.float32)
+        feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
+        repeats = {}
+        for name, session in sessions.items():  # warm up, and size each timing to ~min_seconds
+            session.run(None, feeds[name])
+            started = time.perf_counter()
+            session.run(None, feeds[name])
+            repeats[name] = max(1, int(min_seconds / max(time.perf_counter() - started, 1e-6)))
+        samples: dict[str, list[float]] = {name: [] for name in sessions}
+        for _ in range(rounds):
+            for name, session in sessions.items():
+                started = time.perf_counter()
+                for _ in range(repeats[name]):
+                    session.run(None, feeds[name])
+                samples[name].append((time.perf_counter() - started) / repeats[name] * 1000)
+        for name in sessions:
+            results[name][f"b{batch}_ms"] = statistics.median(samples[name])
+    return results

@@ -1,0 +1,99 @@
+"""Structural changes to models that must be replayed when a changed model is reloaded.
+
+A pruned model is saved as its architecture name + the transforms applied + a state
+dict with the pruned shapes; loading builds the architecture, replays the transforms,
+resizes layers to the saved shapes and loads the weights: no pickled code involved.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .cifar_resnet import PadShortcut
+
+OPTION_A_TO_CONV = "option_a_shortcut_to_conv"
+
+
+class ShortcutConv(nn.Conv2d):
+    """A frozen 1x1 strided convolution doing what an option-A (zero-padding) shortcut does.
+
+    torch-pruning cannot see through F.pad, so the channel coupling between a block's
+    input and its residual sum would be lost; as a convolution it is tracked, and
+    pruning turns it into the matching channel selection.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__(in_channels, out_channels, 1, stride=stride, bias=False)
+        extra = out_channels - in_channels
+        with torch.no_grad():
+            self.weight.zero_()
+            for i in range(in_channels):
+                self.weight[extra // 2 + i, i] = 1.0
+        self.weight.requires_grad_(False)
+
+
+def make_prunable(model: nn.Module) -> list[str]:
+    """Replace constructs torch-pruning cannot trace by equivalent ones; returns the transforms applied."""
+    replaced = False
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, PadShortcut):
+                setattr(module, child_name, ShortcutConv(child.in_channels, child.out_channels, child.stride))
+                replaced = True
+    return [OPTION_A_TO_CONV] if replaced else []
+
+
+def apply_transforms(model: nn.Module, transforms: list[str]) -> None:
+    """Replay `make_prunable`'s transforms on a freshly built model."""
+    unknown = set(transforms) - {OPTION_A_TO_CONV}
+    if unknown:
+        raise InputError(f"unknown model transforms {sorted(unknown)}: made by a newer compress1img?")
+    if transforms:
+        make_prunable(model)
+
+
+def freeze_shortcuts(model: nn.Module) -> None:
+    # torch-pruning replaces pruned parameters with new, trainable ones.
+    for module in model.modules():
+        if isinstance(module, ShortcutConv):
+            module.weight.requires_grad_(False)
+
+
+def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give every layer whose saved tensors have other shapes those shapes (values come from load_state_dict)."""
+    for name, module in model.named_modules():
+        changed = False
+        for key, tensor in list(module._parameters.items()) + list(module._buffers.items()):
+            saved = state.get(f"{name}.{key}" if name else key)
+            if tensor is None or saved is None or saved.shape == tensor.shape:
+                continue
+            fresh = torch.empty(saved.shape, dtype=tensor.dtype)
+            if key in module._parameters:
+                module._parameters[key] = nn.Parameter(fresh, requires_grad=tensor.requires_grad)
+            else:
+                module._buffers[key] = fresh
+            changed = True
+        if changed:
+            _fix_attributes(name, module)
+
+
+def _fix_attributes(name: str, module: nn.Module) -> None:
+    if isinstance(module, nn.Conv2d):
+        depthwise = module.groups > 1 and module.groups == module.in_channels
+        module.out_channels = module.weight.shape[0]
+        if depthwise:
+            module.groups = module.in_channels = module.out_channels
+        else:
+            module.in_channels = module.weight.shape[1] * module.groups
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        module.num_features = module.running_mean.shape[0] if module.running_mean is not None \
+            else module.weight.shape[0]
+    elif isinstance(module, nn.LayerNorm):
+        module.normalized_shape = tuple(module.weight.shape)
+    elif isinstance(module, nn.GroupNorm):
+        module.num_channels = module.weight.shape[0]
+    elif not list(module.children()):
+        raise InputError(f"cannot rebuild the pruned layer {name} ({type(module).__name__}) from its saved shapes")

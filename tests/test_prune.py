@@ -1,0 +1,136 @@
+"""Pruning: budgets met and reported exactly, layouts honoured, models that reload, clear refusals."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from compress1img import InputError, evaluate_model, load_model
+from compress1img.api import BUNDLED_TEACHER, bundled_teacher
+from compress1img.models import create_model_from_name
+from compress1img.prune import (PruneConfig, PruningError, count, fold_masks, make_prunable, prune_to_budget,
+                                sparsify, weight_sparsity)
+
+
+def budget_prune(model: nn.Module, size: int, sparsity: float, **options) -> tuple[int, int, nn.Module]:
+    example = torch.zeros(1, 3, size, size)
+    base = count(model, example)[1]
+    pruned = copy.deepcopy(model)
+    make_prunable(pruned)
+    config = PruneConfig(sparsity=sparsity, **options)
+    prune_to_budget(pruned, example, config, int(base * (1 - sparsity)), 10, reference=base)
+    return base, count(pruned, example)[1], pruned
+
+
+def test_option_a_shortcuts_become_convolutions_with_identical_outputs():
+    model = bundled_teacher().module
+    converted = copy.deepcopy(model)
+    assert make_prunable(converted) == ["option_a_shortcut_to_conv"]
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), converted(x))
+
+
+@pytest.mark.parametrize("name,size,sparsity,options", [
+    ("cifar_resnet20", 32, 0.5, {}),
+    ("cifar_resnet20", 32, 0.3, {}),
+    ("tv:resnet18", 64, 0.5, {}),
+    ("timm:efficientnet_b0", 32, 0.4, {"allocation": "uniform", "round_to": 8})])
+def test_requested_sparsity_is_met_within_one_point(name, size, sparsity, options):
+    torch.manual_seed(0)
+    model, _ = create_model_from_name(name, num_classes=10)
+    base, after, pruned = budget_prune(model.eval(), size, sparsity, **options)
+    assert abs((1 - after / base) - sparsity) <= 0.01
+    assert pruned(torch.randn(2, 3, size, size)).shape == (2, 10)
+
+
+def test_round_to_is_honoured_and_stem_and_classifier_are_kept():
+    model = bundled_teacher().module
+    _, _, pruned = budget_prune(model, 32, 0.5, round_to=8)
+    convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.out_channels % 8 == 0 for c in convs)
+    assert convs[0].out_channels == 16 and pruned.linear.out_features == 10
+
+
+def test_unreachable_budget_with_a_fixed_layout_is_a_clear_error():
+    with pytest.raises(InputError, match="within 1 point"):
+        budget_prune(bundled_teacher().module, 32, 0.3, round_to=16, allocation="uniform")
+
+
+def test_unstructured_sparsity_is_exact_and_folded():
+    model = copy.deepcopy(bundled_teacher().module)
+    sparsify(model, 0.5)
+    sparsify(model, 0.75)  # a schedule: the second step keeps the first step's zeros
+    fold_masks(model)
+    assert weight_sparsity(model) == pytest.approx(0.75, abs=1e-4)
+    assert not any(name.endswith("_orig") for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("value", [0, 1, -0.1, 1.5])
+def test_impossible_sparsity_is_refused(value):
+    with pytest.raises(InputError, match="--sparsity"):
+        PruneConfig(sparsity=value).validate()
+
+
+def test_ignored_layer_must_exist():
+    with pytest.raises(InputError, match="layer1.0.conv9"):
+        budget_prune(bundled_teacher().module, 32, 0.5, ignore=("layer1.0.conv9",))
+
+
+class Unprunable(nn.Module):
+    """Channels reshaped by hand: no dependency graph can follow this."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.mix = nn.Conv2d(16, 16, 1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.mix(self.conv(x))
+        x = x.view(len(x), 4, 4, 32, 32).mean(dim=(3, 4))  # groups channels by hand
+        return self.head(x.flatten(1))
+
+
+def test_a_model_torch_pruning_cannot_follow_is_a_clear_error():
+    with pytest.raises((PruningError, InputError)) as excinfo:
+        budget_prune(Unprunable().eval(), 32, 0.5)
+    assert "\n" not in str(excinfo.value)
+
+
+def test_prune_cli_writes_a_smaller_model_that_reloads_and_exports(tmp_path, test_slice):
+    out = tmp_path / "run"
+    result = run_cli("prune", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--sparsity", "0.5", "--iterations", "2",
+                     "--steps", "4", "--batch-size", "16",
+                     "--image", "coffee", "--eval-data", test_slice, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "speed-up" in result.stdout and "50" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert abs(report["params_removed"] - 0.5) <= 0.01
+    assert [row["iteration"] for row in report["per_iteration"]] == [1, 2]
+    assert report["onnx_max_abs_diff"] < 1e-3
+    assert report["speedup_b32"] > 0 and report["latency_ms"]["dense"]["b1_ms"] > 0
+    assert not (out / ".work").exists()
+
+    reloaded = load_model(out / "model.pt")
+    assert sum(p.numel() for p in reloaded.module.parameters()) == report["params_after"]
+    assert evaluate_model(reloaded, test_slice)["top1"] == pytest.approx(report["pruned_top1"])
+    assert evaluate_model(out / "model.onnx", test_slice)["top1"] == pytest.approx(report["pruned_top1"])
+
+
+def test_prune_cli_refuses_impossible_sparsity_without_writing(tmp_path):
+    for value in ("1.5", "0", "abc"):
+        bad = run_cli("prune", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--sparsity", value,
+                      "--out", tmp_path / "bad")
+        assert bad.returncode == 2 and "--sparsity" in bad.stderr, bad.stderr
+        assert not (tmp_path / "bad").exists()
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "compress1img", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
