@@ -18,12 +18,14 @@ from .models import (
     save_model,
 )
 from .patches import PatchArray, PatchConfig, PatchGenerator
+from .pruning import PruneConfig
+from .compress import prune
 from .training import DistillConfig, distillation_loss, run_distillation
 
 __version__ = "0.1.0"
 __all__ = [
     "Compress1imgError", "DistillConfig", "EvalData", "InputError", "LoadedModel", "OnnxModel", "PatchArray",
-    "PatchConfig", "PatchGenerator", "TrainingError", "bundled_teacher", "create_model_from_name", "demo", "distill",
+    "PatchConfig", "PatchGenerator", "PruneConfig", "prune", "TrainingError", "bundled_teacher", "create_model_from_name", "demo", "distill",
     "distillation_loss", "evaluate_model", "export_onnx", "list_models", "load_eval_data", "load_image", "load_model",
     "run_distillation", "save_model", "write_patch_file",
 ]

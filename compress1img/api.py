@@ -237,10 +237,10 @@ def bundled_teacher() -> LoadedModel:
 def demo(out: str | Path = "compress1img-demo", *, steps: int = 300, overwrite: bool = False,
          device: str = "auto", progress: bool = True) -> dict:
     """The main job on the bundled teacher and image: remove half the parameters, heal, export."""
-    from .prune import PruneConfig
-    from .pruning_run import prune
+    from .pruning import PruneConfig
+    from .compress import prune
 
     heal = DistillConfig(steps=steps, batch_size=128, eval_every=max(steps // 4, 1),
-                         checkpoint_every=max(steps // 4, 1), device=device, holdout_size=512, freeze_bn_stats=True)
+                         checkpoint_every=max(steps // 4, 1), device=device, holdout_size=512)
     return prune(bundled_teacher(), DEFAULT_IMAGE, out=out, config=PruneConfig(sparsity=0.5), heal=heal,
                  overwrite=overwrite, progress=progress)

@@ -180,9 +180,9 @@ def prune(
     lr: LrOpt = DistillConfig.lr,
     temperature: TempOpt = DistillConfig.temperature,
     seed: SeedOpt = DistillConfig.seed,
-    update_bn_stats: Annotated[bool, typer.Option(
-        "--update-bn-stats", help="Let BatchNorm running statistics follow the patches while healing (default: "
-                                  "keep the model's own, which come from its real training data).")] = False,
+    freeze_bn_stats: Annotated[bool, typer.Option(
+        "--freeze-bn-stats", help="Keep the model's BatchNorm running statistics while healing instead of "
+                                  "re-estimating them on patches (measured worse after pruning: see docs).")] = False,
     eval_data: EvalDataOpt = None,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement every N healing "
                                                                  "steps.")] = DistillConfig.eval_every,
@@ -196,15 +196,15 @@ def prune(
     recipe: RecipeOpt = None,
 ) -> None:
     """Prune a pretrained model and heal it by distillation from the original on patches of one image."""
-    from .prune import PruneConfig
-    from .pruning_run import prune as run_prune
+    from .pruning import PruneConfig
+    from .compress import prune as run_prune
 
     config = PruneConfig(sparsity=sparsity, target=target, mode=mode, importance=importance, allocation=allocation,
                          round_to=round_to, iterations=iterations, ignore=tuple(ignore or ()))
     config.validate()
     heal = DistillConfig(steps=max(steps, 1) if no_heal else steps, batch_size=batch_size, lr=lr,
                          temperature=temperature, seed=seed, eval_every=eval_every, device=device,
-                         freeze_bn_stats=not update_bn_stats)
+                         freeze_bn_stats=freeze_bn_stats)
     heal.validate()
     loaded = _load(model, arch, trust_model, input_size, mean, std)
     report = run_prune(loaded, image, out=out, config=config, heal=heal, eval_data=eval_data, overwrite=overwrite,

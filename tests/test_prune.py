@@ -13,7 +13,7 @@ from torch import nn
 from compress1img import InputError, evaluate_model, load_model
 from compress1img.api import BUNDLED_TEACHER, bundled_teacher
 from compress1img.models import create_model_from_name
-from compress1img.prune import (PruneConfig, PruningError, count, fold_masks, make_prunable, prune_to_budget,
+from compress1img.pruning import (PruneConfig, PruningError, count, fold_masks, make_prunable, prune_to_budget,
                                 sparsify, weight_sparsity)
 
 

@@ -153,3 +153,9 @@ def test_bad_configuration_is_an_input_error(field, value):
 
     with pytest.raises(InputError):
         DistillConfig(**{field: value}).validate()
+
+
+def test_topk_signal_has_finite_gradients():
+    student = torch.randn(4, 10, requires_grad=True)
+    distillation_loss(student, torch.randn(4, 10), signal="topk", topk=3).backward()
+    assert torch.isfinite(student.grad).all()

@@ -1,4 +1,5 @@
-"""`prune`: the model is frozen as the teacher; a copy is pruned and healed on one-image patches.
+"""Compressing a pretrained model: it is frozen as the teacher, a copy is pruned and healed on
+one-image patches, exported and measured against the original.
 
 Iteration k of K prunes the copy to k/K of the requested budget, then heals it for
 about steps/K steps. Each healed iteration is saved in `--out/.work/` and healing
@@ -20,7 +21,7 @@ from .export import export_onnx, onnx_model_bytes
 from .latency import compare_latency
 from .models import LoadedModel, load_model, save_model
 from .outputs import prepare_out_dir, remove_if_empty, write_report
-from .prune import PruneConfig, count, fold_masks, make_prunable, prune_to_budget, sparsify, weight_sparsity
+from .pruning import PruneConfig, count, fold_masks, make_prunable, prune_to_budget, sparsify, weight_sparsity
 from .training import DistillConfig, accuracy_fn, distillation_loss, resolve_device, run_distillation
 
 WORK_DIR = ".work"
@@ -34,13 +35,13 @@ def prune(model: LoadedModel | str | Path, image: str | Path | None = None, *, o
           healing: bool = True, progress: bool = True, measure_latency: bool = True) -> dict:
     """Prune `model` to `config.sparsity` and heal it by distillation from the original; returns the report.
 
-    `heal=None` uses `DistillConfig()` with frozen BatchNorm statistics; `heal.steps`
+    `heal=None` uses `DistillConfig()` defaults; `heal.steps`
     is the total healing budget over all iterations; `healing=False` only prunes. With `out`, writes `model.pt`
     (reloads with `load_model`), `model.onnx` (verified), `report.json` and `report.md`.
     """
     config = config or PruneConfig()
     config.validate()
-    heal = heal or DistillConfig(freeze_bn_stats=True)
+    heal = heal or DistillConfig()
     heal.validate()
     wall_start = time.perf_counter()
     device = resolve_device(heal.device)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Pruning the real CIFAR-10 ResNet-56 (akamaster) on one image, healed by self-distillation.
+# Usage: bash benchmarks/prune_r56.sh [ROW ...]   (rows: p50 p30 p70 u50 u75 noise50; default all)
+# Results in benchmarks/results/prune-ROW/ (report.json, report.md); docs/benchmarks.md quotes them.
+set -euo pipefail
+DATA=${DATA:-../shared/data}
+STEPS=${STEPS:-1500}
+OUT=benchmarks/results
+mkdir -p "$OUT"
+common=("$DATA/weights/cifar10_resnet56_akamaster.th" --arch cifar_resnet56 --eval-data "$DATA/cifar10_test_jpeg75.npz"
+        --steps "$STEPS" --eval-every 250 --overwrite)
+animals="$DATA/images/animals.jpg"
+run() {  # name, options...
+    local name=$1; shift
+    compress1img prune "${common[@]}" --out "$OUT/prune-$name" "$@" 2> "$OUT/prune-$name.log"
+}
+rows=("$@"); [ ${#rows[@]} -gt 0 ] || rows=(p50 p30 p70 u50 u75 noise50)
+for row in "${rows[@]}"; do
+    case $row in
+        p50) run p50 --sparsity 0.5 --image "$animals" ;;
+        p30) run p30 --sparsity 0.3 --image "$animals" ;;
+        p70) run p70 --sparsity 0.7 --image "$animals" ;;
+        u50) run u50 --sparsity 0.5 --mode unstructured --image "$animals" ;;
+        u75) run u75 --sparsity 0.75 --mode unstructured --image "$animals" ;;
+        noise50) run noise50 --sparsity 0.5 --image noise ;;
+        *) echo "unknown row $row" >&2; exit 2 ;;
+    esac
+done
