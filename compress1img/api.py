@@ -85,6 +85,12 @@ def load_labelled(eval_data: str | Path | EvalData | None, model: LoadedModel) -
     return data
 
 
+def tracking_accuracy(labelled: EvalData, model: LoadedModel, device: torch.device):
+    """An `eval_fn` giving top-1 on a strided ~1,000-image slice: cheap enough to run during training."""
+    stride = max(1, len(labelled.labels) // TRACKING_EVAL_SIZE)
+    return accuracy_fn(labelled.images[::stride], labelled.labels[::stride], model.mean, model.std, device)
+
+
 def as_model(model: LoadedModel | str | Path, arch: str | None, trust_model: bool) -> LoadedModel:
     return model if isinstance(model, LoadedModel) else load_model(model, arch, trust_model=trust_model)
 
@@ -161,9 +167,7 @@ def distill(teacher: LoadedModel | str | Path, student: str, image: str | Path |
                     "patch_size": size, "device": str(device), "torch_threads": torch.get_num_threads(),
                     "machine": platform.processor() or platform.machine()}
     if labelled is not None:
-        tracking = labelled.images[:: max(1, len(labelled.images) // TRACKING_EVAL_SIZE)]
-        tracking_labels = labelled.labels[:: max(1, len(labelled.labels) // TRACKING_EVAL_SIZE)]
-        eval_fn = accuracy_fn(tracking, tracking_labels, teacher.mean, teacher.std, device)
+        eval_fn = tracking_accuracy(labelled, teacher, device)
         teacher_logits = predict(teacher.module, labelled.images, teacher.mean, teacher.std, device=device)
         report["eval_data"] = labelled.source
         report["teacher_top1"] = top1(teacher_logits, labelled.labels)

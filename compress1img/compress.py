@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from .api import as_model, describe_image, load_labelled, patch_source
+from .api import as_model, describe_image, load_labelled, patch_source, tracking_accuracy
 from .evaluate import agreement, normalize, predict, top1
 from .export import export_onnx, onnx_model_bytes
 from .latency import compare_latency
 from .models import LoadedModel, load_model, save_model
 from .outputs import prepare_out_dir, remove_if_empty, write_report
 from .pruning import PruneConfig, count, fold_masks, make_prunable, prune_to_budget, sparsify, weight_sparsity
-from .training import DistillConfig, accuracy_fn, distillation_loss, resolve_device, run_distillation
+from .training import DistillConfig, distillation_loss, resolve_device, run_distillation
 
 WORK_DIR = ".work"
 # Taylor importance is measured on one fixed batch, beyond any index training reaches.
@@ -35,9 +35,9 @@ def prune(model: LoadedModel | str | Path, image: str | Path | None = None, *, o
           healing: bool = True, progress: bool = True, measure_latency: bool = True) -> dict:
     """Prune `model` to `config.sparsity` and heal it by distillation from the original; returns the report.
 
-    `heal=None` uses `DistillConfig()` defaults; `heal.steps`
-    is the total healing budget over all iterations; `healing=False` only prunes. With `out`, writes `model.pt`
-    (reloads with `load_model`), `model.onnx` (verified), `report.json` and `report.md`.
+    `heal.steps` is the healing budget over all iterations; `healing=False` only prunes.
+    With `out`, writes `model.pt` (reloads with `load_model`), `model.onnx` (verified
+    against PyTorch), `report.json` and `report.md`.
     """
     config = config or PruneConfig()
     config.validate()
@@ -54,9 +54,8 @@ def prune(model: LoadedModel | str | Path, image: str | Path | None = None, *, o
     example = torch.zeros(1, *teacher.input_size)
     base_macs, base_params = count(teacher.module, example)
     structured = config.mode == "structured"
-    student = LoadedModel(**{**teacher.__dict__, "module": copy.deepcopy(teacher.module)})
+    student = dataclasses.replace(teacher, module=copy.deepcopy(teacher.module), source=f"{teacher.source}, pruned")
     student.transforms = make_prunable(student.module) if structured else []
-    student.source = f"{teacher.source}, pruned"
 
     teacher_holdout = predict(teacher.module, holdout, teacher.mean, teacher.std)
     taylor_batch = normalize(source.batch(heal.batch_size, TAYLOR_BATCH_INDEX), teacher.mean, teacher.std)
@@ -66,11 +65,7 @@ def prune(model: LoadedModel | str | Path, image: str | Path | None = None, *, o
     def taylor_loss(m: torch.nn.Module) -> torch.Tensor:
         return distillation_loss(m(taylor_batch), taylor_target, heal.temperature)
 
-    eval_fn = None
-    if labelled is not None:
-        tracking = max(1, len(labelled.labels) // 1000)
-        eval_fn = accuracy_fn(labelled.images[::tracking], labelled.labels[::tracking], teacher.mean, teacher.std,
-                              device)
+    eval_fn = tracking_accuracy(labelled, teacher, device) if labelled is not None else None
 
     start_iteration = 1
     if resume and work is not None:
