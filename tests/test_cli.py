@@ -97,6 +97,16 @@ def test_patches_command_writes_array_and_preview(tmp_path):
     assert run("patches", "coffee", "--count", "10", "--out", out).returncode == 2  # exists, no --overwrite
 
 
+def test_distill_trains_on_a_pre_made_patch_file(tmp_path, tiny_teacher):
+    patches = tmp_path / "p.npy"
+    assert run("patches", "coffee", "--count", "100", "--out", patches).returncode == 0
+    result = run("distill", "--teacher", tiny_teacher, "--student", "cifar_resnet20", "--patches", patches,
+                 "--holdout-size", "20", "--steps", "2", "--batch-size", "8", "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["patches_file"] == str(patches) and report["holdout_patches"] == 20
+
+
 @pytest.mark.parametrize("args,needle", [
     (["eval", "missing.pt", "--data", "missing.npz"], "missing"),
     (["distill", "--teacher", "{teacher}", "--student", "cifar_resnet20", "--steps", "0"], "--steps"),
