@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import tomllib
 import typer
 
@@ -353,16 +352,16 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="compress1img", standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:  # usage errors: click's own message and exit code 2
-        e.show()
-        sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt, TrainingInterrupted) as e:
+    except (typer.Abort, KeyboardInterrupt, TrainingInterrupted) as e:
         if debug:
             raise
         print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         sys.exit(130)
+    except typer.TyperException as e:  # usage errors (typer's click): its own message and exit code 2
+        e.show()
+        sys.exit(getattr(e, "exit_code", 2))
     except Compress1imgError as e:
         if debug:
             raise
