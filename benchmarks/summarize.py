@@ -36,7 +36,9 @@ def prune_rows(reports: list[dict]) -> list[str]:
     for name, r in reports:
         cut = r["per_iteration"][-1].get("top1_after_cut", float("nan"))
         speed = f"{r['speedup_b1']:.2f}x / {r['speedup_b32']:.2f}x" if "speedup_b1" in r else "-"
-        rows.append(f"| {name} | {100 * r['params_removed']:.1f}% | {100 * r['macs_removed']:.1f}% | "
+        removed = (f"{100 * r['weight_sparsity']:.1f}% of weights zeroed" if "weight_sparsity" in r
+                   else f"{100 * r['params_removed']:.1f}%")
+        rows.append(f"| {name} | {removed} | {100 * r['macs_removed']:.1f}% | "
                     f"{r['heal_steps']} | {cut:.2f}% | {r['pruned_top1']:.2f}% | {r['teacher_top1']:.2f}% | "
                     f"{r['top1_change']:+.2f} pt | {speed} |")
     return rows

@@ -301,10 +301,15 @@ def _floats(text: str | None, option: str) -> list[float] | None:
 
 
 def _print_prune_summary(report: dict, out: Path | None) -> None:
-    lines = [f"prune: {report['model']}, {report['mode']}",
-             f"  params {report['params_before']:,} -> {report['params_after']:,} "
-             f"({100 * report['params_removed']:.1f}% removed, {report['requested_sparsity'] * 100:.0f}% asked), MACs "
-             f"{report['macs_before']:,} -> {report['macs_after']:,} ({100 * report['macs_removed']:.1f}% removed)",
+    if "weight_sparsity" in report:  # unstructured: nothing is removed, weights are zeroed
+        size = (f"  {100 * report['weight_sparsity']:.1f}% of the conv/linear weights zeroed "
+                f"({report['requested_sparsity'] * 100:.0f}% asked); parameter and MAC counts unchanged")
+    else:
+        size = (f"  params {report['params_before']:,} -> {report['params_after']:,} "
+                f"({100 * report['params_removed']:.1f}% removed, {report['requested_sparsity'] * 100:.0f}% asked), "
+                f"MACs {report['macs_before']:,} -> {report['macs_after']:,} ({100 * report['macs_removed']:.1f}% "
+                f"removed)")
+    lines = [f"prune: {report['model']}, {report['mode']}", size,
              f"  healed {report['heal_steps']} steps; agreement with the original on held-out patches: "
              f"{report['holdout_agreement']:.1f}%"]
     if "pruned_top1" in report:

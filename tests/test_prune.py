@@ -134,3 +134,14 @@ def test_prune_cli_refuses_impossible_sparsity_without_writing(tmp_path):
 def run_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "compress1img", *map(str, args)], capture_output=True, text=True,
                           timeout=600)
+
+
+def test_unstructured_cli_reports_zeroed_weights_and_no_speed_up(tmp_path):
+    out = tmp_path / "u"
+    result = run_cli("prune", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--mode", "unstructured", "--sparsity",
+                     "0.5", "--steps", "2", "--batch-size", "8", "--image", "coffee", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "weights zeroed" in result.stdout and "no faster" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["weight_sparsity"] == pytest.approx(0.5, abs=1e-4)
+    assert weight_sparsity(load_model(out / "model.pt").module) == pytest.approx(0.5, abs=1e-4)
