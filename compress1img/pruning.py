@@ -79,7 +79,7 @@ def budget_count(model: nn.Module, example: torch.Tensor, target: str) -> int:
     return count(model, example)[0] if target == "macs" else sum(p.numel() for p in model.parameters())
 
 
-def protected_layers(model: nn.Module, example: torch.Tensor, num_classes: int, extra: tuple[str, ...]) -> list[nn.Module]:
+def protected_layers(model: nn.Module, num_classes: int, extra: tuple[str, ...]) -> list[nn.Module]:
     """The classifier (its outputs are the classes), the stem (first conv) and the named `extra` layers."""
     named = dict(model.named_modules())
     layers = []
@@ -116,7 +116,7 @@ def _pruner(model: nn.Module, example: torch.Tensor, config: PruneConfig, ratio:
 
 def _structured_step(model: nn.Module, example: torch.Tensor, config: PruneConfig, ratio: float, num_classes: int,
                      loss_fn: Callable[[nn.Module], torch.Tensor] | None) -> None:
-    ignored = protected_layers(model, example, num_classes, config.ignore)
+    ignored = protected_layers(model, num_classes, config.ignore)
     pruner = _pruner(model, example, config, ratio, ignored)
     if config.importance == "taylor":
         if loss_fn is None:
@@ -253,7 +253,3 @@ def weight_sparsity(model: nn.Module) -> float:
     """Fraction of conv/linear weights that are exactly zero."""
     weights = [getattr(m, n) for m, n in prunable_weights(model)]
     return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
-
-
-def nonzero_params(model: nn.Module) -> int:
-    return sum(int((p != 0).sum()) for p in model.parameters())
