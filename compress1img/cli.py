@@ -5,6 +5,7 @@ Errors are one line; `--debug` (anywhere on the command line) shows the tracebac
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -16,6 +17,7 @@ import typer
 
 from . import api
 from .errors import Compress1imgError, InputError
+from .quantization import QAT_LR, QAT_STEPS
 from .training import DistillConfig, TrainingInterrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -145,32 +147,82 @@ def distill(
     _print_summary(report, out)
 
 
+ModelArg = Annotated[str, typer.Argument(help="The pretrained model: weights file (+ --arch), compress1img model.pt, "
+                                              "TorchScript / torch.export file, or a model name.")]
+SparsityOpt = Annotated[float, typer.Option(
+    "--sparsity", help="Fraction of the model's PARAMETERS to remove, between 0 and 1 (of its MACs with "
+                       "--target macs); met within 1 point and reported exactly.")]
+TargetOpt = Annotated[str, typer.Option("--target", help="What --sparsity counts: params or macs.")]
+ModeOpt = Annotated[str, typer.Option(
+    "--mode", help="structured: remove whole channels (smaller, faster model); unstructured: zero single weights "
+                   "(the paper's setting; no speed-up in dense runtimes).")]
+ImportanceOpt = Annotated[str, typer.Option(
+    "--importance", help="Which channels go: l2 (weight magnitude), taylor (gradient x weight of the "
+                         "distillation loss on patches), bn (BatchNorm scale).")]
+AllocationOpt = Annotated[str, typer.Option(
+    "--allocation", help="uniform: every layer loses the same share; global: one ranking across layers; auto: "
+                         "uniform when it meets the budget, else global.")]
+RoundToOpt = Annotated[Optional[int], typer.Option(
+    "--round-to", help="Keep channel counts multiples of N (ragged counts run slower). Default: 8 where the "
+                       "budget can be met with it, else 4, 2, 1.")]
+IterationsOpt = Annotated[int, typer.Option(
+    "--iterations", help="Prune in K steps, healing after each (the --steps budget is split between them).")]
+IgnoreOpt = Annotated[Optional[list[str]], typer.Option(
+    "--ignore", help="Layer name (as in model.named_modules()) never to prune, repeatable. The stem and the "
+                     "classifier are always protected.")]
+NoHealOpt = Annotated[bool, typer.Option("--no-heal", help="Only prune: no distillation afterwards.")]
+FreezeBnOpt = Annotated[bool, typer.Option(
+    "--freeze-bn-stats", help="Keep the model's BatchNorm running statistics while healing instead of "
+                              "re-estimating them on patches (measured worse after pruning: see docs).")]
+EvalEveryOpt = Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement every N training "
+                                                                "steps.")]
+Int8Opt = Annotated[bool, typer.Option(
+    "--int8/--no-int8", help="Quantize to int8: int8 per-channel weights, uint8 per-tensor activations, the "
+                             "layout ONNX Runtime runs fastest on CPU (the only precision offered).")]
+MethodOpt = Annotated[str, typer.Option(
+    "--method", help="qat: quantization-aware training, the fake-quantized copy is distilled from the original on "
+                     "patches; ptq: ONNX Runtime static quantization calibrated on patches, no training (faster, "
+                     "less accurate; also for models torch.export cannot capture).")]
+CalibrationOpt = Annotated[int, typer.Option(
+    "--calibration-size", help="Patches that calibrate the activation ranges, before training (qat) or "
+                               "instead of it (ptq).")]
+QatStepsOpt = Annotated[int, typer.Option("--qat-steps", help="Quantization-aware training steps.")]
+_QAT_LR_HELP = ("Learning rate of quantization-aware training (it starts from a trained model: keep it small; "
+                "1e-4 made the loss rise).")
+QatLrOpt = Annotated[float, typer.Option("--qat-lr", help=_QAT_LR_HELP)]
+
+
+def _prune_config(sparsity, target, mode, importance, allocation, round_to, iterations, ignore):
+    from .pruning import PruneConfig
+
+    config = PruneConfig(sparsity=sparsity, target=target, mode=mode, importance=importance, allocation=allocation,
+                         round_to=round_to, iterations=iterations, ignore=tuple(ignore or ()))
+    config.validate()
+    return config
+
+
+def _quantize_config(int8: bool, method: str, calibration_size: int):
+    from .quantization import QuantizeConfig
+
+    if not int8:
+        raise InputError("int8 is the only precision compress1img quantizes to: drop --no-int8")
+    config = QuantizeConfig(method=method, calibration_size=calibration_size)
+    config.validate()
+    return config
+
+
 @app.command()
 def prune(
-    model: Annotated[str, typer.Argument(help="The pretrained model: weights file (+ --arch), compress1img model.pt, "
-                                              "TorchScript / torch.export file, or a model name.")],
-    sparsity: Annotated[float, typer.Option(
-        "--sparsity", help="Fraction of the model's PARAMETERS to remove, between 0 and 1 (of its MACs with "
-                           "--target macs); met within 1 point and reported exactly.")] = 0.5,
-    target: Annotated[str, typer.Option("--target", help="What --sparsity counts: params or macs.")] = "params",
-    mode: Annotated[str, typer.Option(
-        "--mode", help="structured: remove whole channels (smaller, faster model); unstructured: zero single weights "
-                       "(the paper's setting; no speed-up in dense runtimes).")] = "structured",
-    importance: Annotated[str, typer.Option(
-        "--importance", help="Which channels go: l2 (weight magnitude), taylor (gradient x weight of the "
-                             "distillation loss on patches), bn (BatchNorm scale).")] = "l2",
-    allocation: Annotated[str, typer.Option(
-        "--allocation", help="uniform: every layer loses the same share; global: one ranking across layers; auto: "
-                             "uniform when it meets the budget, else global.")] = "auto",
-    round_to: Annotated[Optional[int], typer.Option(
-        "--round-to", help="Keep channel counts multiples of N (ragged counts run slower). Default: 8 where the "
-                           "budget can be met with it, else 4, 2, 1.")] = None,
-    iterations: Annotated[int, typer.Option(
-        "--iterations", help="Prune in K steps, healing after each (the --steps budget is split between them).")] = 1,
-    ignore: Annotated[Optional[list[str]], typer.Option(
-        "--ignore", help="Layer name (as in model.named_modules()) never to prune, repeatable. The stem and the "
-                         "classifier are always protected.")] = None,
-    no_heal: Annotated[bool, typer.Option("--no-heal", help="Only prune: no distillation afterwards.")] = False,
+    model: ModelArg,
+    sparsity: SparsityOpt = 0.5,
+    target: TargetOpt = "params",
+    mode: ModeOpt = "structured",
+    importance: ImportanceOpt = "l2",
+    allocation: AllocationOpt = "auto",
+    round_to: RoundToOpt = None,
+    iterations: IterationsOpt = 1,
+    ignore: IgnoreOpt = None,
+    no_heal: NoHealOpt = False,
     arch: ArchOpt = None,
     image: ImageOpt = None,
     out: OutOpt = None,
@@ -179,12 +231,9 @@ def prune(
     lr: LrOpt = DistillConfig.lr,
     temperature: TempOpt = DistillConfig.temperature,
     seed: SeedOpt = DistillConfig.seed,
-    freeze_bn_stats: Annotated[bool, typer.Option(
-        "--freeze-bn-stats", help="Keep the model's BatchNorm running statistics while healing instead of "
-                                  "re-estimating them on patches (measured worse after pruning: see docs).")] = False,
+    freeze_bn_stats: FreezeBnOpt = False,
     eval_data: EvalDataOpt = None,
-    eval_every: Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement every N healing "
-                                                                 "steps.")] = DistillConfig.eval_every,
+    eval_every: EvalEveryOpt = DistillConfig.eval_every,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = DistillConfig.device,
@@ -195,20 +244,107 @@ def prune(
     recipe: RecipeOpt = None,
 ) -> None:
     """Prune a pretrained model and heal it by distillation from the original on patches of one image."""
-    from .pruning import PruneConfig
-    from .compress import prune as run_prune
+    from .compress import compress
 
-    config = PruneConfig(sparsity=sparsity, target=target, mode=mode, importance=importance, allocation=allocation,
-                         round_to=round_to, iterations=iterations, ignore=tuple(ignore or ()))
-    config.validate()
+    config = _prune_config(sparsity, target, mode, importance, allocation, round_to, iterations, ignore)
     heal = DistillConfig(steps=max(steps, 1) if no_heal else steps, batch_size=batch_size, lr=lr,
                          temperature=temperature, seed=seed, eval_every=eval_every, device=device,
                          freeze_bn_stats=freeze_bn_stats)
     heal.validate()
     loaded = _load(model, arch, trust_model, input_size, mean, std)
-    report = run_prune(loaded, image, out=out, config=config, heal=heal, eval_data=eval_data, overwrite=overwrite,
-                       resume=resume, healing=not no_heal)
-    _print_prune_summary(report, out)
+    report = compress(loaded, image, out=out, prune=config, heal=heal, eval_data=eval_data, overwrite=overwrite,
+                      resume=resume, healing=not no_heal)
+    _print_compress_summary(report, out)
+
+
+@app.command()
+def quantize(
+    model: ModelArg,
+    int8: Int8Opt = True,
+    method: MethodOpt = "qat",
+    calibration_size: CalibrationOpt = 512,
+    arch: ArchOpt = None,
+    image: ImageOpt = None,
+    out: OutOpt = None,
+    steps: StepsOpt = QAT_STEPS,
+    batch_size: BatchOpt = DistillConfig.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help=_QAT_LR_HELP)] = QAT_LR,
+    temperature: TempOpt = DistillConfig.temperature,
+    seed: SeedOpt = DistillConfig.seed,
+    eval_data: EvalDataOpt = None,
+    eval_every: EvalEveryOpt = DistillConfig.eval_every,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = DistillConfig.device,
+    trust_model: TrustOpt = False,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    recipe: RecipeOpt = None,
+) -> None:
+    """Quantize a pretrained (or pruned) model to int8 for ONNX Runtime, trained against the original on patches."""
+    from .compress import compress
+
+    config = _quantize_config(int8, method, calibration_size)
+    train = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, temperature=temperature, seed=seed,
+                          eval_every=eval_every, device=device)
+    train.validate()
+    loaded = _load(model, arch, trust_model, input_size, mean, std)
+    report = compress(loaded, image, out=out, quantize=config, heal=dataclasses.replace(train, lr=DistillConfig.lr),
+                      train=train, eval_data=eval_data, overwrite=overwrite, resume=resume)
+    _print_compress_summary(report, out)
+
+
+@app.command("compress")
+def compress_(
+    model: ModelArg,
+    sparsity: SparsityOpt = 0.5,
+    int8: Int8Opt = True,
+    target: TargetOpt = "params",
+    mode: ModeOpt = "structured",
+    importance: ImportanceOpt = "l2",
+    allocation: AllocationOpt = "auto",
+    round_to: RoundToOpt = None,
+    iterations: IterationsOpt = 1,
+    ignore: IgnoreOpt = None,
+    method: MethodOpt = "qat",
+    calibration_size: CalibrationOpt = 512,
+    arch: ArchOpt = None,
+    image: ImageOpt = None,
+    out: OutOpt = None,
+    steps: StepsOpt = 2000,
+    batch_size: BatchOpt = DistillConfig.batch_size,
+    lr: LrOpt = DistillConfig.lr,
+    qat_steps: QatStepsOpt = QAT_STEPS,
+    qat_lr: QatLrOpt = QAT_LR,
+    temperature: TempOpt = DistillConfig.temperature,
+    seed: SeedOpt = DistillConfig.seed,
+    freeze_bn_stats: FreezeBnOpt = False,
+    eval_data: EvalDataOpt = None,
+    eval_every: EvalEveryOpt = DistillConfig.eval_every,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = DistillConfig.device,
+    trust_model: TrustOpt = False,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    recipe: RecipeOpt = None,
+) -> None:
+    """Prune, heal, then quantize to int8 in one run with one report (both stages distil from the original)."""
+    from .compress import compress
+
+    prune_config = _prune_config(sparsity, target, mode, importance, allocation, round_to, iterations, ignore)
+    quantize_config = _quantize_config(int8, method, calibration_size)
+    heal = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, temperature=temperature, seed=seed,
+                         eval_every=eval_every, device=device, freeze_bn_stats=freeze_bn_stats)
+    train = dataclasses.replace(heal, steps=qat_steps, lr=qat_lr)
+    heal.validate()
+    train.validate()
+    loaded = _load(model, arch, trust_model, input_size, mean, std)
+    report = compress(loaded, image, out=out, prune=prune_config, quantize=quantize_config, heal=heal, train=train,
+                      eval_data=eval_data, overwrite=overwrite, resume=resume)
+    _print_compress_summary(report, out)
 
 
 @app.command("eval")
@@ -269,7 +405,7 @@ def demo(
     print(f"demo: removing 50% of the parameters of {api.bundled_teacher().source}, healing it for {steps} steps "
           f"on patches of the bundled image '{api.DEFAULT_IMAGE}', exporting to {out}/")
     report = api.demo(out=out, steps=steps, overwrite=overwrite, device=device)
-    _print_prune_summary(report, out)
+    _print_compress_summary(report, out)
 
 
 @app.command("models")
@@ -300,20 +436,25 @@ def _floats(text: str | None, option: str) -> list[float] | None:
             from None
 
 
-def _print_prune_summary(report: dict, out: Path | None) -> None:
+def _print_compress_summary(report: dict, out: Path | None) -> None:
+    lines = [f"{report['command']}: {report['model']}"]
     if "weight_sparsity" in report:  # unstructured: nothing is removed, weights are zeroed
-        size = (f"  {100 * report['weight_sparsity']:.1f}% of the conv/linear weights zeroed "
-                f"({report['requested_sparsity'] * 100:.0f}% asked); parameter and MAC counts unchanged")
-    else:
-        size = (f"  params {report['params_before']:,} -> {report['params_after']:,} "
-                f"({100 * report['params_removed']:.1f}% removed, {report['requested_sparsity'] * 100:.0f}% asked), "
-                f"MACs {report['macs_before']:,} -> {report['macs_after']:,} ({100 * report['macs_removed']:.1f}% "
-                f"removed)")
-    lines = [f"prune: {report['model']}, {report['mode']}", size,
-             f"  healed {report['heal_steps']} steps; agreement with the original on held-out patches: "
-             f"{report['holdout_agreement']:.1f}%"]
-    if "pruned_top1" in report:
-        lines.append(f"  top-1 on {report['eval_data']}: pruned {report['pruned_top1']:.2f}%, original "
+        lines.append(f"  {100 * report['weight_sparsity']:.1f}% of the conv/linear weights zeroed "
+                     f"({report['requested_sparsity'] * 100:.0f}% asked); parameter and MAC counts unchanged")
+    elif "params_after" in report:
+        lines.append(f"  params {report['params_before']:,} -> {report['params_after']:,} "
+                     f"({100 * report['params_removed']:.1f}% removed, {report['requested_sparsity'] * 100:.0f}% "
+                     f"asked), MACs {report['macs_before']:,} -> {report['macs_after']:,} "
+                     f"({100 * report['macs_removed']:.1f}% removed); healed {report['heal_steps']} steps")
+    if "quantization" in report:
+        q = report["quantization"]
+        how = f"{q['qat_steps']} steps of quantization-aware training" if q["method"] == "qat" else \
+            f"calibrated on {q['calibration_patches']} patches (ptq)"
+        lines.append(f"  int8, {how}; ONNX Runtime runs {q['int8_convs']} convs and {q['int8_adds']} adds in int8, "
+                     f"{q['float_convs']} convs in float")
+    lines.append(f"  agreement with the original on held-out patches: {report['holdout_agreement']:.1f}%")
+    if "final_top1" in report:
+        lines.append(f"  top-1 on {report['eval_data']}: {report['final_top1']:.2f}%, original "
                      f"{report['teacher_top1']:.2f}% ({report['top1_change']:+.2f} pt)")
     if "speedup_b32" in report:
         lines.append(f"  ONNX Runtime speed-up vs the original: {report['speedup_b1']:.2f}x at batch 1, "
@@ -321,7 +462,8 @@ def _print_prune_summary(report: dict, out: Path | None) -> None:
     if "speedup_note" in report:
         lines.append(f"  note: {report['speedup_note']}")
     if out is not None:
-        lines.append(f"  wrote {out}/model.pt, {out}/model.onnx, {out}/report.md")
+        files = sorted(p.name for p in Path(out).iterdir() if p.is_file())
+        lines.append(f"  wrote {', '.join(files)} in {out}")
     print("\n".join(lines))
 
 

@@ -33,23 +33,27 @@ class ExportResult:
 
 def export_onnx(module: nn.Module, path: str | Path, *, input_size: Sequence[int], mean: Sequence[float],
                 std: Sequence[float], classes: Sequence[str] | None = None, check_inputs: torch.Tensor | None = None,
-                tolerance: float = FLOAT_PARITY_TOLERANCE, metadata: dict | None = None) -> ExportResult:
+                tolerance: float | None = FLOAT_PARITY_TOLERANCE, min_agreement: float | None = None,
+                metadata: dict | None = None, onnx_bytes: bytes | None = None) -> ExportResult:
     """Export `module` (taking normalised NCHW float32) to one ONNX file with a dynamic batch axis.
 
     The preprocessing goes into the ONNX metadata as JSON strings (`mean`, `std`,
     `input_size`, `classes`) so a deployment knows how to feed the model. The file
-    is written only if ONNX Runtime reproduces PyTorch within `tolerance` on
-    `check_inputs` (normalised inputs; random ones by default).
+    is written only if ONNX Runtime reproduces PyTorch within `tolerance` (max abs
+    logit difference) and agrees on top-1 for at least `min_agreement` percent of
+    `check_inputs` (normalised inputs; random ones by default). `onnx_bytes` gives a
+    graph made elsewhere (an int8 one) to check against `module` and write.
     """
     import onnx
 
     path = Path(path)
-    module = module.eval().cpu()
+    module.eval()  # exported graphs return None here
+    module = module.cpu()
     if check_inputs is None:
         check_inputs = torch.randn(8, *input_size, generator=torch.Generator().manual_seed(0))
     example = check_inputs[:2].float()
 
-    model = onnx.load_from_string(onnx_model_bytes(module, input_size, example))
+    model = onnx.load_from_string(onnx_bytes or onnx_model_bytes(module, input_size, example))
     props = {"mean": json.dumps(list(map(float, mean))), "std": json.dumps(list(map(float, std))),
              "input_size": json.dumps(list(map(int, input_size))), "producer": "compress1img"}
     if classes is not None:
@@ -59,7 +63,7 @@ def export_onnx(module: nn.Module, path: str | Path, *, input_size: Sequence[int
     for key, value in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    return write_verified_onnx(model, path, module, check_inputs, tolerance)
+    return write_verified_onnx(model, path, module, check_inputs, tolerance, min_agreement)
 
 
 def onnx_model_bytes(module: nn.Module, input_size: Sequence[int], example: torch.Tensor | None = None) -> bytes:
@@ -69,14 +73,15 @@ def onnx_model_bytes(module: nn.Module, input_size: Sequence[int], example: torc
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not for our users
-        torch.onnx.export(module.eval(), (example,), buffer, input_names=["input"], output_names=["logits"],
+        module.eval()
+        torch.onnx.export(module, (example,), buffer, input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
                           dynamo=False)
     return buffer.getvalue()
 
 
 def write_verified_onnx(model, path: Path, reference: nn.Module, check_inputs: torch.Tensor,
-                        tolerance: float) -> ExportResult:
+                        tolerance: float | None, min_agreement: float | None = None) -> ExportResult:
     """Check `model` (an onnx.ModelProto) against `reference`, then write it atomically."""
     import onnx
     import onnxruntime as ort
@@ -92,9 +97,12 @@ def write_verified_onnx(model, path: Path, reference: nn.Module, check_inputs: t
         want = reference(check_inputs.float()).float().numpy()
     max_abs_diff = float(np.abs(got - want).max())
     top1_agreement = float((got.argmax(1) == want.argmax(1)).mean() * 100)
-    if not max_abs_diff <= tolerance:
+    if tolerance is not None and not max_abs_diff <= tolerance:
         raise ExportError(f"ONNX Runtime output differs from PyTorch by {max_abs_diff:.3g} "
                           f"(allowed {tolerance:g}); {path} was not written")
+    if min_agreement is not None and not top1_agreement >= min_agreement:
+        raise ExportError(f"ONNX Runtime agrees with PyTorch on top-1 for only {top1_agreement:.1f}% of the check "
+                          f"inputs (required {min_agreement:g}%); {path} was not written")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data)

@@ -2,10 +2,12 @@
 checkpoints, TorchScript, torch.export programs and, only when trusted, pickled modules."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
 import re
+import types
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,9 @@ log = logging.getLogger("compress1img")
 FORMAT = "compress1img"
 FORMAT_VERSION = 2  # 2: + transforms, pruned layer shapes
 # Suffixes that make a missing MODEL argument a missing file rather than an unknown model name.
+# Preprocessing saved beside a torch.export program by `save_program`.
+PROGRAM_METADATA = "compress1img.json"
+_RECORDED_PROGRAM = "(torch.export program, compress1img)"
 _MODEL_SUFFIXES = {".th", ".pt", ".pth", ".pt2", ".ckpt", ".bin", ".tar", ".pkl", ".ts", ".jit", ".onnx"}
 
 
@@ -67,7 +72,7 @@ def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool 
         loaded.std = _triple(std, "std")
         if min(loaded.std) <= 0:
             raise InputError(f"std must be positive, got {loaded.std}")
-    if loaded.arch is None and (mean is None or std is None):
+    if loaded.arch is None and not loaded.source.endswith(_RECORDED_PROGRAM) and (mean is None or std is None):
         log.warning("%s records no normalisation: assuming the ImageNet mean/std where --mean/--std are not given",
                     model)
     try:
@@ -130,6 +135,28 @@ def save_model(loaded: LoadedModel, path: str | Path, extra: dict | None = None)
     partial = path.with_name(path.name + ".partial")
     torch.save(checkpoint, partial)
     os.replace(partial, path)  # an interrupted save never leaves a truncated model behind
+
+
+def save_program(loaded: LoadedModel, path: str | Path) -> None:
+    """Write `loaded.module` (any module `torch.export` can capture, e.g. an int8 PT2E model) as a
+    torch.export program with our preprocessing beside it: it reloads with `load_model` and no pickled code."""
+    path = Path(path)
+    example = torch.zeros(2, *loaded.input_size)
+    program = torch.export.export(loaded.module, (example,),
+                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
+    metadata = {"format": FORMAT, "input_size": list(loaded.input_size), "mean": list(loaded.mean),
+                "std": list(loaded.std), "num_classes": loaded.num_classes,
+                "classes": None if loaded.classes is None else list(loaded.classes), "source": loaded.source}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.export.save(program, str(partial), extra_files={PROGRAM_METADATA: json.dumps(metadata)})
+    os.replace(partial, path)
+
+
+def _from_program_metadata(module: nn.Module, path: Path, metadata: dict) -> LoadedModel:
+    return LoadedModel(module, None, tuple(metadata["input_size"]), tuple(metadata["mean"]), tuple(metadata["std"]),
+                       int(metadata["num_classes"]), metadata.get("classes"),
+                       source=f"{path.name} {_RECORDED_PROGRAM}")
 
 
 # --- names ---------------------------------------------------------------------------------------------------
@@ -213,11 +240,18 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
             raise InputError(f"cannot load TorchScript file {path}: {_short(e)}") from None
         return _program(module, path, "TorchScript model", arch, num_classes, input_size)
     if kind == "export":
+        extra = {PROGRAM_METADATA: ""}
         try:
-            program = torch.export.load(str(path))
+            program = torch.export.load(str(path), extra_files=extra)
             module = program.module()
         except Exception as e:
             raise InputError(f"cannot load torch.export file {path}: {_short(e)}") from None
+        # A program keeps the mode it was exported in and refuses train()/eval(), which
+        # evaluation calls on every model.
+        module.train = types.MethodType(lambda self, mode=True: self, module)
+        module.eval = types.MethodType(lambda self: self, module)
+        if extra[PROGRAM_METADATA]:
+            return _from_program_metadata(module, path, json.loads(extra[PROGRAM_METADATA]))
         if input_size is None:
             input_size = _example_input_size(program)
         return _program(module, path, "torch.export program", arch, num_classes, input_size)

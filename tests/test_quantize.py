@@ -1,0 +1,148 @@
+"""Int8: graphs ONNX Runtime runs in int8 end to end, faithful to PyTorch, reloadable, and clear refusals."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from compress1img import InputError, evaluate_model, load_model
+from compress1img.api import BUNDLED_TEACHER, bundled_teacher
+from compress1img.compress import quantize
+from compress1img.evaluate import OnnxModel, agreement, predict
+from compress1img.quantization import QAT_LR, QuantizationError, QuantizeConfig, prepare_qat, runtime_ops
+from compress1img.training import DistillConfig
+
+TINY_QAT = DistillConfig(steps=6, batch_size=32, lr=QAT_LR, eval_every=3, holdout_size=64)
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "compress1img", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+
+
+def op_types(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.fixture(scope="module")
+def qat_run(tmp_path_factory, test_slice):
+    out = tmp_path_factory.mktemp("qat") / "run"
+    report = quantize(bundled_teacher(), "coffee", out=out, config=QuantizeConfig(method="qat"), train=TINY_QAT,
+                      eval_data=test_slice, progress=False)
+    return out, report
+
+
+def test_qat_graph_runs_every_conv_and_add_in_int8(qat_run):
+    out, report = qat_run
+    coverage = report["quantization"]
+    assert coverage["int8_convs"] == 19 and coverage["float_convs"] == 0  # ResNet-20: 19 convs
+    assert coverage["int8_adds"] == 9 and coverage["float_adds"] == 0
+    assert {"QuantizeLinear", "DequantizeLinear"} <= op_types(out / "model.onnx")
+    assert runtime_ops((out / "model.onnx").read_bytes()).get("QLinearConv") == 19
+
+
+def test_qat_int8_file_is_about_four_times_smaller(qat_run):
+    out, report = qat_run
+    # int8 weights; the float biases, scales and graph are the rest (a bigger share in a small model).
+    assert report["onnx_bytes"] < report["dense_onnx_bytes"] / 3
+
+
+def test_qat_int8_model_stays_close_to_the_teacher(qat_run, test_slice):
+    out, report = qat_run
+    # A few steps only; the int8 model must still behave like the fp32 one it came from.
+    assert report["test_agreement"] >= 90
+    assert abs(report["top1_change"]) <= 4
+    assert evaluate_model(out / "model.onnx", test_slice)["top1"] == pytest.approx(report["final_top1"])
+
+
+def test_fake_quant_onnx_and_reloaded_int8_models_agree(qat_run, test_slice):
+    out, report = qat_run
+    assert report["quantization"]["fake_quant_vs_int8_agreement"] >= 85
+    assert report["onnx_top1_agreement_vs_pytorch"] >= 90
+    reloaded = load_model(out / "model.pt2")
+    assert reloaded.mean == bundled_teacher().mean and reloaded.num_classes == 10
+    torch_top1 = evaluate_model(reloaded, test_slice)["top1"]
+    assert torch_top1 == pytest.approx(report["final_top1"], abs=2.0)
+    assert not (out / ".work").exists()
+
+
+def test_ptq_quantizes_a_tiny_model_end_to_end(tmp_path, test_slice):
+    out = tmp_path / "ptq"
+    report = quantize(bundled_teacher(), "coffee", out=out, config=QuantizeConfig(method="ptq", calibration_size=64),
+                      eval_data=test_slice, progress=False, measure_latency=False)
+    assert report["quantization"]["float_convs"] == 0 and report["quantization"]["int8_convs"] == 19
+    assert report["test_agreement"] >= 90
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json", "report.md"]
+
+
+class DataDependent(nn.Module):
+    """Python control flow on tensor values: torch.export cannot capture it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x.mean() > 0:
+            x = x * 2
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_model_torch_export_cannot_capture_is_a_clear_error():
+    with pytest.raises(QuantizationError, match="--method ptq") as excinfo:
+        prepare_qat(DataDependent(), (3, 16, 16))
+    assert "\n" not in str(excinfo.value)
+
+
+def test_bad_quantize_options_are_refused():
+    with pytest.raises(InputError, match="--method"):
+        QuantizeConfig(method="fp8").validate()
+    with pytest.raises(InputError, match="--calibration-size"):
+        QuantizeConfig(calibration_size=0).validate()
+
+
+def test_quantize_cli_refuses_no_int8_without_writing(tmp_path):
+    bad = run_cli("quantize", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--no-int8", "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and "int8" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_compress_cli_prunes_then_quantizes_and_quantize_takes_the_pruned_model(tmp_path, test_slice):
+    out = tmp_path / "both"
+    result = run_cli("compress", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--sparsity", "0.5", "--int8",
+                     "--steps", "3", "--qat-steps", "3", "--batch-size", "16", "--image", "coffee",
+                     "--eval-data", test_slice, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "int8" in result.stdout and "speed-up" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["command"] == "compress" and abs(report["params_removed"] - 0.5) <= 0.01
+    assert report["quantization"]["float_convs"] == 0
+    assert set(report["latency_ms"]) == {"dense", "pruned", "int8"}
+    assert {"model.onnx", "model.pt2", "pruned.pt", "report.json", "report.md"} <= {p.name for p in out.iterdir()}
+
+    pruned = load_model(out / "pruned.pt")
+    assert sum(p.numel() for p in pruned.module.parameters()) == report["params_after"]
+    again = run_cli("quantize", out / "pruned.pt", "--method", "ptq", "--calibration-size", "32", "--image", "coffee",
+                    "--out", tmp_path / "again")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "again" / "report.json").read_text())["quantization"]["float_convs"] == 0
+
+
+def test_reloaded_int8_program_predicts_like_the_onnx_file(qat_run):
+    out, _ = qat_run
+    program = load_model(out / "model.pt2")
+    onnx_model = OnnxModel.load(out / "model.onnx")
+    assert (onnx_model.mean, onnx_model.std) == (program.mean, program.std)
+    images = torch.rand(128, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch_logits = predict(program.module, images, program.mean, program.std)
+    onnx_logits = predict(onnx_model, images, onnx_model.mean, onnx_model.std)
+    assert agreement(torch_logits, onnx_logits) >= 90
+    assert (torch_logits - onnx_logits).abs().max() < 0.25 * torch_logits.abs().max()
