@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Pruning the real CIFAR-10 ResNet-56 (akamaster) on one image, healed by self-distillation.
-# Usage: bash benchmarks/prune_r56.sh [ROW ...]   (rows: p50 p30 p70 u50 u75 noise50; default all)
+# Usage: bash benchmarks/prune_r56.sh [ROW ...]
+#   rows: p50 p50-all p30 p70 u50 u75 noise50 noheal50 (default: all of them)
 # Results in benchmarks/results/prune-ROW/ (report.json, report.md); docs/benchmarks.md quotes them.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
@@ -14,10 +15,12 @@ run() {  # name, options...
     local name=$1; shift
     compress1img prune "${common[@]}" --out "$OUT/prune-$name" "$@" 2> "$OUT/prune-$name.log"
 }
-rows=("$@"); [ ${#rows[@]} -gt 0 ] || rows=(p50 p30 p70 u50 u75 noise50)
+rows=("$@"); [ ${#rows[@]} -gt 0 ] || rows=(p50 p50-all p30 p70 u50 u75 noise50 noheal50)
 for row in "${rows[@]}"; do
     case $row in
         p50) run p50 --sparsity 0.5 --image "$animals" ;;
+        p50-all) run p50-all --sparsity 0.5 --channels all --image "$animals" ;;
+        noheal50) run noheal50 --sparsity 0.5 --no-heal --image "$animals" ;;
         p30) run p30 --sparsity 0.3 --image "$animals" ;;
         p70) run p70 --sparsity 0.7 --image "$animals" ;;
         u50) run u50 --sparsity 0.5 --mode unstructured --image "$animals" ;;

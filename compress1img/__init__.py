@@ -5,6 +5,7 @@
     report = distill(teacher, "cifar_resnet20", image="city.jpg", out="runs/r20")
 """
 from .api import bundled_teacher, demo, distill, evaluate_model, write_patch_file
+from .compress import compress, prune, quantize
 from .data import EvalData, load_eval_data
 from .errors import Compress1imgError, InputError, TrainingError
 from .evaluate import OnnxModel
@@ -19,13 +20,14 @@ from .models import (
 )
 from .patches import PatchArray, PatchConfig, PatchGenerator
 from .pruning import PruneConfig
-from .compress import prune
+from .quantization import QuantizeConfig
 from .training import DistillConfig, distillation_loss, run_distillation
 
 __version__ = "0.1.0"
 __all__ = [
     "Compress1imgError", "DistillConfig", "EvalData", "InputError", "LoadedModel", "OnnxModel", "PatchArray",
-    "PatchConfig", "PatchGenerator", "PruneConfig", "prune", "TrainingError", "bundled_teacher", "create_model_from_name", "demo", "distill",
-    "distillation_loss", "evaluate_model", "export_onnx", "list_models", "load_eval_data", "load_image", "load_model",
-    "run_distillation", "save_model", "write_patch_file",
+    "PatchConfig", "PatchGenerator", "PruneConfig", "QuantizeConfig", "TrainingError", "bundled_teacher", "compress",
+    "create_model_from_name", "demo", "distill", "distillation_loss", "evaluate_model", "export_onnx", "list_models",
+    "load_eval_data", "load_image", "load_model", "prune", "quantize", "run_distillation", "save_model",
+    "write_patch_file",
 ]

@@ -162,6 +162,10 @@ ImportanceOpt = Annotated[str, typer.Option(
 AllocationOpt = Annotated[str, typer.Option(
     "--allocation", help="uniform: every layer loses the same share; global: one ranking across layers; auto: "
                          "uniform when it meets the budget, else global.")]
+ChannelsOpt = Annotated[str, typer.Option(
+    "--channels", help="internal: prune only channels inside residual blocks, keeping the residual streams (far "
+                       "less damage); all: prune the streams too (more speed per parameter removed); auto: internal "
+                       "where it meets the budget, else all.")]
 RoundToOpt = Annotated[Optional[int], typer.Option(
     "--round-to", help="Keep channel counts multiples of N (ragged counts run slower). Default: 8 where the "
                        "budget can be met with it, else 4, 2, 1.")]
@@ -192,11 +196,11 @@ _QAT_LR_HELP = ("Learning rate of quantization-aware training (it starts from a 
 QatLrOpt = Annotated[float, typer.Option("--qat-lr", help=_QAT_LR_HELP)]
 
 
-def _prune_config(sparsity, target, mode, importance, allocation, round_to, iterations, ignore):
+def _prune_config(sparsity, target, mode, importance, allocation, channels, round_to, iterations, ignore):
     from .pruning import PruneConfig
 
     config = PruneConfig(sparsity=sparsity, target=target, mode=mode, importance=importance, allocation=allocation,
-                         round_to=round_to, iterations=iterations, ignore=tuple(ignore or ()))
+                         channels=channels, round_to=round_to, iterations=iterations, ignore=tuple(ignore or ()))
     config.validate()
     return config
 
@@ -219,6 +223,7 @@ def prune(
     mode: ModeOpt = "structured",
     importance: ImportanceOpt = "l2",
     allocation: AllocationOpt = "auto",
+    channels: ChannelsOpt = "auto",
     round_to: RoundToOpt = None,
     iterations: IterationsOpt = 1,
     ignore: IgnoreOpt = None,
@@ -246,7 +251,8 @@ def prune(
     """Prune a pretrained model and heal it by distillation from the original on patches of one image."""
     from .compress import compress
 
-    config = _prune_config(sparsity, target, mode, importance, allocation, round_to, iterations, ignore)
+    config = _prune_config(sparsity, target, mode, importance, allocation, channels, round_to, iterations,
+                                  ignore)
     heal = DistillConfig(steps=max(steps, 1) if no_heal else steps, batch_size=batch_size, lr=lr,
                          temperature=temperature, seed=seed, eval_every=eval_every, device=device,
                          freeze_bn_stats=freeze_bn_stats)
@@ -304,6 +310,7 @@ def compress_(
     mode: ModeOpt = "structured",
     importance: ImportanceOpt = "l2",
     allocation: AllocationOpt = "auto",
+    channels: ChannelsOpt = "auto",
     round_to: RoundToOpt = None,
     iterations: IterationsOpt = 1,
     ignore: IgnoreOpt = None,
@@ -334,7 +341,8 @@ def compress_(
     """Prune, heal, then quantize to int8 in one run with one report (both stages distil from the original)."""
     from .compress import compress
 
-    prune_config = _prune_config(sparsity, target, mode, importance, allocation, round_to, iterations, ignore)
+    prune_config = _prune_config(sparsity, target, mode, importance, allocation, channels, round_to, iterations,
+                                  ignore)
     quantize_config = _quantize_config(int8, method, calibration_size)
     heal = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, temperature=temperature, seed=seed,
                          eval_every=eval_every, device=device, freeze_bn_stats=freeze_bn_stats)

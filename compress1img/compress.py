@@ -25,7 +25,8 @@ from .latency import compare_latency
 from .models import LoadedModel, load_model, save_model, save_program
 from .outputs import prepare_out_dir, remove_if_empty, write_report
 from .pruning import PruneConfig, count, fold_masks, make_prunable, prune_to_budget, sparsify, weight_sparsity
-from .quantization import (QAT_LR, QAT_STEPS, QuantizeConfig, calibrate, convert, freeze_observers, int8_coverage, int8_onnx_bytes, onnx_runner, prepare_qat,
+from .quantization import (QAT_LR, QAT_STEPS, QuantizeConfig, calibrate, convert, freeze_observers, int8_coverage,
+                           int8_onnx_bytes, onnx_runner, opset, prepare_qat,
                            ptq_onnx_bytes, runtime_ops)
 from .training import DistillConfig, distillation_loss, resolve_device, run_distillation
 
@@ -155,7 +156,8 @@ def _prune_stage(teacher: LoadedModel, student: LoadedModel, source, holdout, te
                                    teacher.num_classes, reference=reference,
                                    loss_fn=taylor_loss if config.importance == "taylor" else None,
                                    strict=k == config.iterations)
-            layout = {"allocation": step.allocation, "round_to": step.round_to, "channel_ratio": step.ratio}
+            layout = {"allocation": step.allocation, "round_to": step.round_to, "channels": step.channels,
+                      "channel_ratio": step.ratio}
         else:
             sparsify(student.module, fraction)
             layout = {}
@@ -215,7 +217,7 @@ def _quantize_stage(teacher: LoadedModel, student: LoadedModel, source, holdout,
                     progress: bool, report: dict) -> Int8Model:
     fp32 = student.module.cpu().eval()
     report["quantization"] = {"method": config.method, "weights": "int8 symmetric, per output channel",
-                              "activations": "uint8 affine, per tensor", "format": "ONNX QDQ (opset 18)"}
+                              "activations": "uint8 affine, per tensor"}
     calibration = normalize(source.batch(config.calibration_size, CALIBRATION_BATCH_INDEX),
                             teacher.mean, teacher.std)
     report["quantization"]["calibration_patches"] = config.calibration_size
@@ -238,6 +240,7 @@ def _quantize_stage(teacher: LoadedModel, student: LoadedModel, source, holdout,
             "qat_steps": train.steps, "qat_lr": train.lr, "qat_batch_size": train.batch_size,
             "qat_seconds": result.seconds, "qat_history": result.history,
             "fake_quant_vs_int8_agreement": agreement(fake_quant, reference)})
+    report["quantization"]["format"] = f"ONNX QuantizeLinear/DequantizeLinear pairs, opset {opset(int8.onnx_bytes)}"
     report["quantization"].update(int8_coverage(runtime_ops(int8.onnx_bytes)))
     return int8
 

@@ -25,6 +25,7 @@ from .models.transforms import ShortcutConv, freeze_shortcuts, make_prunable  # 
 MODES = ("structured", "unstructured")
 IMPORTANCES = ("l2", "taylor", "bn")
 ALLOCATIONS = ("auto", "uniform", "global")
+CHANNELS = ("auto", "internal", "all")
 TARGETS = ("params", "macs")
 # Bisection stops when the budget is met this closely (fraction of the original count) ...
 SOLVE_TOLERANCE = 0.004
@@ -48,6 +49,7 @@ class PruneConfig:
     importance: str = "l2"
     allocation: str = "auto"  # uniform where it meets the budget, else global
     round_to: int | None = None  # None: multiples of 8 where the budget allows, else 4, 2, 1
+    channels: str = "auto"  # internal: keep residual streams; all: prune them too; auto: internal if it can
     iterations: int = 1
     ignore: tuple[str, ...] = field(default_factory=tuple)
 
@@ -57,7 +59,8 @@ class PruneConfig:
                              f"(got {self.sparsity})")
         for name, value, allowed in (("--target", self.target, TARGETS), ("--mode", self.mode, MODES),
                                      ("--importance", self.importance, IMPORTANCES),
-                                     ("--allocation", self.allocation, ALLOCATIONS)):
+                                     ("--allocation", self.allocation, ALLOCATIONS),
+                                     ("--channels", self.channels, CHANNELS)):
             if value not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
         if self.round_to is not None and self.round_to < 1:
@@ -98,6 +101,29 @@ def protected_layers(model: nn.Module, num_classes: int, extra: tuple[str, ...])
     return layers
 
 
+def residual_layers(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module]) -> list[nn.Module]:
+    """Convs and linears whose output channels are added to another branch's: the residual streams.
+
+    Removing a residual channel removes it from every block of the stream at once;
+    keeping the streams and pruning only inside blocks did far less damage (ResNet-56,
+    50% of parameters: 26% top-1 right after the cut instead of 10%).
+    """
+    try:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    except Exception as e:  # DepGraph tracing failures come as assorted exception types
+        raise PruningError(f"torch-pruning cannot trace this model: {type(e).__name__}: {str(e).splitlines()[0]}") \
+            from None
+    layers = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
+        nodes = [dep.target for dep, _ in group]
+        if any(node.type == tp.ops.OPTYPE.ELEMENTWISE
+               and type(node.grad_fn).__name__.startswith(("AddBackward", "SubBackward")) for node in nodes):
+            layers.extend(dep.target.module for dep, _ in group
+                          if graph.is_out_channel_pruning_fn(dep.handler)
+                          and isinstance(dep.target.module, (nn.Conv2d, nn.Linear)))
+    return layers
+
+
 def _importance(name: str):
     return {"l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
             "taylor": lambda: tp.importance.GroupTaylorImportance(),
@@ -123,6 +149,9 @@ def _structured_step(model: nn.Module, example: torch.Tensor, config: PruneConfi
             raise InputError("--importance taylor needs a loss to take gradients of")
         model.zero_grad()
         loss_fn(model).backward()
+        for parameter in model.parameters():  # frozen ones (shortcut convs) get none; the importance needs all
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
     try:
         pruner.step()
     except Exception as e:
@@ -162,6 +191,7 @@ class PruneStep:
     ratio: float
     allocation: str
     round_to: int
+    channels: str
     macs: int
     params: int
 
@@ -197,29 +227,36 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, config: PruneConfig
     """
     current = budget_count(model, example, config.target)
     if target >= current:
-        return PruneStep(0.0, config.allocation, config.round_to or 1, *count(model, example))
+        return PruneStep(0.0, config.allocation, config.round_to or 1, config.channels, *count(model, example))
     misses = []
-    for round_to, allocation in candidate_layouts(config):
-        trial_config = dataclasses.replace(config, allocation=allocation, round_to=round_to)
+    names = {module: name for name, module in model.named_modules()}
+    # Found once: every trial prunes a copy of the same model.
+    streams = tuple(names[m] for m in residual_layers(model, example, protected_layers(model, num_classes,
+                                                                                       config.ignore)))
+    for round_to, channels, allocation in candidate_layouts(config):
+        trial_config = dataclasses.replace(config, allocation=allocation, round_to=round_to, channels=channels,
+                                           ignore=config.ignore + (streams if channels == "internal" else ()))
         ratio, got = _solve(model, example, trial_config, target, num_classes, loss_fn, current)
         if abs(got - target) <= BUDGET_TOLERANCE * reference or not strict:
             _structured_step(model, example, trial_config, ratio, num_classes, loss_fn)
             macs, params = count(model, example)
-            return PruneStep(ratio, allocation, round_to, macs, params)
-        misses.append(f"{allocation} allocation with channels in multiples of {round_to} gets "
+            return PruneStep(ratio, allocation, round_to, channels, macs, params)
+        misses.append(f"{allocation} allocation of {channels} channels in multiples of {round_to} gets "
                       f"{100 * (1 - got / reference):.1f}%")
     wanted = 100 * (1 - target / reference)
     raise BudgetError(f"cannot remove {wanted:.1f}% of the {config.target} within 1 point: {'; '.join(misses)}. "
                       f"Try another --sparsity, --round-to or --allocation")
 
 
-def candidate_layouts(config: PruneConfig) -> list[tuple[int, str]]:
-    """(round_to, allocation) pairs to try, fastest layouts first: wide multiples of 8 and
-    uniform widths run best in ONNX Runtime; coarser settings can miss a budget on narrow
-    models (a 16-channel layer only has 16 or 8 channels at multiples of 8)."""
+def candidate_layouts(config: PruneConfig) -> list[tuple[int, str, str]]:
+    """(round_to, channels, allocation) to try in order: multiples of 8 first (ragged counts
+    ran ~2x slower in ONNX Runtime), residual streams kept where possible (less damage),
+    uniform before global. Coarse settings can miss a budget on narrow models (a
+    16-channel layer only has 16 or 8 channels at multiples of 8)."""
     roundings = [config.round_to] if config.round_to is not None else [8, 4, 2, 1]
+    channels = ["internal", "all"] if config.channels == "auto" else [config.channels]
     allocations = ["uniform", "global"] if config.allocation == "auto" else [config.allocation]
-    return [(r, a) for r in roundings for a in allocations]
+    return [(r, c, a) for r in roundings for c in channels for a in allocations]
 
 
 # --- unstructured ------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import logging
 import tempfile
 import types
 import warnings
@@ -34,6 +35,9 @@ from torch import nn
 from torch.fx import GraphModule, Node
 
 from .errors import Compress1imgError, InputError
+
+# Importing torchao makes torch log a deprecation warning meant for torchao's developers.
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 METHODS = ("qat", "ptq")
 # Quantization-aware training starts from a trained model: few, small steps (lr 1e-4 made the loss rise).
@@ -271,6 +275,12 @@ def ptq_onnx_bytes(float_onnx: bytes, calibration: torch.Tensor) -> bytes:
             raise QuantizationError(f"ONNX Runtime static quantization failed: {type(e).__name__}: "
                                     f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
         return output.read_bytes()
+
+
+def opset(onnx_bytes: bytes) -> int:
+    import onnx
+
+    return next(o.version for o in onnx.load_from_string(onnx_bytes).opset_import if o.domain in ("", "ai.onnx"))
 
 
 def runtime_ops(onnx_bytes: bytes) -> dict[str, int]:

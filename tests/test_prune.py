@@ -49,12 +49,42 @@ def test_requested_sparsity_is_met_within_one_point(name, size, sparsity, option
     assert pruned(torch.randn(2, 3, size, size)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("importance", ["taylor", "bn"])
+def test_every_importance_prunes_a_cifar_resnet_to_budget(importance):
+    model = copy.deepcopy(bundled_teacher().module)
+    make_prunable(model)  # frozen shortcut convs: no gradients of their own
+    example = torch.zeros(1, 3, 32, 32)
+    base = count(model, example)[1]
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        target = model(x)
+
+    def loss(m: nn.Module) -> torch.Tensor:
+        return nn.functional.mse_loss(m(x), target + 1)
+
+    prune_to_budget(model, example, PruneConfig(sparsity=0.4, importance=importance), int(base * 0.6), 10,
+                    reference=base, loss_fn=loss)
+    assert abs((1 - count(model, example)[1] / base) - 0.4) <= 0.01
+
+
 def test_round_to_is_honoured_and_stem_and_classifier_are_kept():
     model = bundled_teacher().module
     _, _, pruned = budget_prune(model, 32, 0.5, round_to=8)
     convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)]
     assert all(c.out_channels % 8 == 0 for c in convs)
     assert convs[0].out_channels == 16 and pruned.linear.out_features == 10
+
+
+def test_internal_channels_keep_every_residual_stream():
+    model = bundled_teacher().module
+    _, _, kept = budget_prune(model, 32, 0.4, channels="internal", round_to=8)
+    _, _, cut = budget_prune(model, 32, 0.4, channels="all", round_to=8)
+    stream = {name: m.out_channels for name, m in model.named_modules() if name.endswith("conv2")}
+    assert {name: m.out_channels for name, m in kept.named_modules() if name.endswith("conv2")} == stream
+    assert {name: m.out_channels for name, m in cut.named_modules() if name.endswith("conv2")} != stream
+    inner = [m.out_channels for name, m in kept.named_modules() if name.endswith("conv1") and "layer" in name]
+    assert all(c % 8 == 0 for c in inner) and sum(inner) < sum(
+        m.out_channels for name, m in model.named_modules() if name.endswith("conv1") and "layer" in name)
 
 
 def test_unreachable_budget_with_a_fixed_layout_is_a_clear_error():

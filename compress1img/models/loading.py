@@ -148,7 +148,7 @@ def save_program(loaded: LoadedModel, path: str | Path) -> None:
                 "std": list(loaded.std), "num_classes": loaded.num_classes,
                 "classes": None if loaded.classes is None else list(loaded.classes), "source": loaded.source}
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # torch.export.save wants its suffix kept
     torch.export.save(program, str(partial), extra_files={PROGRAM_METADATA: json.dumps(metadata)})
     os.replace(partial, path)
 

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Int8 quantization of the real CIFAR-10 ResNet-56 (akamaster) on one image.
+# Usage: bash benchmarks/quantize_r56.sh [ROW ...]
+#   rows: ptq qat100 qat250 qat500 qat1000 chain-ptq chain-qat (default: ptq qat100 qat250 qat500)
+#   chain-*: quantize the pruned model of `prune_r56.sh p50` (run that first); it is its own teacher here.
+# Results in benchmarks/results/quantize-ROW/ (report.json, report.md); docs/benchmarks.md quotes them.
+set -euo pipefail
+DATA=${DATA:-../shared/data}
+OUT=benchmarks/results
+mkdir -p "$OUT"
+r56=("$DATA/weights/cifar10_resnet56_akamaster.th" --arch cifar_resnet56)
+common=(--eval-data "$DATA/cifar10_test_jpeg75.npz" --image "$DATA/images/animals.jpg" --eval-every 100 --overwrite)
+run() {  # name, options...
+    local name=$1; shift
+    compress1img quantize "$@" "${common[@]}" --out "$OUT/quantize-$name" 2> "$OUT/quantize-$name.log"
+}
+rows=("$@"); [ ${#rows[@]} -gt 0 ] || rows=(ptq qat100 qat250 qat500)
+for row in "${rows[@]}"; do
+    case $row in
+        ptq) run ptq "${r56[@]}" --method ptq ;;
+        qat*) run "$row" "${r56[@]}" --method qat --steps "${row#qat}" ;;
+        chain-ptq) run chain-ptq "$OUT/prune-p50/model.pt" --method ptq ;;
+        chain-qat) run chain-qat "$OUT/prune-p50/model.pt" --method qat --steps 500 ;;
+        *) echo "unknown row $row" >&2; exit 2 ;;
+    esac
+done
