@@ -20,7 +20,7 @@ for row in "${rows[@]}"; do
         ptq) run ptq "${r56[@]}" --method ptq ;;
         qat*) run "$row" "${r56[@]}" --method qat --steps "${row#qat}" ;;
         chain-ptq) run chain-ptq "$OUT/prune-p50/model.pt" --method ptq ;;
-        chain-qat) run chain-qat "$OUT/prune-p50/model.pt" --method qat --steps 500 ;;
+        chain-qat) run chain-qat "$OUT/prune-p50/model.pt" --method qat --steps 250 ;;
         *) echo "unknown row $row" >&2; exit 2 ;;
     esac
 done

@@ -44,6 +44,20 @@ def prune_rows(reports: list[dict]) -> list[str]:
     return rows
 
 
+def quantize_rows(reports: list[tuple[str, dict]]) -> list[str]:
+    rows = ["| run | method | QAT steps (minutes) | int8 top-1 | teacher top-1 | change | test agreement with teacher | "
+            "convs in int8 / float | ORT speed-up vs dense fp32 b1 / b32 | ONNX size vs fp32 |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in reports:
+        q = r["quantization"]
+        steps = f"{q['qat_steps']} ({q['qat_seconds'] / 60:.1f})" if q["method"] == "qat" else "-"
+        rows.append(f"| {name} | {q['method']} | {steps} | {r['final_top1']:.2f}% | {r['teacher_top1']:.2f}% | "
+                    f"{r['top1_change']:+.2f} pt | {r['test_agreement']:.2f}% | {q['int8_convs']} / {q['float_convs']} | "
+                    f"{r['speedup_b1']:.2f}x / {r['speedup_b32']:.2f}x | "
+                    f"{r['dense_onnx_bytes'] / r['onnx_bytes']:.2f}x smaller |")
+    return rows
+
+
 def main() -> None:
     paths = [Path(p) for p in sys.argv[1:]]
     throughput = Path("benchmarks/results/throughput.json")
@@ -51,18 +65,25 @@ def main() -> None:
     if throughput.exists():
         text = throughput.read_text()
         step_seconds = json.loads(text[text.index("{"):])["step_s_on_the_fly"]
-    distills, prunes = [], []
+    distills, prunes, quantizes = [], [], []
     for path in paths:
         report_file = path / "report.json"
         if not report_file.exists():
             continue
         report = json.loads(report_file.read_text())
-        (distills.append(report) if report["command"] == "distill" else prunes.append((path.name, report)))
+        if report["command"] == "distill":
+            distills.append(report)
+        elif "quantization" in report:
+            quantizes.append((path.name, report))
+        else:
+            prunes.append((path.name, report))
     if distills:
         print("\n".join(distill_rows(distills, step_seconds)) + "\n")
         print("\n".join(curve_rows(max(distills, key=lambda r: r["steps"]))) + "\n")
     if prunes:
-        print("\n".join(prune_rows(prunes)))
+        print("\n".join(prune_rows(prunes)) + "\n")
+    if quantizes:
+        print("\n".join(quantize_rows(quantizes)))
 
 
 if __name__ == "__main__":

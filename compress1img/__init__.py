@@ -5,7 +5,7 @@
     report = distill(teacher, "cifar_resnet20", image="city.jpg", out="runs/r20")
 """
 from .api import bundled_teacher, demo, distill, evaluate_model, write_patch_file
-from .compress import compress, prune, quantize
+from .compression import compress, prune, quantize
 from .data import EvalData, load_eval_data
 from .errors import Compress1imgError, InputError, TrainingError
 from .evaluate import OnnxModel

@@ -242,7 +242,7 @@ def demo(out: str | Path = "compress1img-demo", *, steps: int = 300, overwrite: 
          device: str = "auto", progress: bool = True) -> dict:
     """The main job on the bundled teacher and image: remove half the parameters, heal, export."""
     from .pruning import PruneConfig
-    from .compress import prune
+    from .compression import prune
 
     heal = DistillConfig(steps=steps, batch_size=128, eval_every=max(steps // 4, 1),
                          checkpoint_every=max(steps // 4, 1), device=device, holdout_size=512)

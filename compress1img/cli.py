@@ -249,7 +249,7 @@ def prune(
     recipe: RecipeOpt = None,
 ) -> None:
     """Prune a pretrained model and heal it by distillation from the original on patches of one image."""
-    from .compress import compress
+    from .compression import compress
 
     config = _prune_config(sparsity, target, mode, importance, allocation, channels, round_to, iterations,
                                   ignore)
@@ -289,7 +289,7 @@ def quantize(
     recipe: RecipeOpt = None,
 ) -> None:
     """Quantize a pretrained (or pruned) model to int8 for ONNX Runtime, trained against the original on patches."""
-    from .compress import compress
+    from .compression import compress
 
     config = _quantize_config(int8, method, calibration_size)
     train = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, temperature=temperature, seed=seed,
@@ -339,7 +339,7 @@ def compress_(
     recipe: RecipeOpt = None,
 ) -> None:
     """Prune, heal, then quantize to int8 in one run with one report (both stages distil from the original)."""
-    from .compress import compress
+    from .compression import compress
 
     prune_config = _prune_config(sparsity, target, mode, importance, allocation, channels, round_to, iterations,
                                   ignore)
@@ -469,6 +469,8 @@ def _print_compress_summary(report: dict, out: Path | None) -> None:
                      f"{report['speedup_b32']:.2f}x at batch 32")
     if "speedup_note" in report:
         lines.append(f"  note: {report['speedup_note']}")
+    if "speed_warning" in report:
+        lines.append(f"  warning: {report['speed_warning']}")
     if out is not None:
         files = sorted(p.name for p in Path(out).iterdir() if p.is_file())
         lines.append(f"  wrote {', '.join(files)} in {out}")

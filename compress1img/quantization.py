@@ -64,7 +64,8 @@ class QuantizeConfig:
 def _quantizer():
     from torchao.quantization.pt2e import (FusedMovingAvgObsFakeQuantize, MovingAverageMinMaxObserver,
                                            MovingAveragePerChannelMinMaxObserver)
-    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec, Quantizer
+    from torchao.quantization.pt2e.quantizer import (QuantizationAnnotation, QuantizationSpec, Quantizer,
+                                                     SharedQuantizationSpec)
 
     aten = torch.ops.aten
     # One spec object each: PT2E shares an observer between a producer's output and a
@@ -81,6 +82,8 @@ def _quantizer():
     norms = {aten.batch_norm.default}
     relus = {aten.relu.default, aten.relu_.default}
     adds = {aten.add.Tensor, aten.add_.Tensor}
+    # Their output lies within their input's range: they share its scale and stay int8.
+    pools = {aten.max_pool2d.default, aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default}
 
     def is_float_tensor(arg) -> bool:
         value = arg.meta.get("val") if isinstance(arg, Node) else None
@@ -93,15 +96,21 @@ def _quantizer():
         return None
 
     class U8S8Quantizer(Quantizer):
-        """Quantize what ONNX Runtime fuses into int8 kernels: conv(+BN)(+ReLU), linear, add(+ReLU).
+        """Quantize what ONNX Runtime fuses into int8 kernels: conv(+BN)(+ReLU), linear, add(+ReLU), pooling.
 
         The chain's last node gets the output quantizer so BN and ReLU run inside the int8
-        kernel; the model's final output (the logits) stays float.
+        kernel. The logits are quantized too, as ONNX Runtime's own quantizer does: only
+        then does it run the classifier as an int8 QGemm.
         """
 
         def annotate(self, model: GraphModule) -> GraphModule:
             for node in model.graph.nodes:
                 if node.op != "call_function" or "quantization_annotation" in node.meta:
+                    continue
+                if node.target in pools and is_float_tensor(node.args[0]):
+                    node.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map={node.args[0]: activation},
+                        output_qspec=SharedQuantizationSpec((node.args[0], node)), _annotated=True)
                     continue
                 if node.target in weighted and len(node.args) >= 2:
                     inputs = {node.args[0]: activation, node.args[1]: weight}
@@ -119,8 +128,7 @@ def _quantizer():
                                                                               _annotated=True)
                 for later in chain[1:]:
                     later.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
-                if not any(user.op == "output" for user in chain[-1].users):
-                    chain[-1].meta["quantization_annotation"].output_qspec = activation
+                chain[-1].meta["quantization_annotation"].output_qspec = activation
             return model
 
         def validate(self, model: GraphModule) -> None:

@@ -13,7 +13,7 @@ from torch import nn
 
 from compress1img import InputError, evaluate_model, load_model
 from compress1img.api import BUNDLED_TEACHER, bundled_teacher
-from compress1img.compress import quantize
+from compress1img.compression import quantize
 from compress1img.evaluate import OnnxModel, agreement, predict
 from compress1img.quantization import QAT_LR, QuantizationError, QuantizeConfig, prepare_qat, runtime_ops
 from compress1img.training import DistillConfig
@@ -146,3 +146,28 @@ def test_reloaded_int8_program_predicts_like_the_onnx_file(qat_run):
     onnx_logits = predict(onnx_model, images, onnx_model.mean, onnx_model.std)
     assert agreement(torch_logits, onnx_logits) >= 90
     assert (torch_logits - onnx_logits).abs().max() < 0.25 * torch_logits.abs().max()
+
+
+def test_a_failed_qat_run_resumes_without_training_again(tmp_path, monkeypatch):
+    import compress1img.compression as compress_module
+
+    out = tmp_path / "resumed"
+    real_export = compress_module.int8_onnx_bytes
+
+    def failing_export(*args, **kwargs):
+        raise QuantizationError("simulated failure after training")
+
+    monkeypatch.setattr(compress_module, "int8_onnx_bytes", failing_export)
+    with pytest.raises(QuantizationError, match="simulated"):
+        quantize(bundled_teacher(), "coffee", out=out, train=TINY_QAT, progress=False, measure_latency=False)
+    assert (out / ".work" / "qat" / "checkpoint.pt").exists() and not (out / "model.onnx").exists()
+
+    monkeypatch.setattr(compress_module, "int8_onnx_bytes", real_export)
+    calls = []
+    real_step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: calls.append(1) or real_step(self, *a, **k))
+    report = quantize(bundled_teacher(), "coffee", out=out, train=TINY_QAT, resume=True, progress=False,
+                      measure_latency=False)
+    assert calls == []  # the checkpoint was at the last step: nothing retrained
+    assert report["quantization"]["float_convs"] == 0 and (out / "model.onnx").exists()
+    assert not (out / ".work").exists()

@@ -204,12 +204,12 @@ def _prune_stage(teacher: LoadedModel, student: LoadedModel, source, holdout, te
     return student
 
 
+@dataclasses.dataclass
 class Int8Model:
     """The quantized result: its ONNX graph and, for QAT, the int8 PyTorch model it was exported from."""
 
-    def __init__(self, onnx_bytes: bytes, reference: torch.nn.Module | None):
-        self.onnx_bytes = onnx_bytes
-        self.reference = reference
+    onnx_bytes: bytes
+    reference: torch.nn.Module | None
 
 
 def _quantize_stage(teacher: LoadedModel, student: LoadedModel, source, holdout, teacher_holdout,
@@ -279,6 +279,8 @@ def _finish(teacher: LoadedModel, student: LoadedModel, int8: Int8Model | None, 
                                    min_agreement=INT8_MIN_AGREEMENT if int8.reference is not None else None,
                                    **common)
             report["onnx_top1_agreement_vs_pytorch"] = exported.top1_agreement
+            report["onnx_compared_with"] = ("the int8 PyTorch model (model.pt2)" if int8.reference is not None
+                                            else "the fp32 PyTorch model (PTQ has no int8 PyTorch model)")
         report.update({"onnx_max_abs_diff": exported.max_abs_diff, "onnx_bytes": exported.size_bytes})
     if measure_latency:
         models = {"dense": onnx_model_bytes(teacher.module, teacher.input_size)}
@@ -295,3 +297,10 @@ def _finish(teacher: LoadedModel, student: LoadedModel, int8: Int8Model | None, 
             if int8 is not None:  # int8 against the float model it was made from
                 same = "pruned" if "pruned" in models else "dense"
                 report[f"int8_speedup_{batch}"] = timing[same][f"{batch}_ms"] / timing["int8"][f"{batch}_ms"]
+        slower = [batch for batch in ("b1", "b32") if report.get(f"int8_speedup_{batch}", 1) < 1]
+        if slower:
+            report["speed_warning"] = (
+                f"int8 ran slower than fp32 in ONNX Runtime on this machine at batch "
+                f"{' and '.join(b[1:] for b in slower)}: float activations between the int8 convs (SiLU, hardswish, "
+                f"squeeze-excitation in MobileNet/EfficientNet-style models) cost a conversion each; measure on "
+                f"your target CPU and keep the fp32 model if it is faster there")
