@@ -129,6 +129,9 @@ def _prune_stage(teacher: LoadedModel, student: LoadedModel, source, holdout, te
     base_macs, base_params = report["macs_before"], report["params_before"]
     structured = config.mode == "structured"
     student.source = f"{teacher.source}, pruned"
+    # A model that served as a teacher before has frozen weights; torch-pruning traces
+    # its dependency graph through autograd and would find nothing to prune.
+    student.module.requires_grad_(True)
     student.transforms = make_prunable(student.module) if structured else []
 
     taylor_batch = normalize(source.batch(heal.batch_size, TAYLOR_BATCH_INDEX), teacher.mean, teacher.std)

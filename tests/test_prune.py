@@ -153,6 +153,16 @@ def test_prune_cli_writes_a_smaller_model_that_reloads_and_exports(tmp_path, tes
     assert evaluate_model(out / "model.onnx", test_slice)["top1"] == pytest.approx(report["pruned_top1"])
 
 
+def test_a_model_frozen_by_an_earlier_run_still_prunes():
+    from compress1img import prune
+
+    model = bundled_teacher()
+    model.module.requires_grad_(False)  # what serving as a distillation teacher leaves behind
+    report = prune(model, "coffee", config=PruneConfig(sparsity=0.3), healing=False, progress=False,
+                   measure_latency=False)
+    assert abs(report["params_removed"] - 0.3) <= 0.01
+
+
 def test_prune_cli_refuses_impossible_sparsity_without_writing(tmp_path):
     for value in ("1.5", "0", "abc"):
         bad = run_cli("prune", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--sparsity", value,
