@@ -66,7 +66,8 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for patches, augmenta
 EvalDataOpt = Annotated[Optional[Path], typer.Option(
     "--eval-data", help="Labelled data for top-1 accuracy: .npz (images uint8 NHWC + labels) or an ImageFolder "
                         "directory. Without it, only agreement with the teacher on held-out patches is reported.")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from --out/checkpoint.pt.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from the checkpoints it left in "
+                                                          "--out (same options).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --out.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (cuda when present; AMP and "
                                                          "channels_last are used on cuda).")]
