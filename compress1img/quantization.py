@@ -62,6 +62,7 @@ class QuantizeConfig:
 
 
 def _quantizer():
+    """Our torchao quantizer, defined on first use: importing torchao takes seconds that other commands need not pay."""
     from torchao.quantization.pt2e import (FusedMovingAvgObsFakeQuantize, MovingAverageMinMaxObserver,
                                            MovingAveragePerChannelMinMaxObserver)
     from torchao.quantization.pt2e.quantizer import (QuantizationAnnotation, QuantizationSpec, Quantizer,
