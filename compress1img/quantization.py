@@ -23,7 +23,6 @@ import contextlib
 import io
 import logging
 import tempfile
-import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch import nn
 from torch.fx import GraphModule, Node
 
 from .errors import Compress1imgError, InputError
+from .models.loading import ignore_mode_switches
 
 # Importing torchao makes torch log a deprecation warning meant for torchao's developers.
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
@@ -138,6 +138,12 @@ def _quantizer():
     return U8S8Quantizer()
 
 
+def _why(error: Exception) -> str:
+    """The exception type and its first line: library errors can run to pages."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def _batch_dim():
     return torch.export.Dim("batch", min=1, max=65536)
 
@@ -150,9 +156,8 @@ def capture(module: nn.Module, input_size: Sequence[int]) -> GraphModule:
             warnings.simplefilter("ignore")
             program = torch.export.export(module.cpu().train(), (example,), dynamic_shapes=({0: _batch_dim()},))
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise QuantizationError(f"torch.export cannot capture this model for quantization-aware training "
-                                f"({type(e).__name__}: {first}); use --method ptq, which quantizes the "
+                                f"({_why(e)}); use --method ptq, which quantizes the "
                                 f"exported ONNX model instead") from None
     return program.module()
 
@@ -172,18 +177,11 @@ def prepare_qat(module: nn.Module, input_size: Sequence[int]) -> GraphModule:
     try:
         prepared = prepare_qat_pt2e(graph, _quantizer())
     except Exception as e:
-        raise QuantizationError(f"torchao could not insert fake quantization: {type(e).__name__}: "
-                                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}; "
+        raise QuantizationError(f"torchao could not insert fake quantization: {_why(e)}; "
                                 f"use --method ptq") from None
     move_exported_model_to_eval(prepared)
-    _ignore_mode_switches(prepared)
+    ignore_mode_switches(prepared)
     return prepared
-
-
-def _ignore_mode_switches(graph: GraphModule) -> None:
-    """Make `.train()`/`.eval()` no-ops: exported graphs refuse them, and our loops call them."""
-    graph.train = types.MethodType(lambda self, mode=True: self, graph)
-    graph.eval = types.MethodType(lambda self: self, graph)
 
 
 def calibrate(prepared: GraphModule, inputs: torch.Tensor, batch_size: int = 64) -> None:
@@ -218,7 +216,7 @@ def convert(prepared: GraphModule) -> GraphModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         converted = convert_pt2e(prepared.cpu())
-    _ignore_mode_switches(converted)
+    ignore_mode_switches(converted)
     return converted
 
 
@@ -235,8 +233,7 @@ def int8_onnx_bytes(converted: GraphModule, input_size: Sequence[int]) -> bytes:
                                         dynamic_shapes=({0: _batch_dim()},), opset_version=18)
             program.save(str(path), external_data=False)
         except Exception as e:
-            raise QuantizationError(f"the int8 model could not be exported to ONNX: {type(e).__name__}: "
-                                    f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+            raise QuantizationError(f"the int8 model could not be exported to ONNX: {_why(e)}") from None
         return _without_debug_metadata(path.read_bytes())
 
 
@@ -281,8 +278,7 @@ def ptq_onnx_bytes(float_onnx: bytes, calibration: torch.Tensor) -> bytes:
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                             calibrate_method=CalibrationMethod.MinMax)
         except Exception as e:
-            raise QuantizationError(f"ONNX Runtime static quantization failed: {type(e).__name__}: "
-                                    f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+            raise QuantizationError(f"ONNX Runtime static quantization failed: {_why(e)}") from None
         return output.read_bytes()
 
 

@@ -153,6 +153,13 @@ def save_program(loaded: LoadedModel, path: str | Path) -> None:
     os.replace(partial, path)
 
 
+def ignore_mode_switches(graph: nn.Module) -> None:
+    """Make `.train()`/`.eval()` no-ops on an exported graph: it keeps the mode it was exported
+    in and refuses them, while training and evaluation call them on every model."""
+    graph.train = types.MethodType(lambda self, mode=True: self, graph)
+    graph.eval = types.MethodType(lambda self: self, graph)
+
+
 def _from_program_metadata(module: nn.Module, path: Path, metadata: dict) -> LoadedModel:
     return LoadedModel(module, None, tuple(metadata["input_size"]), tuple(metadata["mean"]), tuple(metadata["std"]),
                        int(metadata["num_classes"]), metadata.get("classes"),
@@ -246,10 +253,7 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
             module = program.module()
         except Exception as e:
             raise InputError(f"cannot load torch.export file {path}: {_short(e)}") from None
-        # A program keeps the mode it was exported in and refuses train()/eval(), which
-        # evaluation calls on every model.
-        module.train = types.MethodType(lambda self, mode=True: self, module)
-        module.eval = types.MethodType(lambda self: self, module)
+        ignore_mode_switches(module)
         if extra[PROGRAM_METADATA]:
             return _from_program_metadata(module, path, json.loads(extra[PROGRAM_METADATA]))
         if input_size is None:
