@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,7 +21,8 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from .errors import Compress1imgError, InputError
-from .models.transforms import ShortcutConv, freeze_shortcuts, make_prunable  # noqa: F401 (re-export)
+from .models.transforms import (ShortcutConv, attention_layers, freeze_shortcuts,  # noqa: F401 (re-export)
+                                make_prunable, sync_attention_dims)
 
 MODES = ("structured", "unstructured")
 IMPORTANCES = ("l2", "taylor", "bn")
@@ -31,6 +33,9 @@ TARGETS = ("params", "macs")
 SOLVE_TOLERANCE = 0.004
 # ... and a budget missed by more than this (the promised +-1 point) is an error.
 BUDGET_TOLERANCE = 0.01
+# Layer scales, class tokens, position embeddings: torch-pruning warns that it prunes their
+# last dimension, which is the channel dimension in every model we build.
+warnings.filterwarnings("ignore", message="Unwrapped parameters detected", module="torch_pruning")
 
 
 class PruningError(Compress1imgError):
@@ -131,10 +136,13 @@ def _importance(name: str):
 
 
 def _pruner(model: nn.Module, example: torch.Tensor, config: PruneConfig, ratio: float, ignored: list[nn.Module]):
+    # Attention: narrow each head (torch-pruning keeps the heads' channels together), keep their number.
+    heads = {m.qkv: m.num_heads for m in attention_layers(model)}
     try:
         return tp.pruner.BasePruner(model, example, importance=_importance(config.importance), pruning_ratio=ratio,
                                     global_pruning=config.allocation == "global", ignored_layers=ignored,
-                                    round_to=config.round_to, iterative_steps=1)
+                                    round_to=config.round_to, iterative_steps=1,
+                                    num_heads=heads, prune_head_dims=True, prune_num_heads=False)
     except Exception as e:  # DepGraph tracing failures come as assorted exception types
         raise PruningError(f"torch-pruning cannot trace this model: {type(e).__name__}: {str(e).splitlines()[0]}") \
             from None
@@ -160,6 +168,7 @@ def _structured_step(model: nn.Module, example: torch.Tensor, config: PruneConfi
                            f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
     model.zero_grad(set_to_none=True)
     freeze_shortcuts(model)
+    sync_attention_dims(model)
     check_forward(model, example)
 
 

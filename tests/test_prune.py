@@ -40,13 +40,37 @@ def test_option_a_shortcuts_become_convolutions_with_identical_outputs():
     ("cifar_resnet20", 32, 0.5, {}),
     ("cifar_resnet20", 32, 0.3, {}),
     ("tv:resnet18", 64, 0.5, {}),
-    ("timm:efficientnet_b0", 32, 0.4, {"allocation": "uniform", "round_to": 8})])
+    ("timm:efficientnet_b0", 32, 0.4, {"allocation": "uniform", "round_to": 8}),
+    ("timm:convnext_atto", 32, 0.5, {})])
 def test_requested_sparsity_is_met_within_one_point(name, size, sparsity, options):
     torch.manual_seed(0)
     model, _ = create_model_from_name(name, num_classes=10)
     base, after, pruned = budget_prune(model.eval(), size, sparsity, **options)
     assert abs((1 - after / base) - sparsity) <= 0.01
     assert pruned(torch.randn(2, 3, size, size)).shape == (2, 10)
+
+
+def test_vision_transformer_heads_are_narrowed_and_rebuild_from_saved_shapes():
+    import timm
+
+    from compress1img.models.transforms import resize_to_state_dict
+
+    def tiny_vit():
+        return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=10).eval()
+
+    torch.manual_seed(0)
+    base, after, pruned = budget_prune(tiny_vit(), 32, 0.3, round_to=8)
+    assert abs((1 - after / base) - 0.3) <= 0.01
+    attention = [block.attn for block in pruned.blocks]
+    assert any(a.head_dim < 64 for a in attention)
+    for a in attention:
+        assert a.num_heads == 3 and a.head_dim % 8 == 0 and a.qkv.out_features == 3 * a.num_heads * a.head_dim
+    rebuilt = tiny_vit()
+    resize_to_state_dict(rebuilt, pruned.state_dict())
+    rebuilt.load_state_dict(pruned.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), pruned(x))
 
 
 @pytest.mark.parametrize("importance", ["taylor", "bn"])

@@ -53,6 +53,25 @@ def apply_transforms(model: nn.Module, transforms: list[str]) -> None:
         make_prunable(model)
 
 
+def attention_layers(model: nn.Module) -> list[nn.Module]:
+    """Self-attention modules with a fused qkv projection split into heads (timm's Attention and kin)."""
+    return [m for m in model.modules() if isinstance(getattr(m, "qkv", None), nn.Linear)
+            and isinstance(getattr(m, "num_heads", None), int) and isinstance(getattr(m, "head_dim", None), int)]
+
+
+def sync_attention_dims(model: nn.Module) -> None:
+    """Make attention modules' head size follow their (pruned) qkv projection.
+
+    torch-pruning narrows every head of qkv alike but cannot know the attribute
+    the forward pass reshapes with. The softmax scale keeps its original value:
+    the remaining dimensions' dot products are what the trained model computed.
+    """
+    for module in attention_layers(model):
+        module.head_dim = module.qkv.out_features // (3 * module.num_heads)
+        if hasattr(module, "attn_dim"):
+            module.attn_dim = module.num_heads * module.head_dim
+
+
 def freeze_shortcuts(model: nn.Module) -> None:
     # torch-pruning replaces pruned parameters with new, trainable ones.
     for module in model.modules():
@@ -76,6 +95,7 @@ def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             changed = True
         if changed:
             _fix_attributes(name, module)
+    sync_attention_dims(model)
 
 
 def _fix_attributes(name: str, module: nn.Module) -> None:
