@@ -87,6 +87,21 @@ def test_recipe_supplies_defaults_and_the_command_line_wins(tmp_path, tiny_teach
     assert bad.returncode == 2 and "stepz" in bad.stderr
 
 
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_recipes_name_only_options_of_their_command(recipe):
+    import tomllib
+
+    import typer.main
+
+    from compress1img.cli import app
+
+    command = recipe.name.split("-")[0]  # recipes are named COMMAND-...
+    click_command = typer.main.get_command(app).commands[command]
+    known = {p.name for p in click_command.params}
+    values = tomllib.loads(recipe.read_text())
+    assert values and {key.replace("-", "_") for key in values} <= known
+
+
 def test_patches_command_writes_array_and_preview(tmp_path):
     out, preview = tmp_path / "p.npy", tmp_path / "grid.png"
     result = run("patches", "coffee", "--size", "32", "--count", "300", "--out", out, "--preview", preview)
