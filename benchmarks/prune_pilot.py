@@ -1,0 +1,72 @@
+"""Short pilots of healing variants for the ResNet-56 at 50% (1,000-image test slice): what was tried.
+
+Usage: python benchmarks/prune_pilot.py VARIANT STEPS [FEATURE_WEIGHT] >> benchmarks/results/prune_pilot.jsonl
+  VARIANT: base | taylor | iterK (K pruning iterations) | feat (base plus the experiment below)
+The slice: every 10th image of cifar10_test_jpeg75.npz, written to /tmp/slice1k.npz (see docs/benchmarks.md).
+
+"feat" is an experiment that is not part of the package: on top of the KL loss it matches
+the outputs of every residual block (same name and shape in teacher and pruned student,
+which keeping the residual streams guarantees) by MSE normalised by the teacher's energy.
+"""
+import dataclasses
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import compress1img.compression as compression
+import compress1img.training as training
+from compress1img.pruning import PruneConfig
+from compress1img.training import DistillConfig
+
+variant, steps = sys.argv[1], int(sys.argv[2])
+feature_weight = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
+config = PruneConfig(sparsity=0.5)
+if variant == "taylor":
+    config = dataclasses.replace(config, importance="taylor")
+elif variant.startswith("iter"):
+    config = dataclasses.replace(config, iterations=int(variant[4:]))
+
+
+def blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """Non-leaf children of Sequential containers: the residual blocks of ResNets."""
+    return {f"{parent_name}.{name}" if parent_name else name: child
+            for parent_name, parent in model.named_modules() if isinstance(parent, nn.Sequential)
+            for name, child in parent.named_children() if list(child.children())}
+
+
+if variant == "feat":
+    run_distillation, distillation_loss = compression.run_distillation, training.distillation_loss
+    features: dict[str, dict] = {"teacher": {}, "student": {}}
+
+    def with_feature_hooks(teacher, student, *args, **kwargs):
+        hooks = []
+        teacher_blocks, student_blocks = blocks(teacher), blocks(student)
+        for name in teacher_blocks.keys() & student_blocks.keys():
+            for role, block in (("teacher", teacher_blocks[name]), ("student", student_blocks[name])):
+                hooks.append(block.register_forward_hook(
+                    lambda m, i, o, role=role, name=name: features[role].__setitem__(name, o)))
+        try:
+            return run_distillation(teacher, student, *args, **kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def with_feature_loss(student_logits, teacher_logits, *args, **kwargs):
+        loss = distillation_loss(student_logits, teacher_logits, *args, **kwargs)
+        t, s = features["teacher"], features["student"]
+        terms = [F.mse_loss(s[n], t[n]) / (t[n].pow(2).mean() + 1e-6) for n in t if n in s and s[n].shape == t[n].shape]
+        return loss + feature_weight * torch.stack(terms).mean() if terms and student_logits.requires_grad else loss
+
+    compression.run_distillation, training.distillation_loss = with_feature_hooks, with_feature_loss
+
+started = time.time()
+report = compression.prune("../shared/data/weights/cifar10_resnet56_akamaster.th", "../shared/data/images/animals.jpg",
+                           arch="cifar_resnet56", config=config, heal=DistillConfig(steps=steps, eval_every=250),
+                           eval_data="/tmp/slice1k.npz", progress=False, measure_latency=False)
+print(json.dumps({"variant": variant, "feature_weight": feature_weight if variant == "feat" else 0.0, "steps": steps,
+                  "top1": report["pruned_top1"], "per_iteration": report["per_iteration"],
+                  "minutes": (time.time() - started) / 60}))
