@@ -84,6 +84,8 @@ MeanOpt = Annotated[Optional[str], typer.Option(
     "--mean", help="Normalisation mean as R,G,B (e.g. 0.485,0.456,0.406) when the model does not record it.")]
 StdOpt = Annotated[Optional[str], typer.Option(
     "--std", help="Normalisation std as R,G,B (e.g. 0.229,0.224,0.225) when the model does not record it.")]
+CheckpointEveryOpt = Annotated[int, typer.Option("--checkpoint-every", help="Save a resumable checkpoint every N "
+                                                                          "training steps.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the Python traceback on errors.")]
 
 
@@ -123,8 +125,7 @@ def distill(
     eval_data: EvalDataOpt = None,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement (and accuracy) every N "
                                                                  "steps.")] = DistillConfig.eval_every,
-    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a resumable checkpoint every N "
-                                                                             "steps.")] = DistillConfig.checkpoint_every,
+    checkpoint_every: CheckpointEveryOpt = DistillConfig.checkpoint_every,
     holdout_size: Annotated[int, typer.Option("--holdout-size", help="Number of fixed held-out patches for "
                                                                      "agreement/KL.")] = DistillConfig.holdout_size,
     resume: ResumeOpt = False,
@@ -240,6 +241,7 @@ def prune(
     freeze_bn_stats: FreezeBnOpt = False,
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = DistillConfig.eval_every,
+    checkpoint_every: CheckpointEveryOpt = DistillConfig.checkpoint_every,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = DistillConfig.device,
@@ -255,8 +257,8 @@ def prune(
     config = _prune_config(sparsity, target, mode, importance, allocation, channels, round_to, iterations,
                                   ignore)
     heal = DistillConfig(steps=max(steps, 1) if no_heal else steps, batch_size=batch_size, lr=lr,
-                         temperature=temperature, seed=seed, eval_every=eval_every, device=device,
-                         freeze_bn_stats=freeze_bn_stats)
+                         temperature=temperature, seed=seed, eval_every=eval_every,
+                         checkpoint_every=checkpoint_every, device=device, freeze_bn_stats=freeze_bn_stats)
     heal.validate()
     loaded = _load(model, arch, trust_model, input_size, mean, std)
     report = compress(loaded, image, out=out, prune=config, heal=heal, eval_data=eval_data, overwrite=overwrite,
@@ -280,6 +282,7 @@ def quantize(
     seed: SeedOpt = DistillConfig.seed,
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = DistillConfig.eval_every,
+    checkpoint_every: CheckpointEveryOpt = DistillConfig.checkpoint_every,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = DistillConfig.device,
@@ -294,7 +297,7 @@ def quantize(
 
     config = _quantize_config(int8, method, calibration_size)
     train = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, temperature=temperature, seed=seed,
-                          eval_every=eval_every, device=device)
+                          eval_every=eval_every, checkpoint_every=checkpoint_every, device=device)
     train.validate()
     loaded = _load(model, arch, trust_model, input_size, mean, std)
     report = compress(loaded, image, out=out, quantize=config, heal=dataclasses.replace(train, lr=DistillConfig.lr),
@@ -330,6 +333,7 @@ def compress_(
     freeze_bn_stats: FreezeBnOpt = False,
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = DistillConfig.eval_every,
+    checkpoint_every: CheckpointEveryOpt = DistillConfig.checkpoint_every,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = DistillConfig.device,
@@ -346,7 +350,8 @@ def compress_(
                                   ignore)
     quantize_config = _quantize_config(int8, method, calibration_size)
     heal = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, temperature=temperature, seed=seed,
-                         eval_every=eval_every, device=device, freeze_bn_stats=freeze_bn_stats)
+                         eval_every=eval_every, checkpoint_every=checkpoint_every, device=device,
+                         freeze_bn_stats=freeze_bn_stats)
     train = dataclasses.replace(heal, steps=qat_steps, lr=qat_lr)
     heal.validate()
     train.validate()
@@ -517,8 +522,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         sys.exit(130)
-    except typer.TyperException as e:  # usage errors (typer's click): its own message and exit code 2
-        e.show()
+    except typer.TyperException as e:  # usage errors (typer's click): exit code 2, one line like ours
+        ctx = getattr(e, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        print(f"error: {' '.join(e.format_message().split())}{where}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 2))
     except Compress1imgError as e:
         if debug:

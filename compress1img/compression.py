@@ -23,14 +23,13 @@ from .evaluate import agreement, normalize, predict, top1
 from .export import export_onnx, onnx_model_bytes
 from .latency import compare_latency
 from .models import LoadedModel, load_model, save_model, save_program
-from .outputs import prepare_out_dir, remove_if_empty, write_report
+from .outputs import WORK_DIR, prepare_out_dir, remove_if_empty, write_report
 from .pruning import PruneConfig, count, fold_masks, make_prunable, prune_to_budget, sparsify, weight_sparsity
 from .quantization import (QAT_LR, QAT_STEPS, QuantizeConfig, calibrate, convert, freeze_observers, int8_coverage,
                            int8_onnx_bytes, onnx_runner, opset, prepare_qat,
                            ptq_onnx_bytes, runtime_ops)
 from .training import DistillConfig, distillation_loss, resolve_device, run_distillation
 
-WORK_DIR = ".work"
 # Taylor importance is measured on one fixed batch, beyond any index training reaches;
 # PTQ calibrates on another.
 TAYLOR_BATCH_INDEX = 2**40

@@ -41,7 +41,7 @@ def load_eval_data(path: str | Path, image_size: int | None = None, *, limit: in
         raise InputError(f"eval data {path} is neither an .npz file nor a folder of class sub-folders")
     height, width = images.shape[1:3]
     if image_size is not None and (height, width) != (image_size, image_size):
-        raise InputError(f"eval data has {height}x{width} images, the model expects {image_size}x{image_size}")
+        raise InputError(f"eval data {path} has {height}x{width} images, the model expects {image_size}x{image_size}")
     picked = f"{len(images)} of {total} images" + (f", stride {stride}" if stride > 1 else "")
     return EvalData(torch.from_numpy(np.ascontiguousarray(images)),
                     torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)), classes,
@@ -51,7 +51,11 @@ def load_eval_data(path: str | Path, image_size: int | None = None, *, limit: in
 def check_num_classes(data: EvalData, num_classes: int) -> None:
     top = int(data.labels.max()) if len(data.labels) else -1
     if top >= num_classes:
-        raise InputError(f"eval data has labels up to {top} but the model has {num_classes} classes")
+        raise InputError(f"eval data {data.source} has labels up to {top} but the model has {num_classes} classes")
+    if data.classes is not None and len(data.classes) != num_classes:
+        # Label i would be scored as the model's class i although the two lists differ.
+        raise InputError(f"eval data {data.source} names {len(data.classes)} classes but the model has "
+                         f"{num_classes}")
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:

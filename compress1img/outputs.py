@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 from .errors import InputError
 
 # Files a run may leave in --out; --overwrite removes exactly these and nothing of the user's.
-RUN_FILES = ("report.json", "report.md", "model.onnx", "model.pt", "checkpoint.pt", "preview.png")
+RUN_FILES = ("report.json", "report.md", "model.onnx", "model.pt", "model.pt2", "pruned.pt", "checkpoint.pt",
+             "preview.png")
+# Where compress keeps its checkpoints; an earlier run's must not be resumed into a new one.
+WORK_DIR = ".work"
 
 
 def prepare_out_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
@@ -28,6 +32,7 @@ def prepare_out_dir(out: str | Path, *, overwrite: bool = False, resume: bool = 
     if overwrite and not resume and out.is_dir():
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / WORK_DIR, ignore_errors=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"

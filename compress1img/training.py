@@ -265,7 +265,7 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
     eval_seconds = 0.0  # kept out of the training time so patches/s measures training alone
     running_loss = float("nan")
     train_mode()
-    with _stop_on_sigint() as stop:
+    with _stop_on_sigint() as stop, _out_of_memory_advice(config.batch_size, checkpoint_path, bar):
         for step in range(start_step, config.steps):
             step_seed = _step_seed(config.seed, step)
             gen = torch.Generator().manual_seed(step_seed)
@@ -285,9 +285,7 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
                                          config.teacher_signal, config.topk, config.scale_loss_by_t2)
             if not torch.isfinite(loss):
                 bar.close()
-                kept = (f"the last good checkpoint (step {_saved_step(checkpoint_path)}) is kept in "
-                        f"{checkpoint_path}; ") if checkpoint_path is not None and checkpoint_path.exists() else ""
-                raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; {kept}"
+                raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; {_kept(checkpoint_path)}"
                                     f"try a lower --lr (now {config.lr:g})")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -354,6 +352,27 @@ def _stop_on_sigint():
         yield flag
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _out_of_memory_advice(batch_size: int, checkpoint_path: Path | None, bar):
+    """Turn running out of memory into advice: the batch is what the user controls."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        # CUDA raises torch.OutOfMemoryError; the CPU allocator a plain RuntimeError.
+        if not (isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(e)
+                or "can't allocate memory" in str(e)):
+            raise
+        bar.close()
+        raise TrainingError(f"out of memory with --batch-size {batch_size}; {_kept(checkpoint_path)}"
+                            f"try a smaller --batch-size (e.g. {max(batch_size // 2, 2)})") from None
+
+
+def _kept(checkpoint_path: Path | None) -> str:
+    if checkpoint_path is None or not checkpoint_path.exists():
+        return ""
+    return f"the last good checkpoint (step {_saved_step(checkpoint_path)}) is kept in {checkpoint_path}; "
 
 
 def _saved_step(path: Path) -> int:

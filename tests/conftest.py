@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 # The repository is checked out next to shared/, which holds the real test material (see shared/data/MANIFEST.md).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -23,4 +24,17 @@ def test_slice(tmp_path_factory, shared_data) -> Path:
     with np.load(shared_data / "cifar10_test_jpeg75.npz") as data:
         path = tmp_path_factory.mktemp("data") / "slice.npz"
         np.savez(path, images=data["images"][::50], labels=data["labels"][::50], classes=data["classes"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A small randomly initialised CIFAR ResNet-20 saved in compress1img's own format."""
+    from compress1img import save_model
+    from compress1img.api import build_student, bundled_teacher
+
+    torch.manual_seed(0)
+    model = build_student("cifar_resnet20", bundled_teacher())
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_model(model, path)
     return path

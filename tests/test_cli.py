@@ -11,23 +11,13 @@ import onnx
 import pytest
 import torch
 
-from compress1img import load_model, save_model
-from compress1img.api import BUNDLED_TEACHER, build_student, bundled_teacher
+from compress1img import load_model
+from compress1img.api import BUNDLED_TEACHER, bundled_teacher
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "compress1img", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory) -> Path:
-    """A small randomly initialised CIFAR ResNet-20 saved in compress1img's own format."""
-    torch.manual_seed(0)
-    model = build_student("cifar_resnet20", bundled_teacher())
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    save_model(model, path)
-    return path
 
 
 def test_help_explains_every_option():

@@ -48,7 +48,7 @@ def test_npz_validation(tmp_path, overrides, message):
 
 
 def test_bad_paths_and_sizes(tmp_path):
-    with pytest.raises(InputError, match="eval data has 8x8 images, the model expects 32x32"):
+    with pytest.raises(InputError, match="eval data .*d.npz has 8x8 images, the model expects 32x32"):
         load_eval_data(write_npz(tmp_path / "d.npz"), image_size=32)
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
     with pytest.raises(InputError, match="junk.npz is not a readable .npz"):
@@ -63,10 +63,14 @@ def test_bad_paths_and_sizes(tmp_path):
 
 
 def test_check_num_classes():
-    data = EvalData(torch.zeros(2, 8, 8, 3, dtype=torch.uint8), torch.tensor([3, 99]), None, "x")
-    with pytest.raises(InputError, match="eval data has labels up to 99 but the model has 10 classes"):
+    data = EvalData(torch.zeros(2, 8, 8, 3, dtype=torch.uint8), torch.tensor([3, 99]), None, "x.npz")
+    with pytest.raises(InputError, match="eval data x.npz has labels up to 99 but the model has 10 classes"):
         check_num_classes(data, 10)
     check_num_classes(data, 100)
+    named = EvalData(data.images, torch.tensor([0, 1]), ["cat", "dog", "emu"], "y.npz")
+    with pytest.raises(InputError, match="eval data y.npz names 3 classes but the model has 10"):
+        check_num_classes(named, 10)
+    check_num_classes(named, 3)
 
 
 def make_folder(root):

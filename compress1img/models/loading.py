@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import types
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,7 +243,9 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
     kind = _archive_kind(path)
     if kind == "torchscript":
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch's deprecation notice is not for our users
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
             raise InputError(f"cannot load TorchScript file {path}: {_short(e)}") from None
         return _program(module, path, "TorchScript model", arch, num_classes, input_size)
