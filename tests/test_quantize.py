@@ -77,8 +77,20 @@ def test_ptq_quantizes_a_tiny_model_end_to_end(tmp_path, test_slice):
     report = quantize(bundled_teacher(), "coffee", out=out, config=QuantizeConfig(method="ptq", calibration_size=64),
                       eval_data=test_slice, progress=False, measure_latency=False)
     assert report["quantization"]["float_convs"] == 0 and report["quantization"]["int8_convs"] == 19
-    assert report["test_agreement"] >= 90
+    assert report["test_agreement"] >= 90 and report["onnx_top1_agreement_vs_pytorch"] >= 80
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json", "report.md"]
+
+
+def test_a_ptq_model_that_disagrees_with_the_float_model_is_not_written(tmp_path, monkeypatch):
+    import compress1img.compression as compression
+    from compress1img.export import ExportError
+
+    monkeypatch.setattr(compression, "PTQ_MIN_AGREEMENT", 100.1)  # unreachable: the check must refuse
+    out = tmp_path / "ptq"
+    with pytest.raises(ExportError, match="not written"):
+        quantize(bundled_teacher(), "coffee", out=out, config=QuantizeConfig(method="ptq", calibration_size=32),
+                 progress=False, measure_latency=False)
+    assert not (out / "model.onnx").exists()
 
 
 class DataDependent(nn.Module):
