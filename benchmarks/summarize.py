@@ -31,15 +31,16 @@ def curve_rows(report: dict) -> list[str]:
 
 
 def prune_rows(reports: list[dict]) -> list[str]:
-    rows = ["| run | params removed | MACs removed | heal steps | top-1 right after the cut | top-1 healed | "
+    rows = ["| run | params removed | MACs removed | heal steps (minutes) | top-1 right after the cut | top-1 healed | "
             "teacher top-1 | change | ORT speed-up b1 / b32 |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in reports:
-        cut = r["per_iteration"][-1].get("top1_after_cut", float("nan"))
+        cut = r["per_iteration"][0].get("top1_after_cut", float("nan"))
+        minutes = sum(i.get("heal_seconds", 0.0) for i in r["per_iteration"]) / 60
         speed = f"{r['speedup_b1']:.2f}x / {r['speedup_b32']:.2f}x" if "speedup_b1" in r else "-"
         removed = (f"{100 * r['weight_sparsity']:.1f}% of weights zeroed" if "weight_sparsity" in r
                    else f"{100 * r['params_removed']:.1f}%")
         rows.append(f"| {name} | {removed} | {100 * r['macs_removed']:.1f}% | "
-                    f"{r['heal_steps']} | {cut:.2f}% | {r['pruned_top1']:.2f}% | {r['teacher_top1']:.2f}% | "
+                    f"{r['heal_steps']} ({minutes:.0f}) | {cut:.2f}% | {r['pruned_top1']:.2f}% | {r['teacher_top1']:.2f}% | "
                     f"{r['top1_change']:+.2f} pt | {speed} |")
     return rows
 
