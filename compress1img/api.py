@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import math
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from .evaluate import OnnxModel, normalize, predict, top1
 from .export import export_onnx
 from .images import DEFAULT_IMAGE, load_image, resolve_image
 from .models import LoadedModel, create_model_from_name, load_model, save_model
-from .outputs import prepare_out_dir, remove_if_empty, write_report
+from .outputs import check_writable, prepare_out_dir, remove_if_empty, write_report
 from .patches import PatchArray, PatchConfig, PatchGenerator
 from .training import (
     CHECKPOINT_NAME,
@@ -215,9 +214,9 @@ def write_patch_file(image: str | Path, out: str | Path, *, size: int = 32, coun
     if count < 1:
         raise InputError(f"--count must be at least 1 (got {count})")
     picture = load_image(image, min_side=min_image_side(size))
-    _check_writable(Path(out), "--out")
+    check_writable(Path(out).parent, f"--out {out}")
     if preview is not None:
-        _check_writable(Path(preview), "--preview")
+        check_writable(Path(preview).parent, f"--preview {preview}")
     started = time.perf_counter()
     array = generate_patches(picture, count, PatchConfig(size=size), seed=seed, progress=progress)
     seconds = time.perf_counter() - started
@@ -227,15 +226,6 @@ def write_patch_file(image: str | Path, out: str | Path, *, size: int = 32, coun
     return {"image": str(resolve_image(image)), "out": str(out), "count": count, "size": size, "seed": seed,
             "seconds": seconds, "patches_per_second": count / seconds if seconds > 0 else float("nan"),
             "bytes": Path(out).stat().st_size, "preview": str(preview) if preview else None}
-
-
-def _check_writable(path: Path, option: str) -> None:
-    """Fail before the work, not after it: a path that cannot be written is the user's to fix (exit code 2)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path.parent).close()
-    except OSError as e:
-        raise InputError(f"cannot write {option} {path}: {e.strerror}") from None
 
 
 BUNDLED_TEACHER = Path(__file__).parent / "assets" / "models" / "cifar10_resnet20_akamaster.th"

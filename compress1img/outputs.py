@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from .errors import InputError
@@ -33,14 +34,17 @@ def prepare_out_dir(out: str | Path, *, overwrite: bool = False, resume: bool = 
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / WORK_DIR, ignore_errors=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise InputError(f"cannot write to --out {out}: {e.strerror}") from None
+    check_writable(out, f"to --out {out}")
     return out
+
+
+def check_writable(directory: Path, what: str) -> None:
+    """Create `directory` if needed and prove a file can be written in it, before any work; `what` names it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as e:
+        raise InputError(f"cannot write {what}: {e.strerror}") from None
 
 
 def remove_if_empty(out: Path) -> None:
