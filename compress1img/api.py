@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import platform
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from .data import EvalData, check_num_classes, load_eval_data
 from .errors import InputError
 from .evaluate import OnnxModel, normalize, predict, top1
 from .export import export_onnx
-from .images import DEFAULT_IMAGE, load_image, resolve_image
+from .images import DEFAULT_IMAGE, NOISE_IMAGE, describe_image, load_image, min_image_side, resolve_image, source_picture
 from .models import LoadedModel, create_model_from_name, load_model, save_model
 from .outputs import check_writable, prepare_out_dir, remove_if_empty, write_report
 from .patches import PatchArray, PatchConfig, PatchGenerator
@@ -30,15 +29,8 @@ log = logging.getLogger("compress1img")
 
 # The held-out patches come from the same image under a seed training never uses.
 HOLDOUT_SEED_OFFSET = 1_000_003
-# `--image noise`: uniform random pixels instead of a picture.
-NOISE_IMAGE = "noise"
 # During training, labelled accuracy is tracked on a strided slice this big (the full set at the end).
 TRACKING_EVAL_SIZE = 1000
-
-
-def min_image_side(patch_size: int) -> int:
-    """Smallest image side for which the first crop (half the side) still covers the resized crop."""
-    return 2 * int(math.sqrt(2) * patch_size)
 
 
 def patch_source(image: str | Path | None, patch_size: int, seed: int, holdout_size: int,
@@ -61,20 +53,10 @@ def patch_source(image: str | Path | None, patch_size: int, seed: int, holdout_s
         # The last patches are held out and never trained on.
         holdout = torch.from_numpy(np.array(array[-holdout_size:])).permute(0, 3, 1, 2).float() / 255
         return PatchArray(np.asarray(array[:-holdout_size]), seed=seed), holdout
-    if image == NOISE_IMAGE:  # the paper's control: patches of noise teach (almost) nothing
-        side = max(512, min_image_side(patch_size))
-        picture = torch.rand(3, side, side, generator=torch.Generator().manual_seed(seed))
-    else:
-        picture = load_image(image if image is not None else DEFAULT_IMAGE, min_side=min_image_side(patch_size))
+    picture = source_picture(image, patch_size, seed)
     config = PatchConfig(size=patch_size)
     holdout = PatchGenerator(picture, config, seed=seed + HOLDOUT_SEED_OFFSET).batch(holdout_size, 0)
     return PatchGenerator(picture, config, seed=seed), holdout
-
-
-def describe_image(image: str | Path | None) -> str:
-    if image == NOISE_IMAGE:
-        return "noise (uniform random pixels)"
-    return str(resolve_image(image if image is not None else DEFAULT_IMAGE))
 
 
 def load_labelled(eval_data: str | Path | EvalData | None, model: LoadedModel) -> EvalData | None:
@@ -226,6 +208,37 @@ def write_patch_file(image: str | Path, out: str | Path, *, size: int = 32, coun
     return {"image": str(resolve_image(image)), "out": str(out), "count": count, "size": size, "seed": seed,
             "seconds": seconds, "patches_per_second": count / seconds if seconds > 0 else float("nan"),
             "bytes": Path(out).stat().st_size, "preview": str(preview) if preview else None}
+
+
+def score_images(images: list[str | Path], teacher: LoadedModel | str | Path | None = None, *,
+                 arch: str | None = None, trust_model: bool = False, patches: int | None = None, seed: int = 0,
+                 device: str = "auto", preview: str | Path | None = None, progress: bool = True) -> list[dict]:
+    """Rank candidate source images for distilling `teacher` (default: the bundled one), best first.
+
+    Each entry has `rank`, `image` (as given), `score` (higher is better) and the
+    label-free predictors it is made of (see `compress1img.scoring`).
+    """
+    from .scoring import score_images as score
+
+    for image in images:  # every name is checked before minutes of work on the first
+        if image != NOISE_IMAGE:
+            resolve_image(image)
+    if patches is not None and patches < 2:
+        raise InputError(f"--patches must be at least 2 (got {patches})")
+    loaded = bundled_teacher() if teacher is None else as_model(teacher, arch, trust_model)
+    preview_dir = Path(preview).parent if preview is not None else None
+    created = preview_dir is not None and not preview_dir.exists()
+    if preview_dir is not None:
+        check_writable(preview_dir, f"--preview {preview}")
+    try:
+        rows = score(images, loaded, patches=patches, seed=seed, device=resolve_device(device), preview=preview,
+                     progress=progress)
+    except BaseException:
+        if created:
+            remove_if_empty(preview_dir)
+        raise
+    ranked = sorted(rows, key=lambda row: -row["score"])
+    return [{"rank": rank, **row} for rank, row in enumerate(ranked, 1)]
 
 
 BUNDLED_TEACHER = Path(__file__).parent / "assets" / "models" / "cifar10_resnet20_akamaster.th"

@@ -18,6 +18,7 @@ import typer
 from . import api
 from .errors import Compress1imgError, InputError
 from .quantization import QAT_LR, QAT_STEPS
+from .scoring import PREDICTORS
 from .training import DistillConfig, TrainingInterrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -384,6 +385,60 @@ def eval_(
         print(json.dumps(result))
     else:
         print(f"top-1 {result['top1']:.2f}% ({result['correct']}/{result['n']}) of {result['model']} on {result['data']}")
+
+
+@app.command("score-image")
+def score_image(
+    images: Annotated[list[str], typer.Argument(help="Candidate source images (files or bundled names: china, "
+                                                     "astronaut, coffee, chelsea, hubble; noise for comparison).")],
+    teacher: Annotated[Optional[str], typer.Option(
+        "--teacher", help="The model to be distilled or compressed: weights file (+ --arch), compress1img model.pt, "
+                          "TorchScript / torch.export file, or a model name. Default: the bundled CIFAR-10 "
+                          "ResNet-20.")] = None,
+    arch: ArchOpt = None,
+    patches: Annotated[Optional[int], typer.Option(
+        "--patches", help="Patches per image. Default: 2048 for inputs up to 64 px, 512 above (a 224 px teacher "
+                          "costs ~50x more per patch).")] = None,
+    preview: Annotated[Optional[Path], typer.Option(
+        "--preview", help="Write a PNG grid of 64 patches with the teacher's top-1 class under each; with several "
+                          "images, one file per image named PREVIEW-<image name>.png.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the ranking as a JSON list of objects (rank, image, "
+                                                         "score, the predictors) instead of a table.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the patches (the same for every image).")] = 0,
+    device: DeviceOpt = "auto",
+    trust_model: TrustOpt = False,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+) -> None:
+    """Rank candidate source images for a teacher, best first, from label-free predictors.
+
+    Each image is cut into augmented patches (as for training) and the teacher looks at them:
+
+    \b
+      score       (evenness + diversity) / 2, higher is better
+      classes     share of the teacher's classes that are the top-1 class of some patch
+      evenness    entropy of the histogram of top-1 classes over patches / its maximum
+                  (1: all classes equally often, 0: a single class)
+      confidence  mean top-1 softmax probability of the teacher
+      diversity   effective rank of the teacher's penultimate features over the patches / its maximum
+      density     JPEG bytes per pixel of the image at ~0.25 megapixels (detail)
+      edges       share of pixels with a strong brightness gradient
+
+    Density and edges are not in the score: noise has the most of both and teaches least.
+    How well the score predicted real healing results: docs/choosing-an-image.md.
+    """
+    loaded = _load(teacher, arch, trust_model, input_size, mean, std) if teacher is not None else None
+    ranking = api.score_images(images, loaded, patches=patches, seed=seed, device=device, preview=preview)
+    if as_json:
+        print(json.dumps(ranking))
+        return
+    columns = ("score", *PREDICTORS)
+    print(f"{'rank':>4}  " + "  ".join(f"{c:>10}" for c in columns) + "  image")
+    for row in ranking:
+        print(f"{row['rank']:>4}  " + "  ".join(f"{row[c]:>10.3f}" for c in columns) + f"  {row['image']}")
+    if preview is not None:
+        print(f"previews: {', '.join(row['preview'] for row in ranking)}")
 
 
 @app.command()

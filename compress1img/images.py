@@ -1,4 +1,4 @@
-"""Finding and loading the one source image: any common file, or a bundled name.
+"""Finding and loading the one source image: any common file, a bundled name, or noise.
 
 `load_image` always returns a fully decoded 8-bit RGB image, or raises `InputError`
 with a one-line message: every later stage can then assume plain RGB pixels.
@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
@@ -28,6 +29,8 @@ BUNDLED_IMAGES: dict[str, str] = {
     "hubble": "hubble_deep_field.jpg",
 }
 DEFAULT_IMAGE = "china"
+# `--image noise`: uniform random pixels instead of a picture (the paper's control: it teaches almost nothing).
+NOISE_IMAGE = "noise"
 
 # Larger images are downscaled while loading: patches are cut from half the shorter
 # side and shrunk to ~45 px, so more resolution only costs memory.
@@ -47,6 +50,26 @@ def resolve_image(path_or_name: str | Path) -> Path:
         return BUNDLED_DIR / BUNDLED_IMAGES[str(path_or_name)]
     raise InputError(f"image not found: {path_or_name} (not a file, and not one of the bundled images: "
                      f"{', '.join(BUNDLED_IMAGES)})")
+
+
+def min_image_side(patch_size: int) -> int:
+    """Smallest image side for which the first crop (half the side) still covers the resized crop."""
+    return 2 * int(math.sqrt(2) * patch_size)
+
+
+def source_picture(image: str | Path | None, patch_size: int, seed: int = 0) -> Image.Image | torch.Tensor:
+    """The picture patches are cut from: `image` loaded big enough for `patch_size` px patches
+    (the default image when None), or, for "noise", a (3, H, W) float tensor of uniform noise seeded by `seed`."""
+    if image == NOISE_IMAGE:
+        side = max(512, min_image_side(patch_size))
+        return torch.rand(3, side, side, generator=torch.Generator().manual_seed(seed))
+    return load_image(image if image is not None else DEFAULT_IMAGE, min_side=min_image_side(patch_size))
+
+
+def describe_image(image: str | Path | None) -> str:
+    if image == NOISE_IMAGE:
+        return "noise (uniform random pixels)"
+    return str(resolve_image(image if image is not None else DEFAULT_IMAGE))
 
 
 def load_image(path_or_name: str | Path, min_side: int = 0) -> Image.Image:

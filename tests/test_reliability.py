@@ -164,6 +164,13 @@ CASES = [
                 unchanged="ok.png"),
     Case("patches_out_unwritable", ("patches", "coffee", "--count", "2", "--out", "{unwritable}/p.npy"),
          ("cannot write --out {unwritable}/p.npy",), absent=("{unwritable}/p.npy",)),
+    # score-image: every image is checked before the first is scored
+    Case("score_image_one_image_missing", ("score-image", "coffee", "nope.jpg", "--preview", "{out}/p.png"),
+         ("image not found: nope.jpg",)),
+    Case("score_image_patches_1", ("score-image", "coffee", "--patches", "1", "--preview", "{out}/p.png"),
+         ("--patches must be at least 2 (got 1)",)),
+    Case("score_image_preview_unwritable", ("score-image", "coffee", "--preview", "{unwritable}/p.png"),
+         ("cannot write --preview {unwritable}/p.png",), absent=("{unwritable}/p.png",)),
 ]
 
 
