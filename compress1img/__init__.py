@@ -4,7 +4,7 @@
     teacher = load_model("resnet56.th", arch="cifar_resnet56")
     report = distill(teacher, "cifar_resnet20", image="city.jpg", out="runs/r20")
 """
-from .api import bundled_teacher, demo, distill, evaluate_model, write_patch_file
+from .api import bundled_teacher, demo, distill, evaluate_model, score_images, write_patch_file
 from .compression import compress, prune, quantize
 from .data import EvalData, load_eval_data
 from .errors import Compress1imgError, InputError, TrainingError
@@ -28,6 +28,6 @@ __all__ = [
     "Compress1imgError", "DistillConfig", "EvalData", "InputError", "LoadedModel", "OnnxModel", "PatchArray",
     "PatchConfig", "PatchGenerator", "PruneConfig", "QuantizeConfig", "TrainingError", "bundled_teacher", "compress",
     "create_model_from_name", "demo", "distill", "distillation_loss", "evaluate_model", "export_onnx", "list_models",
-    "load_eval_data", "load_image", "load_model", "prune", "quantize", "run_distillation", "save_model",
+    "load_eval_data", "load_image", "load_model", "prune", "quantize", "run_distillation", "save_model", "score_images",
     "write_patch_file",
 ]
