@@ -177,6 +177,10 @@ IterationsOpt = Annotated[int, typer.Option(
 IgnoreOpt = Annotated[Optional[list[str]], typer.Option(
     "--ignore", help="Layer name (as in model.named_modules()) never to prune, repeatable. The stem and the "
                      "classifier are always protected.")]
+DropBlocksOpt = Annotated[int, typer.Option(
+    "--drop-blocks", help="Also remove N whole residual blocks, chosen on patches as those whose removal changes "
+                          "the model's outputs least; channel pruning removes the rest of --sparsity. Fewer layers "
+                          "run faster than narrower ones (see docs/benchmarks.md).")]
 NoHealOpt = Annotated[bool, typer.Option("--no-heal", help="Only prune: no distillation afterwards.")]
 FreezeBnOpt = Annotated[bool, typer.Option(
     "--freeze-bn-stats", help="Keep the model's BatchNorm running statistics while healing instead of "
@@ -199,11 +203,13 @@ _QAT_LR_HELP = ("Learning rate of quantization-aware training (it starts from a 
 QatLrOpt = Annotated[float, typer.Option("--qat-lr", help=_QAT_LR_HELP)]
 
 
-def _prune_config(sparsity, target, mode, importance, allocation, channels, round_to, iterations, ignore):
+def _prune_config(sparsity, target, mode, importance, allocation, channels, round_to, iterations, ignore,
+                  drop_blocks):
     from .pruning import PruneConfig
 
     config = PruneConfig(sparsity=sparsity, target=target, mode=mode, importance=importance, allocation=allocation,
-                         channels=channels, round_to=round_to, iterations=iterations, ignore=tuple(ignore or ()))
+                         channels=channels, round_to=round_to, iterations=iterations, ignore=tuple(ignore or ()),
+                         drop_blocks=drop_blocks)
     config.validate()
     return config
 
@@ -230,6 +236,7 @@ def prune(
     round_to: RoundToOpt = None,
     iterations: IterationsOpt = 1,
     ignore: IgnoreOpt = None,
+    drop_blocks: DropBlocksOpt = 0,
     no_heal: NoHealOpt = False,
     arch: ArchOpt = None,
     image: ImageOpt = None,
@@ -256,7 +263,7 @@ def prune(
     from .compression import compress
 
     config = _prune_config(sparsity, target, mode, importance, allocation, channels, round_to, iterations,
-                                  ignore)
+                                  ignore, drop_blocks)
     heal = DistillConfig(steps=max(steps, 1) if no_heal else steps, batch_size=batch_size, lr=lr,
                          temperature=temperature, seed=seed, eval_every=eval_every,
                          checkpoint_every=checkpoint_every, device=device, freeze_bn_stats=freeze_bn_stats)
@@ -319,6 +326,7 @@ def compress_(
     round_to: RoundToOpt = None,
     iterations: IterationsOpt = 1,
     ignore: IgnoreOpt = None,
+    drop_blocks: DropBlocksOpt = 0,
     method: MethodOpt = "qat",
     calibration_size: CalibrationOpt = 512,
     arch: ArchOpt = None,
@@ -348,7 +356,7 @@ def compress_(
     from .compression import compress
 
     prune_config = _prune_config(sparsity, target, mode, importance, allocation, channels, round_to, iterations,
-                                  ignore)
+                                  ignore, drop_blocks)
     quantize_config = _quantize_config(int8, method, calibration_size)
     heal = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, temperature=temperature, seed=seed,
                          eval_every=eval_every, checkpoint_every=checkpoint_every, device=device,
@@ -515,6 +523,8 @@ def _print_compress_summary(report: dict, out: Path | None) -> None:
                      f"({100 * report['params_removed']:.1f}% removed, {report['requested_sparsity'] * 100:.0f}% "
                      f"asked), MACs {report['macs_before']:,} -> {report['macs_after']:,} "
                      f"({100 * report['macs_removed']:.1f}% removed); healed {report['heal_steps']} steps")
+    if report.get("dropped_blocks"):
+        lines.append(f"  blocks dropped (replaced by identities): {', '.join(report['dropped_blocks'])}")
     if "quantization" in report:
         q = report["quantization"]
         how = f"{q['qat_steps']} steps of quantization-aware training" if q["method"] == "qat" else \

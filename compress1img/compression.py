@@ -24,7 +24,9 @@ from .export import export_onnx, onnx_model_bytes
 from .latency import compare_latency
 from .models import LoadedModel, load_model, save_model, save_program
 from .outputs import WORK_DIR, prepare_out_dir, remove_if_empty, write_report
-from .pruning import PruneConfig, count, fold_masks, make_prunable, prune_to_budget, sparsify, weight_sparsity
+from .models.transforms import DROP_BLOCK
+from .pruning import (PruneConfig, count, drop_blocks, fold_masks, make_prunable, prune_to_budget, sparsify,
+                      weight_sparsity)
 from .quantization import (QAT_LR, QAT_STEPS, QuantizeConfig, calibrate, convert, freeze_observers, int8_coverage,
                            int8_onnx_bytes, onnx_runner, opset, prepare_qat,
                            ptq_onnx_bytes, runtime_ops)
@@ -154,6 +156,11 @@ def _prune_stage(teacher: LoadedModel, student: LoadedModel, source, holdout, te
     for k in range(start_iteration, config.iterations + 1):
         fraction = config.sparsity * k / config.iterations
         student.module.cpu()
+        dropped = []
+        if structured and k == 1 and config.drop_blocks:
+            dropped = drop_blocks(student.module, config.drop_blocks, taylor_loss, example, config.ignore)
+            student.transforms = student.transforms + [DROP_BLOCK + d["block"] for d in dropped]
+            report["dropped_blocks"] = [d["block"] for d in dropped]
         if structured:
             reference = base_macs if config.target == "macs" else base_params
             step = prune_to_budget(student.module, example, config, int(round(reference * (1 - fraction))),
@@ -167,6 +174,7 @@ def _prune_stage(teacher: LoadedModel, student: LoadedModel, source, holdout, te
             layout = {}
         cut = predict(student.module, holdout, teacher.mean, teacher.std)
         row = {"iteration": k, "target_sparsity": fraction, **layout,
+               **({"dropped_blocks": dropped} if dropped else {}),
                "holdout_agreement_after_cut": agreement(teacher_holdout, cut)}
         if labelled is not None:
             row["top1_after_cut"] = top1(predict(student.module, labelled.images, teacher.mean, teacher.std),

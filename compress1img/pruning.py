@@ -21,8 +21,8 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from .errors import Compress1imgError, InputError
-from .models.transforms import (ShortcutConv, attention_layers, freeze_shortcuts,  # noqa: F401 (re-export)
-                                make_prunable, sync_attention_dims)
+from .models.transforms import (ShortcutConv, attention_layers, drop_block,  # noqa: F401 (re-export)
+                                freeze_shortcuts, make_prunable, sync_attention_dims)
 
 MODES = ("structured", "unstructured")
 IMPORTANCES = ("l2", "taylor", "bn")
@@ -57,6 +57,7 @@ class PruneConfig:
     channels: str = "auto"  # internal: keep residual streams; all: prune them too; auto: internal if it can
     iterations: int = 1
     ignore: tuple[str, ...] = field(default_factory=tuple)
+    drop_blocks: int = 0  # whole residual blocks removed before channels (structured only)
 
     def validate(self) -> None:
         if not isinstance(self.sparsity, (int, float)) or not 0 < self.sparsity < 1:
@@ -72,6 +73,10 @@ class PruneConfig:
             raise InputError(f"--round-to must be at least 1 (got {self.round_to})")
         if self.iterations < 1:
             raise InputError(f"--iterations must be at least 1 (got {self.iterations})")
+        if not isinstance(self.drop_blocks, int) or self.drop_blocks < 0:
+            raise InputError(f"--drop-blocks must be a number of blocks, 0 or more (got {self.drop_blocks})")
+        if self.drop_blocks and self.mode == "unstructured":
+            raise InputError("--drop-blocks needs --mode structured: unstructured sparsity keeps every layer")
         if self.mode == "unstructured" and self.target == "macs":
             raise InputError("--target macs needs --mode structured: zeroed weights still cost MACs")
 
@@ -235,6 +240,10 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, config: PruneConfig
     channel counts makes uniform miss the budget, then global (still rounded).
     """
     current = budget_count(model, example, config.target)
+    if strict and current < target - BUDGET_TOLERANCE * reference:
+        raise BudgetError(f"the model has already lost {100 * (1 - current / reference):.1f}% of its "
+                          f"{config.target}, more than the {100 * (1 - target / reference):.1f}% asked "
+                          f"(fewer --drop-blocks?)")
     if target >= current:
         return PruneStep(0.0, config.allocation, config.round_to or 1, config.channels, *count(model, example))
     misses = []
@@ -266,6 +275,68 @@ def candidate_layouts(config: PruneConfig) -> list[tuple[int, str, str]]:
     channels = ["internal", "all"] if config.channels == "auto" else [config.channels]
     allocations = ["uniform", "global"] if config.allocation == "auto" else [config.allocation]
     return [(r, c, a) for r in roundings for c in channels for a in allocations]
+
+
+# --- depth -------------------------------------------------------------------------------------------------
+
+def droppable_blocks(model: nn.Module, example: torch.Tensor, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Blocks that can be replaced by an identity: members of an nn.Sequential (a ResNet stage, a timm
+    stage's blocks) holding at least two convs/linears, whose output has their input's shape.
+
+    Those are residual blocks in the architectures we know; a block without a skip
+    connection would pass the shape test too, but dropping it changes the outputs so
+    much that `drop_blocks` ranks it last. Blocks holding an `ignore`d layer are kept.
+    """
+    candidates = {}
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        for child_name, child in parent.named_children():
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            weighted = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in child.modules())
+            if weighted >= 2 and not any(i == name or i.startswith(name + ".") for i in ignore):
+                candidates[name] = child
+    shapes = {}
+    hooks = [block.register_forward_hook(
+        lambda m, args, out, name=name: shapes.__setitem__(name, (tuple(args[0].shape), tuple(out.shape))
+                                                          if args and isinstance(out, torch.Tensor) else None))
+        for name, block in candidates.items()]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [name for name in candidates if shapes.get(name) and shapes[name][0] == shapes[name][1]]
+
+
+def drop_blocks(model: nn.Module, count: int, loss_fn: Callable[[nn.Module], torch.Tensor], example: torch.Tensor,
+                ignore: tuple[str, ...] = ()) -> list[dict]:
+    """Replace `count` blocks by identities, greedily: each time the one whose removal raises
+    `loss_fn` (the distillation loss against the teacher on a patch batch) least.
+
+    Returns [{"block": name, "loss": loss after dropping it}] in the order dropped.
+    """
+    candidates = droppable_blocks(model, example, ignore)
+    if count > len(candidates):
+        raise BudgetError(f"--drop-blocks {count}: this model has only {len(candidates)} blocks that can be "
+                          f"dropped (residual blocks whose output has their input's shape)")
+    dropped = []
+    model.eval()
+    for _ in range(count):
+        losses = {}
+        for name in candidates:  # each block in turn swapped for an identity, then put back
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            block, parent._modules[child] = parent._modules[child], nn.Identity()
+            with torch.no_grad():
+                losses[name] = float(loss_fn(model))
+            parent._modules[child] = block
+        best = min(losses, key=losses.get)
+        drop_block(model, best)
+        candidates.remove(best)
+        dropped.append({"block": best, "loss": losses[best]})
+    return dropped
 
 
 # --- unstructured ------------------------------------------------------------------------------------------

@@ -209,3 +209,46 @@ def test_unstructured_cli_reports_zeroed_weights_and_no_speed_up(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["weight_sparsity"] == pytest.approx(0.5, abs=1e-4)
     assert weight_sparsity(load_model(out / "model.pt").module) == pytest.approx(0.5, abs=1e-4)
+
+
+def test_droppable_blocks_are_the_shape_keeping_residual_blocks():
+    from compress1img.pruning import droppable_blocks
+
+    r20 = bundled_teacher().module
+    # Three stages of three blocks; the first block of stages 2 and 3 changes the shape.
+    assert droppable_blocks(r20, torch.zeros(1, 3, 32, 32)) == [
+        "layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2"]
+    assert "layer2.1" not in droppable_blocks(r20, torch.zeros(1, 3, 32, 32), ignore=("layer2.1.conv2",))
+    resnet18, _ = create_model_from_name("tv:resnet18", num_classes=10)
+    assert droppable_blocks(resnet18, torch.zeros(1, 3, 64, 64)) == [
+        "layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+
+
+def test_dropped_blocks_count_towards_the_budget_and_reload(tmp_path, test_slice):
+    from compress1img import DistillConfig, prune
+
+    heal = DistillConfig(steps=2, batch_size=8, holdout_size=64, eval_every=2, checkpoint_every=2, device="cpu")
+    report = prune(bundled_teacher(), "coffee", out=tmp_path / "run", config=PruneConfig(sparsity=0.5, drop_blocks=2),
+                   heal=heal, eval_data=test_slice, progress=False, measure_latency=False)
+    assert len(report["dropped_blocks"]) == 2
+    assert abs(report["params_removed"] - 0.5) <= 0.01
+    reloaded = load_model(tmp_path / "run" / "model.pt")
+    for name in report["dropped_blocks"]:
+        assert isinstance(reloaded.module.get_submodule(name), nn.Identity)
+    assert sum(p.numel() for p in reloaded.module.parameters()) == report["params_after"]
+    assert evaluate_model(reloaded, test_slice)["top1"] == pytest.approx(report["pruned_top1"])
+
+
+def test_dropping_more_blocks_than_exist_or_than_the_budget_is_refused():
+    from compress1img import prune
+    from compress1img.pruning import BudgetError
+
+    with pytest.raises(BudgetError, match="has only 7 blocks that can be dropped"):
+        prune(bundled_teacher(), "coffee", config=PruneConfig(sparsity=0.5, drop_blocks=8), healing=False,
+              progress=False, measure_latency=False)
+    # Dropping every droppable block removes ~73% of ResNet-20's parameters: more than the 30% asked.
+    with pytest.raises(BudgetError, match="already lost"):
+        prune(bundled_teacher(), "coffee", config=PruneConfig(sparsity=0.3, drop_blocks=7), healing=False,
+              progress=False, measure_latency=False)
+    with pytest.raises(InputError, match="--drop-blocks needs --mode structured"):
+        PruneConfig(mode="unstructured", drop_blocks=1).validate()

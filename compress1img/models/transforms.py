@@ -13,6 +13,7 @@ from ..errors import InputError
 from .cifar_resnet import PadShortcut
 
 OPTION_A_TO_CONV = "option_a_shortcut_to_conv"
+DROP_BLOCK = "drop_block:"  # + a block's name: the block was replaced by an identity
 
 
 class ShortcutConv(nn.Conv2d):
@@ -44,13 +45,29 @@ def make_prunable(model: nn.Module) -> list[str]:
     return [OPTION_A_TO_CONV] if replaced else []
 
 
+def drop_block(model: nn.Module, name: str) -> str:
+    """Replace the block called `name` by an identity (its input passes straight on); returns the transform."""
+    parent_name, _, child = name.rpartition(".")
+    try:
+        parent = model.get_submodule(parent_name)
+    except AttributeError:
+        parent = None
+    if parent is None or child not in parent._modules:
+        raise InputError(f"cannot drop block {name}: the model has no such module")
+    setattr(parent, child, nn.Identity())
+    return DROP_BLOCK + name
+
+
 def apply_transforms(model: nn.Module, transforms: list[str]) -> None:
-    """Replay `make_prunable`'s transforms on a freshly built model."""
-    unknown = set(transforms) - {OPTION_A_TO_CONV}
+    """Replay the transforms of `make_prunable` and `drop_block`, in order, on a freshly built model."""
+    unknown = [t for t in transforms if t != OPTION_A_TO_CONV and not t.startswith(DROP_BLOCK)]
     if unknown:
         raise InputError(f"unknown model transforms {sorted(unknown)}: made by a newer compress1img?")
-    if transforms:
-        make_prunable(model)
+    for transform in transforms:
+        if transform == OPTION_A_TO_CONV:
+            make_prunable(model)
+        else:
+            drop_block(model, transform[len(DROP_BLOCK):])
 
 
 def attention_layers(model: nn.Module) -> list[nn.Module]:
