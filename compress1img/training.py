@@ -123,12 +123,18 @@ def resolve_device(device: str) -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
-    """What the report calls the device: the GPU's name, or the CPU's."""
+    """What the report calls the device: the GPU's name, or the CPU's model and core count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
 
-    return platform.processor() or platform.machine()
+    name = platform.processor() or platform.machine()
+    try:  # Linux names the model only here
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def scaled_lr(lr: float, scaling: str, world_size: int) -> float:
