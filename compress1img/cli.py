@@ -440,8 +440,9 @@ def demo(
     device: DeviceOpt = "auto",
 ) -> None:
     """Prune the bundled CIFAR-10 ResNet-20 by half, heal it on the bundled image, export it: no downloads."""
-    print(f"demo: removing 50% of the parameters of {api.bundled_teacher().source}, healing it for {steps} steps "
-          f"on patches of the bundled image '{api.DEFAULT_IMAGE}', exporting to {out}/")
+    if distributed.is_main():  # rank 0 speaks for the run
+        print(f"demo: removing 50% of the parameters of {api.bundled_teacher().source}, healing it for {steps} steps "
+              f"on patches of the bundled image '{api.DEFAULT_IMAGE}', exporting to {out}/")
     report = api.demo(out=out, steps=steps, overwrite=overwrite, device=device)
     _print_compress_summary(report, out)
 

@@ -31,7 +31,7 @@ from .evaluate import agreement, kl_divergence, normalize, predict, top1
 MIXES = ("cutmix", "mixup", "none")
 TEACHER_SIGNALS = ("soft", "topk", "hard")
 # How the peak learning rate follows the number of processes N (the global batch grows N-fold):
-# "none" keeps --lr, "sqrt" multiplies it by sqrt(N) (the rule for Adam-type optimizers),
+# "none" keeps --lr, "sqrt" multiplies it by sqrt(N) (often advised for Adam-type optimizers),
 # "linear" by N (Goyal et al.'s rule for SGD).
 LR_SCALINGS = ("none", "sqrt", "linear")
 CHECKPOINT_NAME = "checkpoint.pt"
