@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from .data import EvalData, check_num_classes, load_eval_data
 from .errors import InputError
 from .evaluate import OnnxModel, normalize, predict, top1
 from .export import export_onnx
-from .images import DEFAULT_IMAGE, NOISE_IMAGE, describe_image, load_image, min_image_side, resolve_image, source_picture
+from .images import (DEFAULT_IMAGE, NOISE_IMAGE, describe_image, load_image, min_image_side, resolve_image,
+                     source_picture)
 from .models import LoadedModel, create_model_from_name, load_model, save_model
 from .outputs import check_writable, prepare_out_dir, remove_if_empty, write_report
 from .patches import PatchArray, PatchConfig, PatchGenerator
@@ -21,6 +23,8 @@ from .training import (
     CHECKPOINT_NAME,
     DistillConfig,
     accuracy_fn,
+    device_name,
+    processes_report,
     resolve_device,
     run_distillation,
 )
@@ -34,8 +38,12 @@ TRACKING_EVAL_SIZE = 1000
 
 
 def patch_source(image: str | Path | None, patch_size: int, seed: int, holdout_size: int,
-                 patches_file: str | Path | None = None):
-    """(training patches, held-out patches) from an image, or from a pre-made `.npy` patch file."""
+                 patches_file: str | Path | None = None, device: str | torch.device = "cpu"):
+    """(training patches, held-out patches) from an image, or from a pre-made `.npy` patch file.
+
+    Training batches come out on `device`: on a GPU the image pyramid lives there and every
+    batch is generated there, with no per-patch work on the CPU. Held-out patches are on the CPU.
+    """
     if patches_file is not None:
         path = Path(patches_file)
         if not path.is_file():
@@ -52,11 +60,11 @@ def patch_source(image: str | Path | None, patch_size: int, seed: int, holdout_s
             raise InputError(f"patch file {path} has {len(array)} patches: need more than the {holdout_size} held out")
         # The last patches are held out and never trained on.
         holdout = torch.from_numpy(np.array(array[-holdout_size:])).permute(0, 3, 1, 2).float() / 255
-        return PatchArray(np.asarray(array[:-holdout_size]), seed=seed), holdout
+        return PatchArray(np.asarray(array[:-holdout_size]), seed=seed, device=device), holdout
     picture = source_picture(image, patch_size, seed)
     config = PatchConfig(size=patch_size)
-    holdout = PatchGenerator(picture, config, seed=seed + HOLDOUT_SEED_OFFSET).batch(holdout_size, 0)
-    return PatchGenerator(picture, config, seed=seed), holdout
+    holdout = PatchGenerator(picture, config, seed=seed + HOLDOUT_SEED_OFFSET, device=device).batch(holdout_size, 0)
+    return PatchGenerator(picture, config, seed=seed, device=device), holdout.cpu()
 
 
 def load_labelled(eval_data: str | Path | EvalData | None, model: LoadedModel) -> EvalData | None:
@@ -134,7 +142,7 @@ def distill(teacher: LoadedModel | str | Path, student: str, image: str | Path |
     torch.manual_seed(config.seed)  # the student's initialisation is part of the run's seed
     student_model = build_student(student, teacher)
     size = teacher.input_size[-1]
-    source, holdout = patch_source(image, size, config.seed, config.holdout_size, patches_file)
+    source, holdout = patch_source(image, size, config.seed, config.holdout_size, patches_file, device)
     out_dir = prepare_out_dir(out, overwrite=overwrite, resume=resume) if out is not None else None
     if resume and out_dir is not None and not (out_dir / CHECKPOINT_NAME).exists():
         if (out_dir / "report.json").exists():
@@ -146,9 +154,9 @@ def distill(teacher: LoadedModel | str | Path, student: str, image: str | Path |
     report: dict = {"command": "distill", "teacher": teacher.source, "student": student_model.source,
                     "image": describe_image(image) if patches_file is None else None,
                     "patches_file": str(patches_file) if patches_file else None,
-                    "patch_size": size, "device": str(device), "torch_threads": torch.get_num_threads(),
-                    "machine": platform.processor() or platform.machine()}
-    if labelled is not None:
+                    "patch_size": size, "device": str(device), "device_name": device_name(device),
+                    "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+    if labelled is not None and distributed.is_main():
         eval_fn = tracking_accuracy(labelled, teacher, device)
         teacher_logits = predict(teacher.module, labelled.images, teacher.mean, teacher.std, device=device)
         report["eval_data"] = labelled.source
@@ -162,10 +170,15 @@ def distill(teacher: LoadedModel | str | Path, student: str, image: str | Path |
             remove_if_empty(out_dir)
         raise
     student_model.module.cpu().eval()
+    # batch_size is per process; patches_seen and patches_per_second count all processes.
     report.update({"steps": result.steps, "batch_size": config.batch_size, "patches_seen": result.steps *
-                   config.batch_size, "train_seconds": result.seconds, "patches_per_second": result.patches_per_second,
+                   result.global_batch_size, "train_seconds": result.seconds,
+                   "patches_per_second": result.patches_per_second,
                    "final_loss": result.final_loss, "holdout_patches": len(holdout),
-                   "holdout_agreement": result.holdout_agreement, "holdout_kl": result.holdout_kl})
+                   "holdout_agreement": result.holdout_agreement, "holdout_kl": result.holdout_kl,
+                   "processes": processes_report(result)})
+    if not distributed.is_main():
+        return report  # the other ranks only helped train: rank 0 measures and writes
     if labelled is not None:
         student_logits = predict(student_model.module, labelled.images, teacher.mean, teacher.std)
         report["student_top1"] = top1(student_logits, labelled.labels)

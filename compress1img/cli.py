@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import tomllib
 import typer
 
-from . import api
+from . import api, distributed
 from .errors import Compress1imgError, InputError
 from .quantization import QAT_LR, QAT_STEPS
 from .scoring import PREDICTORS
@@ -60,7 +60,9 @@ ImageOpt = Annotated[Optional[str], typer.Option(
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory (report.json, report.md, model.pt, "
                                                               "model.onnx).")]
 StepsOpt = Annotated[int, typer.Option("--steps", help="Training steps (the healing/training budget).")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Patches per step (teacher and student see the same).")]
+BatchOpt = Annotated[int, typer.Option(
+    "--batch-size", help="Patches per step and per process (teacher and student see the same): N processes "
+                         "(--nproc N or torchrun) train on N x this many per step, each on its own patches.")]
 LrOpt = Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (cosine schedule after warm-up).")]
 TempOpt = Annotated[float, typer.Option("--temperature", help="Softmax temperature T of the KL loss (paper: 8).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for patches, augmentation and initialisation.")]
@@ -71,7 +73,14 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupt
                                                           "--out (same options).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --out.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (cuda when present; AMP and "
-                                                         "channels_last are used on cuda).")]
+                                                         "channels_last are used on cuda; under torchrun each "
+                                                         "process takes the GPU of its local rank).")]
+LrScalingOpt = Annotated[str, typer.Option(
+    "--lr-scaling", help="With N processes the batch per step is N times larger: none keeps --lr (default), "
+                         "sqrt multiplies it by sqrt(N), linear by N. The report gives the lr used.")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the student before training: faster steps on GPUs after a compile of a "
+                      "minute or so; rarely worth it on a CPU.")]
 RecipeOpt = Annotated[Optional[Path], typer.Option(
     "--recipe", is_eager=True, callback=_load_recipe,
     help="TOML file of option values (see recipes/); options given on the command line win.")]
@@ -88,10 +97,14 @@ StdOpt = Annotated[Optional[str], typer.Option(
 CheckpointEveryOpt = Annotated[int, typer.Option("--checkpoint-every", help="Save a resumable checkpoint every N "
                                                                           "training steps.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the Python traceback on errors.")]
+NprocOpt = Annotated[int, typer.Option(
+    "--nproc", help="Train in N processes on this machine (one per GPU on cuda, gloo on CPUs), as `torchrun "
+                    "--nproc-per-node N -m compress1img ...` does: distill, prune, quantize, compress, demo. "
+                    "--batch-size is per process.")]
 
 
 @app.callback()
-def _root(debug: DebugOpt = False) -> None:  # stripped from argv by main(); here for --help
+def _root(debug: DebugOpt = False, nproc: NprocOpt = 1) -> None:  # both taken out of argv by main(); here for --help
     """Compress or distil a pretrained image model using one image instead of its training data."""
 
 
@@ -110,6 +123,7 @@ def distill(
     steps: StepsOpt = DistillConfig.steps,
     batch_size: BatchOpt = DistillConfig.batch_size,
     lr: LrOpt = DistillConfig.lr,
+    lr_scaling: LrScalingOpt = DistillConfig.lr_scaling,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = DistillConfig.weight_decay,
     warmup: Annotated[float, typer.Option("--warmup", help="Fraction of the steps for linear learning-rate warm-up.")]
     = DistillConfig.warmup,
@@ -132,6 +146,7 @@ def distill(
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = DistillConfig.device,
+    compile: CompileOpt = False,
     trust_model: TrustOpt = False,
     input_size: InputSizeOpt = None,
     mean: MeanOpt = None,
@@ -142,7 +157,8 @@ def distill(
     config = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
                            temperature=temperature, mix=mix, mix_alpha=mix_alpha, teacher_signal=teacher_signal,
                            topk=topk, seed=seed, holdout_size=holdout_size, eval_every=eval_every,
-                           checkpoint_every=checkpoint_every, device=device)
+                           checkpoint_every=checkpoint_every, device=device, lr_scaling=lr_scaling,
+                           compile=compile)
     config.validate()
     teacher_model = _load(teacher, arch, trust_model, input_size, mean, std)
     report = api.distill(teacher_model, student, image, out=out, config=config, eval_data=eval_data,
@@ -244,6 +260,7 @@ def prune(
     steps: StepsOpt = 2000,
     batch_size: BatchOpt = DistillConfig.batch_size,
     lr: LrOpt = DistillConfig.lr,
+    lr_scaling: LrScalingOpt = DistillConfig.lr_scaling,
     temperature: TempOpt = DistillConfig.temperature,
     seed: SeedOpt = DistillConfig.seed,
     freeze_bn_stats: FreezeBnOpt = False,
@@ -253,6 +270,7 @@ def prune(
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = DistillConfig.device,
+    compile: CompileOpt = False,
     trust_model: TrustOpt = False,
     input_size: InputSizeOpt = None,
     mean: MeanOpt = None,
@@ -266,7 +284,8 @@ def prune(
                                   ignore, drop_blocks)
     heal = DistillConfig(steps=max(steps, 1) if no_heal else steps, batch_size=batch_size, lr=lr,
                          temperature=temperature, seed=seed, eval_every=eval_every,
-                         checkpoint_every=checkpoint_every, device=device, freeze_bn_stats=freeze_bn_stats)
+                         checkpoint_every=checkpoint_every, device=device, freeze_bn_stats=freeze_bn_stats,
+                         lr_scaling=lr_scaling, compile=compile)
     heal.validate()
     loaded = _load(model, arch, trust_model, input_size, mean, std)
     report = compress(loaded, image, out=out, prune=config, heal=heal, eval_data=eval_data, overwrite=overwrite,
@@ -286,6 +305,7 @@ def quantize(
     steps: StepsOpt = QAT_STEPS,
     batch_size: BatchOpt = DistillConfig.batch_size,
     lr: Annotated[float, typer.Option("--lr", help=_QAT_LR_HELP)] = QAT_LR,
+    lr_scaling: LrScalingOpt = DistillConfig.lr_scaling,
     temperature: TempOpt = DistillConfig.temperature,
     seed: SeedOpt = DistillConfig.seed,
     eval_data: EvalDataOpt = None,
@@ -305,7 +325,8 @@ def quantize(
 
     config = _quantize_config(int8, method, calibration_size)
     train = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, temperature=temperature, seed=seed,
-                          eval_every=eval_every, checkpoint_every=checkpoint_every, device=device)
+                          eval_every=eval_every, checkpoint_every=checkpoint_every, device=device,
+                          lr_scaling=lr_scaling)
     train.validate()
     loaded = _load(model, arch, trust_model, input_size, mean, std)
     report = compress(loaded, image, out=out, quantize=config, heal=dataclasses.replace(train, lr=DistillConfig.lr),
@@ -335,6 +356,7 @@ def compress_(
     steps: StepsOpt = 2000,
     batch_size: BatchOpt = DistillConfig.batch_size,
     lr: LrOpt = DistillConfig.lr,
+    lr_scaling: LrScalingOpt = DistillConfig.lr_scaling,
     qat_steps: QatStepsOpt = QAT_STEPS,
     qat_lr: QatLrOpt = QAT_LR,
     temperature: TempOpt = DistillConfig.temperature,
@@ -346,6 +368,8 @@ def compress_(
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = DistillConfig.device,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the pruned model while it heals (not "
+                                                            "during quantization-aware training).")] = False,
     trust_model: TrustOpt = False,
     input_size: InputSizeOpt = None,
     mean: MeanOpt = None,
@@ -360,8 +384,8 @@ def compress_(
     quantize_config = _quantize_config(int8, method, calibration_size)
     heal = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, temperature=temperature, seed=seed,
                          eval_every=eval_every, checkpoint_every=checkpoint_every, device=device,
-                         freeze_bn_stats=freeze_bn_stats)
-    train = dataclasses.replace(heal, steps=qat_steps, lr=qat_lr)
+                         freeze_bn_stats=freeze_bn_stats, lr_scaling=lr_scaling, compile=compile)
+    train = dataclasses.replace(heal, steps=qat_steps, lr=qat_lr, compile=False)
     heal.validate()
     train.validate()
     loaded = _load(model, arch, trust_model, input_size, mean, std)
@@ -479,8 +503,9 @@ def demo(
     device: DeviceOpt = "auto",
 ) -> None:
     """Prune the bundled CIFAR-10 ResNet-20 by half, heal it on the bundled image, export it: no downloads."""
-    print(f"demo: removing 50% of the parameters of {api.bundled_teacher().source}, healing it for {steps} steps "
-          f"on patches of the bundled image '{api.DEFAULT_IMAGE}', exporting to {out}/")
+    if distributed.is_main():  # rank 0 speaks for the run
+        print(f"demo: removing 50% of the parameters of {api.bundled_teacher().source}, healing it for {steps} steps "
+              f"on patches of the bundled image '{api.DEFAULT_IMAGE}', exporting to {out}/")
     report = api.demo(out=out, steps=steps, overwrite=overwrite, device=device)
     _print_compress_summary(report, out)
 
@@ -514,6 +539,8 @@ def _floats(text: str | None, option: str) -> list[float] | None:
 
 
 def _print_compress_summary(report: dict, out: Path | None) -> None:
+    if not distributed.is_main():  # rank 0 speaks for the run
+        return
     lines = [f"{report['command']}: {report['model']}"]
     if "weight_sparsity" in report:  # unstructured: nothing is removed, weights are zeroed
         lines.append(f"  {100 * report['weight_sparsity']:.1f}% of the conv/linear weights zeroed "
@@ -549,8 +576,13 @@ def _print_compress_summary(report: dict, out: Path | None) -> None:
 
 
 def _print_summary(report: dict, out: Path | None) -> None:
+    if not distributed.is_main():  # rank 0 speaks for the run
+        return
+    processes = report["processes"]
+    batch = (f"{report['batch_size']} patches" if processes["world_size"] == 1 else
+             f"{processes['global_batch']} patches ({processes['world_size']} processes x {report['batch_size']})")
     lines = [f"{report['command']}: {report['student']} from {report['teacher']}",
-             f"  {report['steps']} steps x {report['batch_size']} patches in {report['train_seconds']:.0f} s "
+             f"  {report['steps']} steps x {batch} in {report['train_seconds']:.0f} s "
              f"({report['patches_per_second']:.0f} patches/s)",
              f"  agreement with the teacher on {report['holdout_patches']} held-out patches: "
              f"{report['holdout_agreement']:.1f}% (KL {report['holdout_kl']:.3f})"]
@@ -568,6 +600,35 @@ class _WarningFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
+def _take_nproc(argv: list[str]) -> tuple[list[str], int]:
+    """`--nproc N` or `--nproc=N` anywhere on the command line, like --debug; (the rest, N)."""
+    rest, nproc, i = [], 1, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--nproc" or arg.startswith("--nproc="):
+            value = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 1 if "=" in arg else 2
+            try:
+                nproc = int(value)
+            except ValueError:
+                raise InputError(f"--nproc takes a number of processes (got {value!r})") from None
+            if nproc < 1:
+                raise InputError(f"--nproc must be at least 1 (got {nproc})")
+            continue
+        rest.append(arg)
+        i += 1
+    return rest, nproc
+
+
+def _say(message: str, every_rank: bool) -> None:
+    """An error line on stderr. In several processes rank 0 says what all ranks hit alike (bad input,
+    Ctrl-C); anything else every rank that meets it says, naming itself."""
+    if distributed.is_main():
+        print(message, file=sys.stderr)
+    elif every_rank:
+        print(f"rank {distributed.rank()}: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -575,33 +636,43 @@ def main(argv: list[str] | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_WarningFormatter())
     log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO if distributed.is_main() else logging.ERROR)
     log.propagate = False
     command = typer.main.get_command(app)
     try:
+        argv, nproc = _take_nproc(argv)
+        name = next((a for a in argv if not a.startswith("-")), None)
+        if nproc > 1:
+            if distributed.active():
+                raise InputError("--nproc under torchrun: use one or the other")
+            if name not in distributed.TRAINING_COMMANDS:
+                raise InputError(f"--nproc applies to {', '.join(distributed.TRAINING_COMMANDS)}, not "
+                                 f"{name or 'no command'}")
+            sys.exit(distributed.launch(nproc, argv + ["--debug"] * debug, quiet=not debug))
+        distributed.check_command(name)
         command.main(args=argv, prog_name="compress1img", standalone_mode=False)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt, TrainingInterrupted) as e:
         if debug:
             raise
-        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        _say(f"interrupted: {e}" if str(e) else "interrupted", every_rank=False)
         sys.exit(130)
     except typer.TyperException as e:  # usage errors (typer's click): exit code 2, one line like ours
         ctx = getattr(e, "ctx", None)
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        print(f"error: {' '.join(e.format_message().split())}{where}", file=sys.stderr)
+        _say(f"error: {' '.join(e.format_message().split())}{where}", every_rank=False)
         sys.exit(getattr(e, "exit_code", 2))
     except Compress1imgError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        _say(f"error: {e}", every_rank=not isinstance(e, InputError))
         sys.exit(2 if isinstance(e, InputError) else 1)
     except Exception as e:
         if debug:
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"error: {type(e).__name__}: {first} (run again with --debug for the traceback)", file=sys.stderr)
+        _say(f"error: {type(e).__name__}: {first} (run again with --debug for the traceback)", every_rank=True)
         sys.exit(1)
 
 

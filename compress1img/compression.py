@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .api import as_model, describe_image, load_labelled, patch_source, tracking_accuracy
 from .evaluate import agreement, normalize, predict, top1
 from .export import export_onnx, onnx_model_bytes
@@ -30,7 +31,8 @@ from .pruning import (PruneConfig, count, drop_blocks, fold_masks, make_prunable
 from .quantization import (QAT_LR, QAT_STEPS, QuantizeConfig, calibrate, convert, freeze_observers, int8_coverage,
                            int8_onnx_bytes, onnx_runner, opset, prepare_qat,
                            ptq_onnx_bytes, runtime_ops)
-from .training import DistillConfig, distillation_loss, resolve_device, run_distillation
+from .training import (DistillConfig, device_name, distillation_loss, processes_report, resolve_device,
+                       run_distillation)
 
 # Taylor importance is measured on one fixed batch, beyond any index training reaches;
 # PTQ calibrates on another.
@@ -82,14 +84,15 @@ def compress(model: LoadedModel | str | Path, image: str | Path | None = None, *
         if config is not None:
             config.validate()
     heal = heal or DistillConfig()
-    train = train or dataclasses.replace(heal, steps=QAT_STEPS, lr=QAT_LR)
+    # torch.compile is for the float model's healing; the fake-quantized graph trains as it is.
+    train = train or dataclasses.replace(heal, steps=QAT_STEPS, lr=QAT_LR, compile=False)
     heal.validate()
     train.validate()
     wall_start = time.perf_counter()
     device = resolve_device(heal.device)
     teacher = as_model(model, arch, trust_model)
     labelled = load_labelled(eval_data, teacher)
-    source, holdout = patch_source(image, teacher.input_size[-1], heal.seed, heal.holdout_size)
+    source, holdout = patch_source(image, teacher.input_size[-1], heal.seed, heal.holdout_size, device=device)
     out_dir = prepare_out_dir(out, overwrite=overwrite, resume=resume) if out is not None else None
     work = out_dir / WORK_DIR if out_dir is not None else None
     eval_fn = tracking_accuracy(labelled, teacher, device) if labelled is not None else None
@@ -108,12 +111,15 @@ def compress(model: LoadedModel | str | Path, image: str | Path | None = None, *
         if quantize is not None:
             int8 = _quantize_stage(teacher, student, source, holdout, teacher_holdout, quantize, train,
                                    work, resume, eval_fn, progress, report)
+        if not distributed.is_main():
+            return report  # the other ranks only helped train: rank 0 converts, measures and writes
         _finish(teacher, student, int8, holdout, teacher_holdout, labelled, out_dir, measure_latency, report)
     except BaseException:
         if out_dir is not None:
             remove_if_empty(out_dir)
         raise
     report["device"] = str(device)
+    report["device_name"] = device_name(device)
     report["wall_seconds"] = time.perf_counter() - wall_start
     if out_dir is not None:
         write_report(out_dir, report, f"compress1img {report['command']}")
@@ -137,7 +143,8 @@ def _prune_stage(teacher: LoadedModel, student: LoadedModel, source, holdout, te
     student.module.requires_grad_(True)
     student.transforms = make_prunable(student.module) if structured else []
 
-    taylor_batch = normalize(source.batch(heal.batch_size, TAYLOR_BATCH_INDEX), teacher.mean, teacher.std)
+    # Pruning runs on the CPU, the same in every rank (DDP then checks that the shapes agree).
+    taylor_batch = normalize(source.batch(heal.batch_size, TAYLOR_BATCH_INDEX).cpu(), teacher.mean, teacher.std)
     with torch.no_grad():
         taylor_target = teacher.module(taylor_batch)
 
@@ -188,10 +195,11 @@ def _prune_stage(teacher: LoadedModel, student: LoadedModel, source, holdout, te
                                       resume=resume, eval_fn=eval_fn, progress=progress)
             row.update({"heal_steps": steps, "heal_seconds": result.seconds,
                         "holdout_agreement_after_heal": result.holdout_agreement})
+            report["heal_processes"] = processes_report(result)
         if not structured:
             fold_masks(student.module)
         student.module.cpu().eval()
-        if work is not None:
+        if work is not None and distributed.is_main():
             save_model(student, work / f"iteration-{k}.pt")
             shutil.rmtree(work / f"heal-{k}", ignore_errors=True)
         iterations.append(row)
@@ -226,14 +234,17 @@ class Int8Model:
 
 def _quantize_stage(teacher: LoadedModel, student: LoadedModel, source, holdout, teacher_holdout,
                     config: QuantizeConfig, train: DistillConfig, work: Path | None, resume: bool, eval_fn,
-                    progress: bool, report: dict) -> Int8Model:
+                    progress: bool, report: dict) -> Int8Model | None:
+    """The int8 model, on rank 0; the other ranks only take part in training and get None."""
     fp32 = student.module.cpu().eval()
     report["quantization"] = {"method": config.method, "weights": "int8 symmetric, per output channel",
                               "activations": "uint8 affine, per tensor"}
-    calibration = normalize(source.batch(config.calibration_size, CALIBRATION_BATCH_INDEX),
+    calibration = normalize(source.batch(config.calibration_size, CALIBRATION_BATCH_INDEX).cpu(),
                             teacher.mean, teacher.std)
     report["quantization"]["calibration_patches"] = config.calibration_size
     if config.method == "ptq":
+        if not distributed.is_main():
+            return None
         started = time.perf_counter()
         int8 = Int8Model(ptq_onnx_bytes(onnx_model_bytes(fp32, teacher.input_size), calibration), None)
         report["quantization"]["calibration_seconds"] = time.perf_counter() - started
@@ -243,6 +254,9 @@ def _quantize_stage(teacher: LoadedModel, student: LoadedModel, source, holdout,
         result = run_distillation(teacher.module, prepared, source, train, mean=teacher.mean, std=teacher.std,
                                   holdout=holdout, out_dir=work / "qat" if work is not None else None,
                                   resume=resume, eval_fn=eval_fn, progress=progress)
+        report["qat_processes"] = processes_report(result)
+        if not distributed.is_main():
+            return None
         freeze_observers(prepared)
         fake_quant = predict(prepared.cpu(), holdout, teacher.mean, teacher.std)
         converted = convert(prepared)

@@ -24,11 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .errors import InputError, TrainingError
 from .evaluate import agreement, kl_divergence, normalize, predict, top1
 
 MIXES = ("cutmix", "mixup", "none")
 TEACHER_SIGNALS = ("soft", "topk", "hard")
+# How the peak learning rate follows the number of processes N (the global batch grows N-fold):
+# "none" keeps --lr, "sqrt" multiplies it by sqrt(N) (often advised for Adam-type optimizers),
+# "linear" by N (Goyal et al.'s rule for SGD).
+LR_SCALINGS = ("none", "sqrt", "linear")
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -63,6 +68,8 @@ class DistillConfig:
     eval_every: int = 250
     checkpoint_every: int = 250
     device: str = "auto"
+    lr_scaling: str = "none"  # see LR_SCALINGS; only matters with several processes
+    compile: bool = False  # torch.compile the student (pays off on GPUs, after a compile of a minute or so)
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -79,6 +86,8 @@ class DistillConfig:
             raise InputError(f"--mix must be one of {', '.join(MIXES)} (got {self.mix!r})")
         if self.teacher_signal not in TEACHER_SIGNALS:
             raise InputError(f"--teacher-signal must be one of {', '.join(TEACHER_SIGNALS)} (got {self.teacher_signal!r})")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise InputError(f"--lr-scaling must be one of {', '.join(LR_SCALINGS)} (got {self.lr_scaling!r})")
         if self.holdout_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
             raise InputError("--holdout-size, --eval-every and --checkpoint-every must be at least 1")
 
@@ -93,17 +102,43 @@ class DistillResult:
     holdout_kl: float
     history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    world_size: int = 1  # processes that trained together, each on config.batch_size patches per step
+    lr: float = float("nan")  # the peak learning rate used: config.lr after lr_scaling
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.world_size * self.config["batch_size"]
 
 
 def resolve_device(device: str) -> torch.device:
+    """The device to train on; under torchrun "cuda" (and "auto" with GPUs) is this rank's GPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.device_for(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device} asked for, but no CUDA GPU is available here (use --device cpu)")
     try:
-        return torch.device(device)
+        return distributed.device_for(torch.device(device))
     except RuntimeError:
         raise InputError(f"unknown --device {device!r} (use cpu, cuda or auto)") from None
+
+
+def device_name(device: torch.device) -> str:
+    """What the report calls the device: the GPU's name, or the CPU's model and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:  # Linux names the model only here
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def scaled_lr(lr: float, scaling: str, world_size: int) -> float:
+    return lr * {"none": 1.0, "sqrt": math.sqrt(world_size), "linear": float(world_size)}[scaling]
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 8.0,
@@ -178,6 +213,12 @@ def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 17) % (2**63)
 
 
+def batch_index(step: int, rank: int, world_size: int) -> int:
+    """Which patch batch (and augmentation seed) rank `rank` trains on at `step`: every rank its own,
+    a pure function of the three, so a resumed run repeats exactly; one process uses batch `step`."""
+    return step * world_size + rank
+
+
 def _atomic_save(obj: object, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(obj, tmp)
@@ -194,10 +235,19 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
     `holdout` holds fixed patches (float NCHW in [0, 1]) never used for training, on
     which agreement and KL are measured. Checkpoints go to `out_dir/checkpoint.pt`.
     `eval_fn(student)` may add labelled metrics (e.g. test accuracy) to each evaluation.
+
+    Under torchrun every rank calls this with the same arguments: each trains on its own
+    `config.batch_size` patches per step (see `batch_index`), DDP averages the gradients,
+    and rank 0 alone evaluates (sharing the results), checkpoints and shows progress.
+    The teacher is left on the device it came on.
     """
     config.validate()
     device = resolve_device(config.device)
+    distributed.init(device)
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
     use_cuda = device.type == "cuda"
+    first = next(teacher.parameters(), None)
+    teacher_home = first.device if first is not None else torch.device("cpu")
     teacher = teacher.to(device).eval().requires_grad_(False)
     student = student.to(device)
     if use_cuda:
@@ -205,14 +255,15 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
         student = student.to(memory_format=torch.channels_last)
     amp_dtype = torch.bfloat16 if use_cuda and torch.cuda.is_bf16_supported() else torch.float16
 
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    lr = scaled_lr(config.lr, config.lr_scaling, world)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=config.weight_decay)
     warmup_steps = int(config.warmup * config.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_with_warmup(s, config.steps, warmup_steps))
     scaler = torch.amp.GradScaler("cuda", enabled=use_cuda and amp_dtype == torch.float16)
 
     holdout_x = holdout.to(device)
-    holdout_teacher = predict(teacher, holdout_x, mean, std, device=device)
+    holdout_teacher = predict(teacher, holdout_x, mean, std, device=device) if main else None
 
     history: list[dict] = []
     earlier_seconds = 0.0  # training time of the runs this one resumes
@@ -221,10 +272,16 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
     if resume and checkpoint_path is not None and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         saved = state["config"]
-        for key in ("steps", "batch_size", "seed", "lr", "mix", "teacher_signal", "temperature"):
-            if saved.get(key) != getattr(config, key):
+        for key in ("steps", "batch_size", "seed", "lr", "lr_scaling", "mix", "teacher_signal", "temperature"):
+            if saved.get(key, getattr(DistillConfig, key)) != getattr(config, key):
                 raise InputError(f"cannot resume {checkpoint_path}: it was made with {key}={saved.get(key)!r}, "
                                  f"now {key}={getattr(config, key)!r}")
+        made_by = state.get("world_size", 1)
+        if made_by != world:
+            # Each rank's batches depend on the number of ranks: another number would not repeat the run.
+            raise InputError(f"cannot resume {checkpoint_path}: it was made by {_processes(made_by)}, this run has "
+                             f"{_processes(world)}; resume it with {made_by} (torchrun --nproc-per-node {made_by} "
+                             f"or compress1img --nproc {made_by})")
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -233,22 +290,24 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
         earlier_seconds = state.get("seconds", 0.0)
 
     def save_checkpoint(step: int) -> None:
-        if checkpoint_path is None:
+        if checkpoint_path is None or not main:
             return
         checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_save({"step": step, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                      "config": asdict(config), "history": history,
+                      "config": asdict(config), "world_size": world, "history": history,
                       "seconds": earlier_seconds + time.perf_counter() - started - eval_seconds}, checkpoint_path)
 
     def evaluate_now(step: int, loss: float) -> dict:
-        student_logits = predict(student, holdout_x, mean, std, device=device)
-        row = {"step": step, "loss": loss, "holdout_agreement": agreement(holdout_teacher, student_logits),
-               "holdout_kl": kl_divergence(holdout_teacher, student_logits)}
-        if eval_fn is not None:
-            row.update(eval_fn(student))
+        row = None
+        if main:  # on the plain student, not through DDP: no collective that other ranks would wait for
+            student_logits = predict(student, holdout_x, mean, std, device=device)
+            row = {"step": step, "loss": loss, "holdout_agreement": agreement(holdout_teacher, student_logits),
+                   "holdout_kl": kl_divergence(holdout_teacher, student_logits)}
+            if eval_fn is not None:
+                row.update(eval_fn(student))
         train_mode()
-        return row
+        return distributed.share(row)
 
     def train_mode() -> None:
         student.train()
@@ -257,9 +316,12 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
 
+    model = distributed.wrap(student, device)
+    if config.compile:
+        model = torch.compile(model)
     # In a log file (no terminal) a bar line every 30 s is plenty.
-    bar = tqdm(total=config.steps, initial=start_step, disable=not progress, desc="distilling", unit="step",
-               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+    bar = tqdm(total=config.steps, initial=start_step, disable=not (progress and main), desc="distilling",
+               unit="step", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
     started = time.perf_counter()
     seen = 0
     eval_seconds = 0.0  # kept out of the training time so patches/s measures training alone
@@ -267,9 +329,10 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
     train_mode()
     with _stop_on_sigint() as stop, _out_of_memory_advice(config.batch_size, checkpoint_path, bar):
         for step in range(start_step, config.steps):
-            step_seed = _step_seed(config.seed, step)
+            index = batch_index(step, rank, world)
+            step_seed = _step_seed(config.seed, index)
             gen = torch.Generator().manual_seed(step_seed)
-            x = patches.batch(config.batch_size, step).to(device, non_blocking=True)
+            x = patches.batch(config.batch_size, index).to(device, non_blocking=True)
             if config.flip_and_shift:
                 x = flip_and_shift(x, gen)
             lam = float(np.random.default_rng(step_seed).beta(config.mix_alpha, config.mix_alpha))
@@ -278,9 +341,9 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
             if use_cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_cuda):
-                with torch.no_grad():
+                with torch.inference_mode():
                     teacher_logits = teacher(x)
-                student_logits = student(x)
+                student_logits = model(x)
                 loss = distillation_loss(student_logits, teacher_logits, config.temperature,
                                          config.teacher_signal, config.topk, config.scale_loss_by_t2)
             if not torch.isfinite(loss):
@@ -294,8 +357,9 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
             scheduler.step()
 
             done = step + 1
-            seen += len(x)
-            loss_value = loss.item()
+            seen += len(x) * world
+            # Every rank must stop at the same step, and the loss shown is the whole batch's.
+            loss_value, stopping = distributed.mean_and_any(loss.item(), stop.requested, device)
             running_loss = loss_value if math.isnan(running_loss) else 0.9 * running_loss + 0.1 * loss_value
             bar.update(1)
             bar.set_postfix(refresh=False, loss=f"{running_loss:.3f}",
@@ -305,24 +369,43 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
                 eval_started = time.perf_counter()
                 row = evaluate_now(done, running_loss)
                 history.append(row)
-                if progress:
+                if progress and main:
                     bar.write(_format_row(row), file=sys.stderr)
                 eval_seconds += time.perf_counter() - eval_started
-            if done % config.checkpoint_every == 0 or done == config.steps or stop.requested:
+            if done % config.checkpoint_every == 0 or done == config.steps or stopping:
                 save_checkpoint(done)
-            if stop.requested:
+            if stopping:
                 bar.close()
                 where = f"; checkpoint saved in {checkpoint_path}, continue with --resume" if checkpoint_path else ""
                 raise TrainingInterrupted(f"stopped after step {done} of {config.steps}{where}")
     bar.close()
     seconds = earlier_seconds + time.perf_counter() - started - eval_seconds
+    distributed.copy_from_main(student)
     student.eval()
     final = history[-1] if history and history[-1]["step"] == config.steps else evaluate_now(config.steps, running_loss)
     student.eval()
+    if use_cuda:
+        student.to(memory_format=torch.contiguous_format)
+        teacher.to(teacher_home, memory_format=torch.contiguous_format)
     return DistillResult(steps=config.steps, seconds=seconds,
-                         patches_per_second=config.steps * config.batch_size / seconds if seconds > 0 else float("nan"),
+                         patches_per_second=config.steps * config.batch_size * world / seconds if seconds > 0
+                         else float("nan"),
                          final_loss=final["loss"], holdout_agreement=final["holdout_agreement"],
-                         holdout_kl=final["holdout_kl"], history=history, config=asdict(config))
+                         holdout_kl=final["holdout_kl"], history=history, config=asdict(config),
+                         world_size=world, lr=lr)
+
+
+def processes_report(result: DistillResult) -> dict:
+    """How many processes trained, the batch they made together and the learning rate it got, for reports."""
+    scaling = result.config["lr_scaling"]
+    return {"world_size": result.world_size, "backend": distributed.backend() or "none (one process)",
+            "batch_per_process": result.config["batch_size"], "global_batch": result.global_batch_size,
+            "lr_given": result.config["lr"], "lr_used": result.lr,
+            "lr_scaling": scaling if scaling != "none" else "none (the given lr, whatever the number of processes)"}
+
+
+def _processes(n: int) -> str:
+    return "1 process" if n == 1 else f"{n} processes"
 
 
 class TrainingInterrupted(TrainingError):
