@@ -164,6 +164,16 @@ CASES = [
                 unchanged="ok.png"),
     Case("patches_out_unwritable", ("patches", "coffee", "--count", "2", "--out", "{unwritable}/p.npy"),
          ("cannot write --out {unwritable}/p.npy",), absent=("{unwritable}/p.npy",)),
+    option_case("drop_blocks_beyond_the_model", "--drop-blocks", "8",
+                needles=("--drop-blocks 8: this model has only 7 blocks that can be dropped",)),
+    option_case("lr_scaling_unknown", "--lr-scaling", "cube",
+                needles=("--lr-scaling must be one of none, sqrt, linear (got 'cube')",)),
+    # several processes
+    Case("nproc_0", ("--nproc", "0", "patches", "coffee", "--count", "2", "--out", "{out}/p.npy"),
+         ("--nproc must be at least 1 (got 0)",)),
+    Case("nproc_for_a_command_that_does_not_train", ("--nproc", "2", "patches", "coffee", "--count", "2", "--out",
+                                                     "{out}/p.npy"),
+         ("--nproc applies to distill, prune, quantize, compress, demo, not patches",)),
     # score-image: every image is checked before the first is scored
     Case("score_image_one_image_missing", ("score-image", "coffee", "nope.jpg", "--preview", "{out}/p.png"),
          ("image not found: nope.jpg",)),
