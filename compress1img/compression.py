@@ -25,7 +25,7 @@ from .export import export_onnx, onnx_model_bytes
 from .latency import compare_latency
 from .models import LoadedModel, load_model, save_model, save_program
 from .outputs import WORK_DIR, prepare_out_dir, remove_if_empty, write_report
-from .models.transforms import DROP_BLOCK
+from .models.transforms import DROP_BLOCK, drop_block
 from .pruning import (PruneConfig, count, drop_blocks, fold_masks, make_prunable, prune_to_budget, sparsify,
                       weight_sparsity)
 from .quantization import (QAT_LR, QAT_STEPS, QuantizeConfig, calibrate, convert, freeze_observers, int8_coverage,
@@ -90,6 +90,7 @@ def compress(model: LoadedModel | str | Path, image: str | Path | None = None, *
     train.validate()
     wall_start = time.perf_counter()
     device = resolve_device(heal.device)
+    distributed.init(device)  # under torchrun: pruning decisions are shared before training starts
     teacher = as_model(model, arch, trust_model)
     labelled = load_labelled(eval_data, teacher)
     source, holdout = patch_source(image, teacher.input_size[-1], heal.seed, heal.holdout_size, device=device)
@@ -165,7 +166,14 @@ def _prune_stage(teacher: LoadedModel, student: LoadedModel, source, holdout, te
         student.module.cpu()
         dropped = []
         if structured and k == 1 and config.drop_blocks:
-            dropped = drop_blocks(student.module, config.drop_blocks, taylor_loss, example, config.ignore)
+            # Chosen by rank 0 alone: a near tie decided differently elsewhere would give ranks models that
+            # differ in structure but not in shapes, which DDP cannot notice.
+            main = distributed.is_main()
+            dropped = distributed.share(drop_blocks(student.module, config.drop_blocks, taylor_loss, example,
+                                                    config.ignore) if main else None)
+            if not main:
+                for row in dropped:
+                    drop_block(student.module, row["block"])
             student.transforms = student.transforms + [DROP_BLOCK + d["block"] for d in dropped]
             report["dropped_blocks"] = [d["block"] for d in dropped]
         if structured:
