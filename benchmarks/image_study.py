@@ -76,6 +76,8 @@ def spearman(a: list[float], b: list[float]) -> float:
             r[values == v] = r[values == v].mean()
         return r
     ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:  # a constant predictor ranks nothing
+        return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
@@ -105,9 +107,18 @@ def main() -> None:
               + " ".join(f"{rows[name]['score'][p]:16.3f}" for p in predictors))
     if len(healed) >= 3:
         accuracy = [rows[n]["healed_top1"] for n in healed]
-        print("Spearman rho with healed top-1:")
+        natural = [n for n in healed if n != "noise"]
+        print("Spearman rho with healed top-1 (all images; pictures only, without noise):")
         for p in predictors:
-            print(f"  {p:<20} {spearman([rows[n]['score'][p] for n in healed], accuracy):+.2f}")
+            print(f"  {p:<20} {spearman([rows[n]['score'][p] for n in healed], accuracy):+.2f}   "
+                  f"{spearman([rows[n]['score'][p] for n in natural], [rows[n]['healed_top1'] for n in natural]):+.2f}")
+        # How often a random ranking correlates at least this well: a one-sided permutation p-value.
+        scores = [rows[n]["score"]["score"] for n in healed]
+        rho = spearman(scores, accuracy)
+        rng = np.random.default_rng(0)
+        trials = 20_000
+        beaten = sum(spearman(scores, list(rng.permutation(accuracy))) >= rho for _ in range(trials))
+        print(f"score: rho {rho:+.2f} over {len(healed)} images, permutation p = {(beaten + 1) / (trials + 1):.4f}")
 
 
 if __name__ == "__main__":
