@@ -2,7 +2,7 @@
 # Pruning the real CIFAR-10 ResNet-56 (akamaster) on one image, healed by self-distillation.
 # Usage: bash benchmarks/prune_r56.sh [ROW ...]
 #   rows: p50 p50-all p30 p70 u50 u75 noise50 noheal50 (default: all of them), p50-lr3 (lr 3e-3), p50-long (2x STEPS),
-#         p50-drop6 (6 whole blocks dropped, channels for the rest of the 50%)
+#         p50-drop6 (6 whole blocks dropped, channels for the rest of the 50%), p50-drop6-long (the same, 2x STEPS)
 # Results in benchmarks/results/prune-ROW/ (report.json, report.md); docs/benchmarks.md quotes them.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
@@ -23,6 +23,7 @@ for row in "${rows[@]}"; do
         p50-all) run p50-all --sparsity 0.5 --channels all --image "$animals" ;;
         p50-lr3) run p50-lr3 --sparsity 0.5 --lr 0.003 --image "$animals" ;;
         p50-drop6) run p50-drop6 --sparsity 0.5 --drop-blocks 6 --image "$animals" ;;
+        p50-drop6-long) run p50-drop6-long --sparsity 0.5 --drop-blocks 6 --steps $((STEPS * 2)) --image "$animals" ;;
         p50-long) run p50-long --sparsity 0.5 --steps $((STEPS * 2)) --image "$animals" ;;
         noheal50) run noheal50 --sparsity 0.5 --no-heal --image "$animals" ;;
         p30) run p30 --sparsity 0.3 --image "$animals" ;;
