@@ -225,11 +225,13 @@ def write_patch_file(image: str | Path, out: str | Path, *, size: int = 32, coun
 
 def score_images(images: list[str | Path], teacher: LoadedModel | str | Path | None = None, *,
                  arch: str | None = None, trust_model: bool = False, patches: int | None = None, seed: int = 0,
-                 device: str = "auto", preview: str | Path | None = None, progress: bool = True) -> list[dict]:
+                 device: str = "auto", preview: str | Path | None = None, classes: list[str] | None = None,
+                 progress: bool = True) -> list[dict]:
     """Rank candidate source images for distilling `teacher` (default: the bundled one), best first.
 
     Each entry has `rank`, `image` (as given), `score` (higher is better) and the
-    label-free predictors it is made of (see `compress1img.scoring`).
+    label-free predictors it is made of (see `compress1img.scoring`). `classes` names the
+    teacher's classes in the previews when the model does not record them.
     """
     from .scoring import score_images as score
 
@@ -239,6 +241,10 @@ def score_images(images: list[str | Path], teacher: LoadedModel | str | Path | N
     if patches is not None and patches < 2:
         raise InputError(f"--patches must be at least 2 (got {patches})")
     loaded = bundled_teacher() if teacher is None else as_model(teacher, arch, trust_model)
+    if classes is not None:
+        if len(classes) != loaded.num_classes:
+            raise InputError(f"--classes names {len(classes)} classes, the teacher has {loaded.num_classes}")
+        loaded.classes = list(classes)
     preview_dir = Path(preview).parent if preview is not None else None
     created = preview_dir is not None and not preview_dir.exists()
     if preview_dir is not None:

@@ -434,6 +434,9 @@ def score_image(
     preview: Annotated[Optional[Path], typer.Option(
         "--preview", help="Write a PNG grid of 64 patches with the teacher's top-1 class under each; with several "
                           "images, one file per image named PREVIEW-<image name>.png.")] = None,
+    classes: Annotated[Optional[Path], typer.Option(
+        "--classes", help="Text file with the teacher's class names, one per line, for the preview labels (models "
+                          "that do not record their classes are labelled 'class N').")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the ranking as a JSON list of objects (rank, image, "
                                                          "score, the predictors) instead of a table.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the patches (the same for every image).")] = 0,
@@ -460,8 +463,10 @@ def score_image(
     Density and edges are not in the score: noise has the most of both and teaches least.
     How well the score predicted real healing results: docs/choosing-an-image.md.
     """
+    names = _read_lines(classes, "--classes") if classes is not None else None
     loaded = _load(teacher, arch, trust_model, input_size, mean, std) if teacher is not None else None
-    ranking = api.score_images(images, loaded, patches=patches, seed=seed, device=device, preview=preview)
+    ranking = api.score_images(images, loaded, patches=patches, seed=seed, device=device, preview=preview,
+                               classes=names)
     if as_json:
         print(json.dumps(ranking))
         return
@@ -526,6 +531,14 @@ def _load(model: str, arch: str | None, trust_model: bool, input_size: int | Non
 
     return load_model(model, arch, trust_model=trust_model, input_size=input_size, mean=_floats(mean, "--mean"),
                       std=_floats(std, "--std"))
+
+
+def _read_lines(path: Path, option: str) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {option} {path}: {getattr(e, 'strerror', None) or e}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _floats(text: str | None, option: str) -> list[float] | None:

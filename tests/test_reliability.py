@@ -179,6 +179,8 @@ CASES = [
          ("image not found: nope.jpg",)),
     Case("score_image_patches_1", ("score-image", "coffee", "--patches", "1", "--preview", "{out}/p.png"),
          ("--patches must be at least 2 (got 1)",)),
+    Case("score_image_classes_file_missing", ("score-image", "coffee", "--classes", "names.txt", "--preview",
+                                              "{out}/p.png"), ("cannot read --classes names.txt",)),
     Case("score_image_preview_unwritable", ("score-image", "coffee", "--preview", "{unwritable}/p.png"),
          ("cannot write --preview {unwritable}/p.png",), absent=("{unwritable}/p.png",)),
 ]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from compress1img import InputError
 from compress1img.api import bundled_teacher, score_images
 from compress1img.scoring import PREDICTORS, class_predictors, effective_rank, image_density
 
@@ -90,3 +91,13 @@ def test_cli_table_names_every_column():
     header, row = proc.stdout.splitlines()[:2]
     assert header.split() == ["rank", "score", *PREDICTORS, "image"]
     assert row.split()[0] == "1" and row.split()[-1] == "chelsea"
+
+
+def test_class_names_for_the_previews_must_fit_the_teacher(tmp_path):
+    with pytest.raises(InputError, match="--classes names 3 classes, the teacher has 10"):
+        score_images(["coffee"], classes=["a", "b", "c"], preview=tmp_path / "p.png", progress=False)
+    assert not (tmp_path / "p.png").exists()
+    teacher = bundled_teacher()
+    names = [f"name{i}" for i in range(10)]
+    score_images(["coffee"], teacher, classes=names, patches=16, device="cpu", progress=False)
+    assert teacher.classes == names
