@@ -73,7 +73,7 @@ def score_images(images: list[str | Path], teacher: LoadedModel, *, patches: int
     results = []
     for image, target in tqdm(list(zip(images, targets)), desc="scoring", unit="image", disable=not progress):
         picture = source_picture(image, size, seed)
-        generator = PatchGenerator(picture, PatchConfig(size=size), seed=seed)
+        generator = PatchGenerator(picture, PatchConfig(size=size), seed=seed, device=device)
         logits, features = _teacher_view(module, generator, count, teacher.mean, teacher.std, device)
         row = {"image": str(image), "patches": count,
                **class_predictors(logits, teacher.num_classes), "diversity": effective_rank(features),
