@@ -135,7 +135,7 @@ def class_predictors(logits: torch.Tensor, num_classes: int) -> dict:
     p = counts[counts > 0] / counts.sum()
     # With fewer patches than classes, even the best image cannot show them all.
     most = math.log(min(num_classes, len(top1)))
-    entropy = float(-(p * p.log()).sum())
+    entropy = max(0.0, float(-(p * p.log()).sum()))  # not -0.0 for a single class
     return {"classes": float((counts > 0).sum()) / num_classes,
             "evenness": entropy / most if most > 0 else 0.0,
             "confidence": float(logits.softmax(1).max(1).values.mean())}
