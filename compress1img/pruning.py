@@ -324,6 +324,9 @@ def drop_blocks(model: nn.Module, count: int, loss_fn: Callable[[nn.Module], tor
     dropped = []
     model.eval()
     for _ in range(count):
+        if not candidates:
+            raise BudgetError(f"--drop-blocks {count}: after dropping {len(dropped)}, no block is left to drop "
+                              f"(the other candidates were inside blocks already dropped)")
         losses = {}
         for name in candidates:  # each block in turn swapped for an identity, then put back
             parent_name, _, child = name.rpartition(".")
@@ -334,7 +337,8 @@ def drop_blocks(model: nn.Module, count: int, loss_fn: Callable[[nn.Module], tor
             parent._modules[child] = block
         best = min(losses, key=losses.get)
         drop_block(model, best)
-        candidates.remove(best)
+        # Blocks inside it went with it: dropping them again would only look free.
+        candidates = [c for c in candidates if c != best and not c.startswith(best + ".")]
         dropped.append({"block": best, "loss": losses[best]})
     return dropped
 

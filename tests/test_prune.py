@@ -252,3 +252,27 @@ def test_dropping_more_blocks_than_exist_or_than_the_budget_is_refused():
               progress=False, measure_latency=False)
     with pytest.raises(InputError, match="--drop-blocks needs --mode structured"):
         PruneConfig(mode="unstructured", drop_blocks=1).validate()
+
+
+def test_blocks_inside_a_dropped_block_are_not_dropped_again():
+    from compress1img.models.transforms import apply_transforms
+    from compress1img.pruning import BudgetError, drop_blocks, droppable_blocks
+
+    def model():
+        def block():
+            return nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1))
+        return nn.Sequential(nn.Sequential(block(), block()), nn.Conv2d(4, 4, 1))
+
+    example = torch.zeros(1, 4, 8, 8)
+    assert droppable_blocks(model(), example) == ["0", "0.0", "0.1"]
+
+    def parameters_left(m):  # a "loss" that makes the biggest block the cheapest to drop
+        return torch.tensor(float(sum(p.numel() for p in m.parameters())))
+
+    pruned = model()
+    assert [row["block"] for row in drop_blocks(pruned, 1, parameters_left, example)] == ["0"]
+    rebuilt = model()
+    apply_transforms(rebuilt, ["drop_block:0"])
+    assert isinstance(rebuilt[0], nn.Identity)
+    with pytest.raises(BudgetError, match="after dropping 1, no block is left to drop"):
+        drop_blocks(model(), 2, parameters_left, example)
