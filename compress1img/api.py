@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed
+from . import distributed, scoring
 from .data import EvalData, check_num_classes, load_eval_data
 from .errors import InputError
 from .evaluate import OnnxModel, normalize, predict, top1
@@ -233,8 +233,6 @@ def score_images(images: list[str | Path], teacher: LoadedModel | str | Path | N
     label-free predictors it is made of (see `compress1img.scoring`). `classes` names the
     teacher's classes in the previews when the model does not record them.
     """
-    from .scoring import score_images as score
-
     for image in images:  # every name is checked before minutes of work on the first
         if image != NOISE_IMAGE:
             resolve_image(image)
@@ -250,8 +248,8 @@ def score_images(images: list[str | Path], teacher: LoadedModel | str | Path | N
     if preview_dir is not None:
         check_writable(preview_dir, f"--preview {preview}")
     try:
-        rows = score(images, loaded, patches=patches, seed=seed, device=resolve_device(device), preview=preview,
-                     progress=progress)
+        rows = scoring.score_images(images, loaded, patches=patches, seed=seed, device=resolve_device(device),
+                                    preview=preview, progress=progress)
     except BaseException:
         if created:
             remove_if_empty(preview_dir)
