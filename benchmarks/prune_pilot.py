@@ -1,7 +1,9 @@
 """Short pilots of healing variants for the ResNet-56 at 50% (1,000-image test slice): what was tried.
 
-Usage: python benchmarks/prune_pilot.py VARIANT STEPS [FEATURE_WEIGHT] >> benchmarks/results/prune_pilot.jsonl
+Usage: python benchmarks/prune_pilot.py VARIANT STEPS [NAME=VALUE ...] >> benchmarks/results/prune_pilot.jsonl
   VARIANT: base | taylor | iterK (K pruning iterations) | feat (base plus the experiment below)
+  NAME=VALUE: a DistillConfig field for the healing (lr=0.0003, temperature=4, freeze_bn_stats=1, ...), a
+           PruneConfig field (reconstruct_patches=2048), or feature_weight (for feat, default 1)
 The slice: every 10th image of cifar10_test_jpeg75.npz, written to /tmp/slice1k.npz (see docs/benchmarks.md).
 
 "feat" is an experiment that is not part of the package: on top of the KL loss it matches
@@ -23,8 +25,14 @@ from compress1img.pruning import PruneConfig
 from compress1img.training import DistillConfig
 
 variant, steps = sys.argv[1], int(sys.argv[2])
-feature_weight = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
+options = dict(arg.split("=", 1) for arg in sys.argv[3:])
+feature_weight = float(options.pop("feature_weight", 1.0))
+heal = DistillConfig(steps=steps, eval_every=250)
 config = PruneConfig(sparsity=0.5)
+for name, value in options.items():
+    target = heal if hasattr(heal, name) else config
+    kind = type(getattr(target, name)) if getattr(target, name) is not None else int
+    setattr(target, name, bool(int(value)) if kind is bool else kind(value))
 if variant == "taylor":
     config = dataclasses.replace(config, importance="taylor")
 elif variant.startswith("iter"):
@@ -65,8 +73,9 @@ if variant == "feat":
 
 started = time.time()
 report = compression.prune("../shared/data/weights/cifar10_resnet56_akamaster.th", "../shared/data/images/animals.jpg",
-                           arch="cifar_resnet56", config=config, heal=DistillConfig(steps=steps, eval_every=250),
+                           arch="cifar_resnet56", config=config, heal=heal,
                            eval_data="/tmp/slice1k.npz", progress=False, measure_latency=False)
 print(json.dumps({"variant": variant, "feature_weight": feature_weight if variant == "feat" else 0.0, "steps": steps,
+                  "options": options,
                   "top1": report["pruned_top1"], "per_iteration": report["per_iteration"],
                   "minutes": (time.time() - started) / 60}))

@@ -2,7 +2,8 @@
 # Pruning the real CIFAR-10 ResNet-56 (akamaster) on one image, healed by self-distillation.
 # Usage: bash benchmarks/prune_r56.sh [ROW ...]
 #   rows: p50 p50-all p30 p70 u50 u75 noise50 noheal50 (default: all of them), p50-lr3 (lr 3e-3), p50-long (2x STEPS),
-#         p50-drop6 (6 whole blocks dropped, channels for the rest of the 50%), p50-drop6-long (the same, 2x STEPS)
+#         p50-drop6 (6 whole blocks dropped, channels for the rest of the 50%), p50-drop6-long (the same, 2x STEPS),
+#         repair50 (no healing, least-squares repair only), p50-6k and p50-drop6-6k (4x STEPS, bf16 steps)
 # Results in benchmarks/results/prune-ROW/ (report.json, report.md); docs/benchmarks.md quotes them.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
@@ -25,7 +26,11 @@ for row in "${rows[@]}"; do
         p50-drop6) run p50-drop6 --sparsity 0.5 --drop-blocks 6 --image "$animals" ;;
         p50-drop6-long) run p50-drop6-long --sparsity 0.5 --drop-blocks 6 --steps $((STEPS * 2)) --image "$animals" ;;
         p50-long) run p50-long --sparsity 0.5 --steps $((STEPS * 2)) --image "$animals" ;;
-        noheal50) run noheal50 --sparsity 0.5 --no-heal --image "$animals" ;;
+        p50-6k) run p50-6k --sparsity 0.5 --steps $((STEPS * 4)) --eval-every 1000 --image "$animals" ;;
+        p50-drop6-6k) run p50-drop6-6k --sparsity 0.5 --drop-blocks 6 --steps $((STEPS * 4)) --eval-every 1000 \
+                          --image "$animals" ;;
+        noheal50) run noheal50 --sparsity 0.5 --no-heal --reconstruct-patches 0 --image "$animals" ;;
+        repair50) run repair50 --sparsity 0.5 --no-heal --image "$animals" ;;  # the same cut, repaired on patches
         p30) run p30 --sparsity 0.3 --image "$animals" ;;
         p70) run p70 --sparsity 0.7 --image "$animals" ;;
         u50) run u50 --sparsity 0.5 --mode unstructured --image "$animals" ;;

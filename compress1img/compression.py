@@ -31,6 +31,8 @@ from .pruning import (PruneConfig, count, drop_blocks, fold_masks, make_prunable
 from .quantization import (QAT_LR, QAT_STEPS, QuantizeConfig, calibrate, convert, freeze_observers, int8_coverage,
                            int8_onnx_bytes, onnx_runner, opset, prepare_qat,
                            ptq_onnx_bytes, runtime_ops)
+from .reconstruction import batch_size as reconstruction_batch_size
+from .reconstruction import default_patches, reconstruct
 from .training import (DistillConfig, device_name, distillation_loss, processes_report, resolve_device,
                        run_distillation)
 
@@ -38,6 +40,7 @@ from .training import (DistillConfig, device_name, distillation_loss, processes_
 # PTQ calibrates on another.
 TAYLOR_BATCH_INDEX = 2**40
 CALIBRATION_BATCH_INDEX = 2**40 + 1
+RECONSTRUCTION_BATCH_INDEX = 2**41  # and the indices after it
 # The int8 ONNX model must pick the same class as the int8 PyTorch model this often on held-out patches;
 # a PTQ model, which has only the fp32 model to compare with, as the fp32 model this often.
 INT8_MIN_AGREEMENT = 90.0
@@ -194,6 +197,17 @@ def _prune_stage(teacher: LoadedModel, student: LoadedModel, source, holdout, te
         if labelled is not None:
             row["top1_after_cut"] = top1(predict(student.module, labelled.images, teacher.mean, teacher.std),
                                          labelled.labels)
+        # By default only without healing: healing from the repaired model ended no better (docs/benchmarks.md).
+        repair_patches = config.reconstruct_patches
+        if repair_patches is None:
+            repair_patches = 0 if healing else default_patches(teacher.input_size[-1])
+        if structured and repair_patches:
+            row["reconstruction"] = _repair(teacher, student, source, repair_patches, progress)
+            row["holdout_agreement_after_repair"] = agreement(
+                teacher_holdout, predict(student.module, holdout, teacher.mean, teacher.std))
+            if labelled is not None:
+                row["top1_after_repair"] = top1(predict(student.module, labelled.images, teacher.mean, teacher.std),
+                                                labelled.labels)
         steps = heal.steps * k // config.iterations - heal.steps * (k - 1) // config.iterations
         if healing and steps > 0:
             iteration_config = dataclasses.replace(heal, steps=steps, seed=heal.seed + k - 1)
@@ -232,6 +246,25 @@ def _prune_stage(teacher: LoadedModel, student: LoadedModel, source, holdout, te
     return student
 
 
+def _repair(teacher: LoadedModel, student: LoadedModel, source, patches: int, progress: bool) -> dict:
+    """Least-squares repair of the layers the cut left short of inputs (reconstruction.py) on `patches`
+    patches, on the training device; rank 0 computes it and the other ranks copy its weights."""
+    result = None
+    if distributed.is_main():
+        per_batch = reconstruction_batch_size(teacher.input_size[-1])
+        batches = [normalize(source.batch(min(per_batch, patches - start), RECONSTRUCTION_BATCH_INDEX + i),
+                             teacher.mean, teacher.std) for i, start in enumerate(range(0, patches, per_batch))]
+        device = batches[0].device
+        teacher_home = next(teacher.module.parameters()).device
+        try:
+            result = reconstruct(student.module.to(device), teacher.module.to(device), batches, progress=progress)
+        finally:
+            student.module.cpu()
+            teacher.module.to(teacher_home)
+    distributed.copy_from_main(student.module)
+    return distributed.share(result)
+
+
 @dataclasses.dataclass
 class Int8Model:
     """The quantized result: its ONNX graph and, for QAT, the int8 PyTorch model it was exported from."""
@@ -259,6 +292,8 @@ def _quantize_stage(teacher: LoadedModel, student: LoadedModel, source, holdout,
     else:
         prepared = prepare_qat(copy.deepcopy(fp32), teacher.input_size)
         calibrate(prepared, calibration)
+        # Fake quantization simulates int8 rounding on float32 values: bf16/fp16 autocast would blur the grid.
+        train = dataclasses.replace(train, amp=False)
         result = run_distillation(teacher.module, prepared, source, train, mean=teacher.mean, std=teacher.std,
                                   holdout=holdout, out_dir=work / "qat" if work is not None else None,
                                   resume=resume, eval_fn=eval_fn, progress=progress)

@@ -58,6 +58,9 @@ class PruneConfig:
     iterations: int = 1
     ignore: tuple[str, ...] = field(default_factory=tuple)
     drop_blocks: int = 0  # whole residual blocks removed before channels (structured only)
+    # Patches for the least-squares repair after each cut (reconstruction.py); 0: no repair; None:
+    # none when healing follows (it ended no better), else 1,024 for inputs up to 64 px, 256 above.
+    reconstruct_patches: int | None = None
 
     def validate(self) -> None:
         if not isinstance(self.sparsity, (int, float)) or not 0 < self.sparsity < 1:
@@ -75,6 +78,10 @@ class PruneConfig:
             raise InputError(f"--iterations must be at least 1 (got {self.iterations})")
         if not isinstance(self.drop_blocks, int) or self.drop_blocks < 0:
             raise InputError(f"--drop-blocks must be a number of blocks, 0 or more (got {self.drop_blocks})")
+        if self.reconstruct_patches is not None and (not isinstance(self.reconstruct_patches, int)
+                                                     or self.reconstruct_patches < 0):
+            raise InputError(f"--reconstruct-patches must be a number of patches, 0 (no repair) or more "
+                             f"(got {self.reconstruct_patches})")
         if self.drop_blocks and self.mode == "unstructured":
             raise InputError("--drop-blocks needs --mode structured: unstructured sparsity keeps every layer")
         if self.mode == "unstructured" and self.target == "macs":

@@ -70,6 +70,7 @@ class DistillConfig:
     device: str = "auto"
     lr_scaling: str = "none"  # see LR_SCALINGS; only matters with several processes
     compile: bool = False  # torch.compile the student (pays off on GPUs, after a compile of a minute or so)
+    amp: bool = True  # mixed precision where the hardware has it (see `autocast_dtype`)
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -104,6 +105,7 @@ class DistillResult:
     config: dict = field(default_factory=dict)
     world_size: int = 1  # processes that trained together, each on config.batch_size patches per step
     lr: float = float("nan")  # the peak learning rate used: config.lr after lr_scaling
+    precision: str = "float32"  # or the autocast dtype: "bfloat16", "float16"
 
     @property
     def global_batch_size(self) -> int:
@@ -135,6 +137,24 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return f"{name}, {os.cpu_count()} cores"
+
+
+def _cpu_has_bf16() -> bool:
+    try:  # oneDNN's own check for native bf16 (AVX512-BF16, AMX); without it bf16 is emulated and slow
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype training uses on `device`, None for plain float32.
+
+    On CPUs with native bf16, bf16 autocast with channels_last made a ResNet-56 -> pruned ResNet-56
+    distillation step 1.77x faster (1.60x bf16 alone) on the development machine; elsewhere the CPU trains in float32.
+    """
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and _cpu_has_bf16() else None
 
 
 def scaled_lr(lr: float, scaling: str, world_size: int) -> float:
@@ -250,10 +270,12 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
     teacher_home = first.device if first is not None else torch.device("cpu")
     teacher = teacher.to(device).eval().requires_grad_(False)
     student = student.to(device)
-    if use_cuda:
+    amp_dtype = autocast_dtype(device) if config.amp else None
+    # Both GPUs' and oneDNN's fastest convolutions read channels-last (1.23x on its own on the CPU above).
+    channels_last = use_cuda or amp_dtype is not None
+    if channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
-    amp_dtype = torch.bfloat16 if use_cuda and torch.cuda.is_bf16_supported() else torch.float16
 
     lr = scaled_lr(config.lr, config.lr_scaling, world)
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=config.weight_decay)
@@ -338,9 +360,9 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
             lam = float(np.random.default_rng(step_seed).beta(config.mix_alpha, config.mix_alpha))
             x = mix_batch(x, config.mix, lam, gen)
             x = normalize(x, mean, std)
-            if use_cuda:
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_cuda):
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 with torch.inference_mode():
                     teacher_logits = teacher(x)
                 student_logits = model(x)
@@ -384,15 +406,16 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
     student.eval()
     final = history[-1] if history and history[-1]["step"] == config.steps else evaluate_now(config.steps, running_loss)
     student.eval()
-    if use_cuda:
+    if channels_last:
         student.to(memory_format=torch.contiguous_format)
-        teacher.to(teacher_home, memory_format=torch.contiguous_format)
+        teacher.to(memory_format=torch.contiguous_format)
+    teacher.to(teacher_home)
     return DistillResult(steps=config.steps, seconds=seconds,
                          patches_per_second=config.steps * config.batch_size * world / seconds if seconds > 0
                          else float("nan"),
                          final_loss=final["loss"], holdout_agreement=final["holdout_agreement"],
                          holdout_kl=final["holdout_kl"], history=history, config=asdict(config),
-                         world_size=world, lr=lr)
+                         world_size=world, lr=lr, precision=str(amp_dtype or torch.float32).removeprefix("torch."))
 
 
 def processes_report(result: DistillResult) -> dict:
@@ -401,7 +424,8 @@ def processes_report(result: DistillResult) -> dict:
     return {"world_size": result.world_size, "backend": distributed.backend() or "none (one process)",
             "batch_per_process": result.config["batch_size"], "global_batch": result.global_batch_size,
             "lr_given": result.config["lr"], "lr_used": result.lr,
-            "lr_scaling": scaling if scaling != "none" else "none (the given lr, whatever the number of processes)"}
+            "lr_scaling": scaling if scaling != "none" else "none (the given lr, whatever the number of processes)",
+            "precision": result.precision}
 
 
 def _processes(n: int) -> str:

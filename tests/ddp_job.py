@@ -50,11 +50,12 @@ def job(out_dir: Path, batch_size: int, resume: bool = False):
     Positions index*n .. index*n + n - 1 of a PatchArray make rank r's batch at step k (index
     2k + r, n = B/2) exactly one half of one process's batch k (n = B); with no mixing, no
     flips and BatchNorm in eval mode every patch's loss depends on that patch alone, so DDP's
-    averaged gradient is the one-process gradient of the whole batch.
+    averaged gradient is the one-process gradient of the whole batch (in float32: bf16 rounding
+    would depend on how the batch is split).
     """
     config = DistillConfig(steps=STEPS, batch_size=batch_size, lr=1e-2, warmup=0.0, mix="none",
                            flip_and_shift=False, freeze_bn_stats=True, eval_every=2, checkpoint_every=2,
-                           holdout_size=16, device="cpu")
+                           holdout_size=16, device="cpu", amp=False)
     pixels = np.random.default_rng(0).integers(0, 256, (256, 16, 16, 3), dtype=np.uint8)
     student = tiny_cnn(1)
     source = Recording(PatchArray(pixels, seed=0), student)

@@ -14,7 +14,7 @@ import torch
 import ddp_job
 from compress1img import InputError
 from compress1img.cli import main
-from compress1img.training import CHECKPOINT_NAME, batch_index
+from compress1img.training import CHECKPOINT_NAME, autocast_dtype, batch_index
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -83,8 +83,9 @@ def test_nproc_distill_writes_one_set_of_outputs_and_states_the_batch_and_lr(tmp
     assert result.stdout.count("distill: ") == 1 and "8 patches (2 processes x 4)" in result.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["batch_size"] == 4 and report["patches_seen"] == 2 * 8
+    precision = "bfloat16" if autocast_dtype(torch.device("cpu")) is not None else "float32"
     assert report["processes"] == {"world_size": 2, "backend": "gloo", "batch_per_process": 4, "global_batch": 8,
-                                   "lr_given": 1e-3, "lr_used": 2e-3, "lr_scaling": "linear"}
+                                   "lr_given": 1e-3, "lr_used": 2e-3, "lr_scaling": "linear", "precision": precision}
 
 
 @pytest.fixture

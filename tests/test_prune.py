@@ -231,6 +231,7 @@ def test_dropped_blocks_count_towards_the_budget_and_reload(tmp_path, test_slice
     report = prune(bundled_teacher(), "coffee", out=tmp_path / "run", config=PruneConfig(sparsity=0.5, drop_blocks=2),
                    heal=heal, eval_data=test_slice, progress=False, measure_latency=False)
     assert len(report["dropped_blocks"]) == 2
+    assert "reconstruction" not in report["per_iteration"][0]  # healing follows: no repair by default
     assert abs(report["params_removed"] - 0.5) <= 0.01
     reloaded = load_model(tmp_path / "run" / "model.pt")
     for name in report["dropped_blocks"]:
@@ -276,3 +277,51 @@ def test_blocks_inside_a_dropped_block_are_not_dropped_again():
     assert isinstance(rebuilt[0], nn.Identity)
     with pytest.raises(BudgetError, match="after dropping 1, no block is left to drop"):
         drop_blocks(model(), 2, parameters_left, example)
+
+
+def test_least_squares_repair_recovers_a_layer_that_only_used_the_kept_channels():
+    from compress1img.reconstruction import reconstruct, repairable_layers
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1),
+                            nn.Flatten(), nn.Linear(4 * 8 * 8, 5)).eval()
+    with torch.no_grad():
+        teacher[2].weight[:, 4:] = 0  # the channels the cut will remove carry nothing downstream
+    student = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                            nn.Flatten(), nn.Linear(4 * 8 * 8, 5)).eval()
+    with torch.no_grad():
+        student[0].weight.copy_(teacher[0].weight[:4])
+        student[0].bias.copy_(teacher[0].bias[:4])
+        student[4].load_state_dict(teacher[4].state_dict())
+    batches = [torch.randn(64, 3, 8, 8) for _ in range(2)]
+    # Only the layer that lost inputs and kept its outputs; the first conv lost outputs, the classifier nothing.
+    assert repairable_layers(student, teacher, batches[0][:1]) == ["2"]
+    result = reconstruct(student, teacher, batches)
+    assert result["layers"] == 1 and result["patches"] == 128
+    assert result["error_before"] > 0.5 and result["error_after"] < 1e-3
+    torch.testing.assert_close(student[2].weight, teacher[2].weight[:, :4], rtol=0.05, atol=0.01)
+    torch.testing.assert_close(student[2].bias, teacher[2].bias, rtol=0.05, atol=0.01)
+    x = torch.randn(16, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(student(x), teacher(x), rtol=0.05, atol=0.05)
+
+
+def test_repair_after_the_cut_brings_the_pruned_model_closer_to_the_original(test_slice):
+    from compress1img import prune
+
+    def cut(patches: int) -> dict:
+        report = prune(bundled_teacher(), "coffee", config=PruneConfig(sparsity=0.5, reconstruct_patches=patches),
+                       healing=False, eval_data=test_slice, progress=False, measure_latency=False)
+        return report["per_iteration"][0]
+
+    plain, repaired = cut(0), cut(None)  # without healing the repair is on by default
+    assert "reconstruction" not in plain
+    repair = repaired["reconstruction"]
+    # The second conv of each of ResNet-20's 9 blocks whose inner channels were cut.
+    assert 0 < repair["layers"] <= 9 and repair["patches"] == 1024
+    assert repair["error_after"] < repair["error_before"]
+    assert repaired["top1_after_cut"] == plain["top1_after_cut"]
+    assert repaired["holdout_agreement_after_repair"] > repaired["holdout_agreement_after_cut"] + 10
+    assert repaired["top1_after_repair"] > repaired["top1_after_cut"] + 10
+    with pytest.raises(InputError, match="--reconstruct-patches must be"):
+        PruneConfig(reconstruct_patches=-1).validate()

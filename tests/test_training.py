@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress1img import DistillConfig, TrainingError, distillation_loss, run_distillation
-from compress1img.training import (CHECKPOINT_NAME, TrainingInterrupted, cosine_with_warmup, flip_and_shift,
-                                   mix_batch)
+from compress1img.training import (CHECKPOINT_NAME, TrainingInterrupted, autocast_dtype, cosine_with_warmup,
+                                   flip_and_shift, mix_batch)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -113,6 +113,25 @@ def test_training_moves_student_towards_teacher(tmp_path):
                               progress=False)
     assert result.holdout_kl < before / 2
     assert [row["step"] for row in result.history] == [40]
+
+
+def test_mixed_precision_on_the_cpu_where_it_is_native_and_float32_models_afterwards():
+    holdout = RandomPatches().batch(16, 10_000)
+    trained = {}
+    for amp in (True, False):
+        teacher, student = tiny_cnn(0), tiny_cnn(1)
+        config = DistillConfig(steps=3, batch_size=8, eval_every=3, holdout_size=16, device="cpu", amp=amp)
+        run_distillation(teacher, student, RandomPatches(), config, mean=MEAN, std=STD, holdout=holdout,
+                         progress=False)
+        # Handed back as they came: float32 weights in the default memory layout (ONNX export expects it).
+        for tensor in [*student.parameters(), *teacher.parameters()]:
+            assert tensor.dtype == torch.float32 and tensor.is_contiguous()
+        trained[amp] = torch.cat([p.detach().flatten() for p in student.parameters()])
+    if autocast_dtype(torch.device("cpu")) is None:  # no native bf16: the CPU trains in float32 either way
+        assert torch.equal(trained[True], trained[False])
+    else:
+        assert not torch.equal(trained[True], trained[False])
+        torch.testing.assert_close(trained[True], trained[False], rtol=0.05, atol=0.02)
 
 
 def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path):
