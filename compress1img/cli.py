@@ -76,7 +76,7 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (cud
                                                          "each process takes the GPU of its local rank).")]
 AmpOpt = Annotated[bool, typer.Option(
     "--amp/--no-amp", help="Train in mixed precision where the hardware has it: bf16 (or fp16) on GPUs, bf16 on "
-                           "CPUs with native bf16 (AVX512-BF16/AMX: 1.77x faster steps measured), with channels_last; "
+                           "CPUs with native bf16 (AVX512-BF16/AMX: 1.79x faster steps measured), with channels_last; "
                            "other CPUs train in float32. Quantization-aware training always runs in float32.")]
 LrScalingOpt = Annotated[str, typer.Option(
     "--lr-scaling", help="With N processes the batch per step is N times larger: none keeps --lr (default), "
