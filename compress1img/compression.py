@@ -31,8 +31,7 @@ from .pruning import (PruneConfig, count, drop_blocks, fold_masks, make_prunable
 from .quantization import (QAT_LR, QAT_STEPS, QuantizeConfig, calibrate, convert, freeze_observers, int8_coverage,
                            int8_onnx_bytes, onnx_runner, opset, prepare_qat,
                            ptq_onnx_bytes, runtime_ops)
-from .reconstruction import batch_size as reconstruction_batch_size
-from .reconstruction import default_patches, reconstruct
+from .reconstruction import default_patches, patches_per_pass, reconstruct
 from .training import (DistillConfig, device_name, distillation_loss, processes_report, resolve_device,
                        run_distillation)
 
@@ -251,7 +250,7 @@ def _repair(teacher: LoadedModel, student: LoadedModel, source, patches: int, pr
     patches, on the training device; rank 0 computes it and the other ranks copy its weights."""
     result = None
     if distributed.is_main():
-        per_batch = reconstruction_batch_size(teacher.input_size[-1])
+        per_batch = patches_per_pass(teacher.input_size[-1])
         batches = [normalize(source.batch(min(per_batch, patches - start), RECONSTRUCTION_BATCH_INDEX + i),
                              teacher.mean, teacher.std) for i, start in enumerate(range(0, patches, per_batch))]
         device = batches[0].device

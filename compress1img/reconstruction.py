@@ -34,7 +34,7 @@ def default_patches(input_size: int) -> int:
     return 1024 if input_size <= 64 else 256
 
 
-def batch_size(input_size: int) -> int:
+def patches_per_pass(input_size: int) -> int:
     """Patches per forward pass: 32 at 224 px keeps a 3x3 layer's unfolded input under ~0.5 GB."""
     return 256 if input_size <= 64 else 32
 
@@ -124,8 +124,9 @@ def reconstruct(student: nn.Module, teacher: nn.Module, batches: Iterable[torch.
     """Refit `layers` of the pruned `student` (default: `repairable_layers`) by least squares so
     that each reproduces the teacher's layer output on `batches` (normalised model inputs).
 
-    A layer keeps its old weights if the fit does not lower its error. Returns {"layers", "patches", "error_before", "error_after"}: the
-    mean relative squared error of the refitted layers' outputs on the patches.
+    A layer keeps its old weights if the fit does not lower its error. Returns {"layers",
+    "patches", "error_before", "error_after"}, the errors being the mean relative squared error
+    of the refitted layers' outputs on the patches.
     """
     batches = list(batches)
     student.eval()
@@ -155,11 +156,10 @@ def reconstruct(student: nn.Module, teacher: nn.Module, batches: Iterable[torch.
         def error(w: torch.Tensor) -> float:  # ||XW - Y||^2 / ||Y||^2 from the accumulated sums
             return float((energy - 2 * (w * cross).sum() + (w * (gram @ w)).sum()) / energy.clamp_min(1e-12))
 
-        old = _weights(layer).to(gram.device)
-        before.append(error(old))
-        if error(solution) < before[-1]:
-            _set_weights(layer, solution)
+        before.append(error(_weights(layer).to(gram.device)))
         after.append(min(error(solution), before[-1]))
+        if after[-1] < before[-1]:
+            _set_weights(layer, solution)
     return {"layers": len(layers), "patches": sum(len(x) for x in batches),
             "error_before": sum(before) / len(before) if before else 0.0,
             "error_after": sum(after) / len(after) if after else 0.0}
