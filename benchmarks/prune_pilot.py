@@ -3,7 +3,8 @@
 Usage: python benchmarks/prune_pilot.py VARIANT STEPS [NAME=VALUE ...] >> benchmarks/results/prune_pilot.jsonl
   VARIANT: base | taylor | iterK (K pruning iterations) | feat (base plus the experiment below)
   NAME=VALUE: a DistillConfig field for the healing (lr=0.0003, temperature=4, freeze_bn_stats=1, ...), a
-           PruneConfig field (reconstruct_patches=2048), or feature_weight (for feat, default 1)
+           PruneConfig field (reconstruct_patches=2048), feature_weight (for feat, default 1), or
+           eval_data (default /tmp/slice1k.npz; the full test file for the final figure on 10,000 images)
 The slice: every 10th image of cifar10_test_jpeg75.npz, written to /tmp/slice1k.npz (see docs/benchmarks.md).
 
 "feat" is an experiment that is not part of the package: on top of the KL loss it matches
@@ -27,6 +28,7 @@ from compress1img.training import DistillConfig
 variant, steps = sys.argv[1], int(sys.argv[2])
 options = dict(arg.split("=", 1) for arg in sys.argv[3:])
 feature_weight = float(options.pop("feature_weight", 1.0))
+eval_data = options.pop("eval_data", "/tmp/slice1k.npz")
 heal = DistillConfig(steps=steps, eval_every=250)
 config = PruneConfig(sparsity=0.5)
 for name, value in options.items():
@@ -74,8 +76,8 @@ if variant == "feat":
 started = time.time()
 report = compression.prune("../shared/data/weights/cifar10_resnet56_akamaster.th", "../shared/data/images/animals.jpg",
                            arch="cifar_resnet56", config=config, heal=heal,
-                           eval_data="/tmp/slice1k.npz", progress=False, measure_latency=False)
+                           eval_data=eval_data, progress=False, measure_latency=False)
 print(json.dumps({"variant": variant, "feature_weight": feature_weight if variant == "feat" else 0.0, "steps": steps,
-                  "options": options,
+                  "options": options, "eval_data": eval_data,
                   "top1": report["pruned_top1"], "per_iteration": report["per_iteration"],
                   "minutes": (time.time() - started) / 60}))

@@ -47,7 +47,7 @@ def prune_rows(reports: list[dict]) -> list[str]:
 
 def quantize_rows(reports: list[tuple[str, dict]]) -> list[str]:
     rows = ["| run | method | QAT steps (minutes) | int8 top-1 | teacher top-1 | change | test agreement with teacher | "
-            "convs in int8 / float | ORT speed-up vs dense fp32 b1 / b32 | ONNX size vs fp32 |",
+            "convs in int8 / float | ORT speed-up vs the fp32 model given b1 / b32 | ONNX size vs fp32 |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in reports:
         q = r["quantization"]

@@ -250,11 +250,54 @@ def _without_debug_metadata(onnx_bytes: bytes) -> bytes:
     return model.SerializeToString()
 
 
+def spatial_means_as_pools(onnx_bytes: bytes) -> bytes:
+    """Rewrite ReduceMean over height and width (kept dims, 4-D input) as GlobalAveragePool: the same arithmetic.
+
+    Squeeze-excitation blocks (EfficientNet and others in timm) average with ReduceMean, for which
+    ONNX Runtime has no int8 kernel: each one costs a dequantize/quantize pair, and int8
+    EfficientNet-B0 ran slower than fp32 at batch 1. GlobalAveragePool runs as QLinearGlobalAveragePool.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.shape_inference.infer_shapes(onnx.load_from_string(onnx_bytes))
+    graph = model.graph
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*graph.value_info, *graph.input)
+             if v.type.tensor_type.HasField("shape")}
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    constants.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                      if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    rewritten = 0
+    for node in graph.node:
+        if node.op_type != "ReduceMean" or ranks.get(node.input[0]) != 4:
+            continue
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        axes = attributes.get("axes", constants.get(node.input[1]) if len(node.input) > 1 else None)
+        if axes is None or attributes.get("keepdims", 1) != 1 or sorted(int(a) % 4 for a in axes) != [2, 3]:
+            continue
+        node.op_type = "GlobalAveragePool"
+        del node.input[1:]
+        del node.attribute[:]
+        rewritten += 1
+    if not rewritten:
+        return onnx_bytes
+    used = {name for node in graph.node for name in node.input}
+    kept = [n for n in graph.node if n.op_type != "Constant" or n.output[0] in used]
+    del graph.node[:]
+    graph.node.extend(kept)
+    kept_initializers = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_initializers)
+    return model.SerializeToString()
+
+
 def ptq_onnx_bytes(float_onnx: bytes, calibration: torch.Tensor) -> bytes:
     """ONNX Runtime static quantization (QDQ, U8S8, per-channel) of a float ONNX model.
 
-    `calibration` holds normalised inputs; activation ranges are their min/max.
+    `calibration` holds normalised inputs; activation ranges are their min/max. Spatial means are
+    rewritten as global pools first (`spatial_means_as_pools`) so that they stay int8 too.
     """
+    float_onnx = spatial_means_as_pools(float_onnx)
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process

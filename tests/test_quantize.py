@@ -93,6 +93,39 @@ def test_a_ptq_model_that_disagrees_with_the_float_model_is_not_written(tmp_path
     assert not (out / "model.onnx").exists()
 
 
+class SqueezeExcitation(nn.Module):
+    """A conv, a squeeze-excitation gate averaging with ReduceMean (as timm's EfficientNet does), a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.gate = nn.Conv2d(16, 16, 1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        x = x * torch.sigmoid(self.gate(x.mean((2, 3), keepdim=True)))
+        return self.head(x.mean((2, 3)))
+
+
+def test_ptq_keeps_squeeze_excitation_means_in_int8():
+    from compress1img.export import onnx_model_bytes
+    from compress1img.latency import ort_session
+    from compress1img.quantization import ptq_onnx_bytes, spatial_means_as_pools
+
+    torch.manual_seed(0)
+    float_onnx = onnx_model_bytes(SqueezeExcitation().eval(), (3, 16, 16))
+    rewritten = spatial_means_as_pools(float_onnx)
+    onnx.checker.check_model(onnx.load_from_string(rewritten))
+    # Only the kept-dims mean of the gate is a global pool; the head's flattening mean is another shape.
+    assert [n.op_type for n in onnx.load_from_string(rewritten).graph.node].count("GlobalAveragePool") == 1
+    x = torch.randn(5, 3, 16, 16).numpy()
+    before, after = (ort_session(b).run(None, {"input": x})[0] for b in (float_onnx, rewritten))
+    assert abs(before - after).max() < 1e-5
+    ops = runtime_ops(ptq_onnx_bytes(float_onnx, torch.randn(64, 3, 16, 16)))
+    assert ops.get("QLinearGlobalAveragePool") == 1 and ops.get("ReduceMean") == 1
+
+
 class DataDependent(nn.Module):
     """Python control flow on tensor values: torch.export cannot capture it."""
 
