@@ -21,10 +21,8 @@ from compress1img.quantization import ptq_onnx_bytes
 DROPPED_6 = ("layer2.4", "layer1.5", "layer2.5", "layer2.7", "layer2.8", "layer1.8")
 # Twelve: the last six blocks of stages 1 and 2 (16% of the parameters, 44% of the MACs).
 DROPPED_12 = tuple(f"layer{s}.{i}" for s in (1, 2) for i in range(3, 9))
-first_stage = tuple(f"layer1.{i}.conv1" for i in range(9))
 layouts = {
     "channels, multiples of 8 (default)": ((), PruneConfig(sparsity=0.5)),
-    "channels, first stage kept": ((), PruneConfig(sparsity=0.5, ignore=first_stage)),
     "channels, multiples of 16": ((), PruneConfig(sparsity=0.5, round_to=16)),
     "6 blocks dropped + channels (--drop-blocks 6)": (DROPPED_6, PruneConfig(sparsity=0.5)),
     "12 blocks dropped + channels": (DROPPED_12, PruneConfig(sparsity=0.5)),

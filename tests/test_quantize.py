@@ -1,6 +1,7 @@
 """Int8: graphs ONNX Runtime runs in int8 end to end, faithful to PyTorch, reloadable, and clear refusals."""
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -94,16 +95,17 @@ def test_a_ptq_model_that_disagrees_with_the_float_model_is_not_written(tmp_path
 
 
 class SqueezeExcitation(nn.Module):
-    """A conv, a squeeze-excitation gate averaging with ReduceMean (as timm's EfficientNet does), a linear head."""
+    """Conv, SiLU, a squeeze-excitation gate averaging with ReduceMean (as timm's EfficientNet does), a linear head."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.act = nn.SiLU()
         self.gate = nn.Conv2d(16, 16, 1)
         self.head = nn.Linear(16, 4)
 
     def forward(self, x):
-        x = torch.relu(self.conv(x))
+        x = self.act(self.conv(x))
         x = x * torch.sigmoid(self.gate(x.mean((2, 3), keepdim=True)))
         return self.head(x.mean((2, 3)))
 
@@ -124,6 +126,28 @@ def test_ptq_keeps_squeeze_excitation_means_in_int8():
     assert abs(before - after).max() < 1e-5
     ops = runtime_ops(ptq_onnx_bytes(float_onnx, torch.randn(64, 3, 16, 16)))
     assert ops.get("QLinearGlobalAveragePool") == 1 and ops.get("ReduceMean") == 1
+
+
+def test_qat_runs_silu_and_squeeze_excitation_in_int8():
+    from torchao.quantization.pt2e import disable_fake_quant
+
+    from compress1img.quantization import calibrate, convert, int8_onnx_bytes, onnx_runner
+
+    torch.manual_seed(0)
+    model = SqueezeExcitation().eval()
+    x = torch.randn(8, 3, 16, 16)
+    prepared = prepare_qat(model, (3, 16, 16))
+    calibrate(prepared, torch.randn(64, 3, 16, 16))
+    without_fake_quant = copy.deepcopy(prepared)
+    without_fake_quant.apply(disable_fake_quant)
+    with torch.no_grad():  # SiLU rewritten as x * sigmoid(x) computes the same function
+        assert torch.allclose(without_fake_quant(x), model.eval()(x), atol=1e-6)
+        converted = convert(prepared)
+        int8 = int8_onnx_bytes(converted, (3, 16, 16))
+        assert (onnx_runner(int8)(x) - converted(x)).abs().max() < 0.05
+    ops = runtime_ops(int8)
+    assert ops.get("QLinearSigmoid") == 2 and ops.get("QLinearMul") == 2 and ops.get("QLinearGlobalAveragePool") == 1
+    assert not {"Sigmoid", "Mul", "Conv"} & ops.keys()
 
 
 class DataDependent(nn.Module):
