@@ -195,6 +195,7 @@ def _batch_dim():
 def capture(module: nn.Module, input_size: Sequence[int]) -> GraphModule:
     """`module` as an ATen graph with a dynamic batch axis (torch.export), in training mode."""
     example = torch.randn(4, *input_size, generator=torch.Generator().manual_seed(0))
+    was_training = module.training
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -203,6 +204,8 @@ def capture(module: nn.Module, input_size: Sequence[int]) -> GraphModule:
         raise QuantizationError(f"torch.export cannot capture this model for quantization-aware training "
                                 f"({_why(e)}); use --method ptq, which quantizes the "
                                 f"exported ONNX model instead") from None
+    finally:
+        module.train(was_training)
     return program.module()
 
 

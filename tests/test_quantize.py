@@ -140,8 +140,9 @@ def test_qat_runs_silu_and_squeeze_excitation_in_int8():
     calibrate(prepared, torch.randn(64, 3, 16, 16))
     without_fake_quant = copy.deepcopy(prepared)
     without_fake_quant.apply(disable_fake_quant)
+    assert not model.training  # capturing it left the caller's model as it was
     with torch.no_grad():  # SiLU rewritten as x * sigmoid(x) computes the same function
-        assert torch.allclose(without_fake_quant(x), model.eval()(x), atol=1e-6)
+        assert torch.allclose(without_fake_quant(x), model(x), atol=1e-6)
         converted = convert(prepared)
         int8 = int8_onnx_bytes(converted, (3, 16, 16))
         assert (onnx_runner(int8)(x) - converted(x)).abs().max() < 0.05
