@@ -339,11 +339,12 @@ def spatial_means_as_pools(onnx_bytes: bytes) -> bytes:
     return model.SerializeToString()
 
 
-def ptq_onnx_bytes(float_onnx: bytes, calibration: torch.Tensor) -> bytes:
+def ptq_onnx_bytes(float_onnx: bytes, calibration: torch.Tensor, *, keep_float: Sequence[str] = ()) -> bytes:
     """ONNX Runtime static quantization (QDQ, U8S8, per-channel) of a float ONNX model.
 
     `calibration` holds normalised inputs; activation ranges are their min/max. Spatial means are
     rewritten as global pools first (`spatial_means_as_pools`) so that they stay int8 too.
+    `keep_float` names nodes to leave in float (ONNX Runtime's `nodes_to_exclude`).
     """
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -368,7 +369,7 @@ def ptq_onnx_bytes(float_onnx: bytes, calibration: torch.Tensor) -> bytes:
             quant_pre_process(str(source), str(prepared))
             quantize_static(str(prepared), str(output), Reader(input_name), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            calibrate_method=CalibrationMethod.MinMax)
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(keep_float))
         except Exception as e:
             raise QuantizationError(f"ONNX Runtime static quantization failed: {_why(e)}") from None
         return output.read_bytes()

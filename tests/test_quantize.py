@@ -16,7 +16,8 @@ from compress1img import InputError, evaluate_model, load_model
 from compress1img.api import BUNDLED_TEACHER, bundled_teacher
 from compress1img.compression import quantize
 from compress1img.evaluate import OnnxModel, agreement, predict
-from compress1img.quantization import QAT_LR, QuantizationError, QuantizeConfig, prepare_qat, runtime_ops
+from compress1img.quantization import (QAT_LR, QuantizationError, QuantizeConfig, int8_coverage, prepare_qat,
+                                       runtime_ops)
 from compress1img.training import DistillConfig
 
 TINY_QAT = DistillConfig(steps=6, batch_size=32, lr=QAT_LR, eval_every=3, holdout_size=64)
@@ -126,6 +127,20 @@ def test_ptq_keeps_squeeze_excitation_means_in_int8():
     assert abs(before - after).max() < 1e-5
     ops = runtime_ops(ptq_onnx_bytes(float_onnx, torch.randn(64, 3, 16, 16)))
     assert ops.get("QLinearGlobalAveragePool") == 1 and ops.get("ReduceMean") == 1
+
+
+def test_ptq_leaves_the_nodes_named_in_keep_float_in_float():
+    from compress1img.export import onnx_model_bytes
+    from compress1img.quantization import ptq_onnx_bytes
+
+    torch.manual_seed(0)
+    float_onnx = onnx_model_bytes(SqueezeExcitation().eval(), (3, 16, 16))
+    convs = [n.name for n in onnx.load_from_string(float_onnx).graph.node if n.op_type == "Conv"]
+    calibration = torch.randn(64, 3, 16, 16)
+    everything = int8_coverage(runtime_ops(ptq_onnx_bytes(float_onnx, calibration)))
+    one_float = int8_coverage(runtime_ops(ptq_onnx_bytes(float_onnx, calibration, keep_float=convs[:1])))
+    assert (everything["int8_convs"], everything["float_convs"]) == (len(convs), 0)
+    assert (one_float["int8_convs"], one_float["float_convs"]) == (len(convs) - 1, 1)
 
 
 def test_qat_runs_silu_and_squeeze_excitation_in_int8():
