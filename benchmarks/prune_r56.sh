@@ -4,7 +4,7 @@
 #   rows: p50 p50-all p30 p70 u50 u75 noise50 noheal50 (default: all of them), p50-lr3 (lr 3e-3), p50-long (2x STEPS),
 #         p50-drop6 (6 whole blocks dropped, channels for the rest of the 50%), p50-drop6-long (the same, 2x STEPS),
 #         repair50 (no healing, least-squares repair only), p50-6k and p50-drop6-6k (4x STEPS, bf16 steps),
-#         p50-drop6-12k (8x STEPS)
+#         p50-12k and p50-drop6-12k (8x STEPS)
 # Results in benchmarks/results/prune-ROW/ (report.json, report.md); docs/benchmarks.md quotes them.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
@@ -30,6 +30,7 @@ for row in "${rows[@]}"; do
         p50-6k) run p50-6k --sparsity 0.5 --steps $((STEPS * 4)) --eval-every 1000 --image "$animals" ;;
         p50-drop6-6k) run p50-drop6-6k --sparsity 0.5 --drop-blocks 6 --steps $((STEPS * 4)) --eval-every 1000 \
                           --image "$animals" ;;
+        p50-12k) run p50-12k --sparsity 0.5 --steps $((STEPS * 8)) --eval-every 1000 --image "$animals" ;;
         p50-drop6-12k) run p50-drop6-12k --sparsity 0.5 --drop-blocks 6 --steps $((STEPS * 8)) --eval-every 1000 \
                            --image "$animals" ;;
         noheal50) run noheal50 --sparsity 0.5 --no-heal --reconstruct-patches 0 --image "$animals" ;;
