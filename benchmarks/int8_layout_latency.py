@@ -43,14 +43,15 @@ def silu_as_quickgelu(onnx_bytes: bytes) -> bytes:
         for x, gate in (tuple(node.input), tuple(node.input)[::-1]):
             sigmoid = producer.get(gate)
             if sigmoid is not None and sigmoid.op_type == "Sigmoid" and sigmoid.input[0] == x and readers[gate] == 1:
-                replaced[node.name] = helper.make_node("QuickGelu", [x], [node.output[0]], name=node.name,
-                                                       domain="com.microsoft", alpha=1.0)
-                dropped.add(sigmoid.name)
+                replaced[id(node)] = helper.make_node("QuickGelu", [x], [node.output[0]], name=node.name,
+                                                      domain="com.microsoft", alpha=1.0)
+                dropped.add(id(sigmoid))
                 break
-    nodes = [replaced.get(node.name, node) for node in graph.node if node.name not in dropped]
+    nodes = [replaced.get(id(node), node) for node in graph.node if id(node) not in dropped]
     del graph.node[:]
     graph.node.extend(nodes)
-    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model.SerializeToString()
 
 
