@@ -1,18 +1,21 @@
 """compress1img: compress a pretrained image model with one image and no training data.
 
-    from compress1img import load_model, distill, evaluate_model
+    from compress1img import PruneConfig, RunConfig, load_model, prune
     teacher = load_model("resnet56.th", arch="cifar_resnet56")
-    report = distill(teacher, "cifar_resnet20", image="city.jpg", out="runs/r20")
+    result = prune(teacher, "city.jpg", PruneConfig(sparsity=0.5), run=RunConfig(out="runs/p50"))
+    result.model.module, result.report["pruned_holdout_agreement"]
 """
-from .api import bundled_teacher, demo, distill, evaluate_model, score_images, write_patch_file
-from .compression import compress, prune, quantize
+from .api import Result, compress, demo, distill, evaluate_model, prune, quantize, score_images, write_patch_file
+from .config import ConfigError, RunConfig
 from .data import EvalData, load_eval_data
 from .errors import Compress1imgError, InputError, TrainingError
 from .evaluate import OnnxModel
 from .export import export_onnx
 from .images import load_image
+from .losses import distillation_loss
 from .models import (
     LoadedModel,
+    bundled_teacher,
     create_model_from_name,
     list_models,
     load_model,
@@ -20,14 +23,14 @@ from .models import (
 )
 from .patches import PatchArray, PatchConfig, PatchGenerator
 from .pruning import PruneConfig
-from .quantization import QuantizeConfig
-from .training import DistillConfig, distillation_loss, run_distillation
+from .quantization import PTQConfig, QATConfig
+from .training import DistillConfig, TrainingHook, run_distillation
 
 __version__ = "0.1.0"
 __all__ = [
-    "Compress1imgError", "DistillConfig", "EvalData", "InputError", "LoadedModel", "OnnxModel", "PatchArray",
-    "PatchConfig", "PatchGenerator", "PruneConfig", "QuantizeConfig", "TrainingError", "bundled_teacher", "compress",
-    "create_model_from_name", "demo", "distill", "distillation_loss", "evaluate_model", "export_onnx", "list_models",
-    "load_eval_data", "load_image", "load_model", "prune", "quantize", "run_distillation", "save_model", "score_images",
-    "write_patch_file",
+    "Compress1imgError", "ConfigError", "DistillConfig", "EvalData", "InputError", "LoadedModel", "OnnxModel",
+    "PTQConfig", "PatchArray", "PatchConfig", "PatchGenerator", "PruneConfig", "QATConfig", "Result", "RunConfig",
+    "TrainingError", "TrainingHook", "bundled_teacher", "compress", "create_model_from_name", "demo", "distill",
+    "distillation_loss", "evaluate_model", "export_onnx", "list_models", "load_eval_data", "load_image", "load_model",
+    "prune", "quantize", "run_distillation", "save_model", "score_images", "write_patch_file",
 ]

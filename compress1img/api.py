@@ -1,88 +1,137 @@
-"""The Python API under the CLI: each function is one command, returning its report as a dict."""
+"""The Python API under the CLI: each function is one command and returns a `Result`.
+
+    result = prune(model, "city.jpg", PruneConfig(sparsity=0.5), run=RunConfig(out="runs/p50"))
+    result.model.module   # the pruned nn.Module
+    result.report         # what report.json holds
+
+Every function takes a model as a LoadedModel, an nn.Module (with `input_size=`, or declaring
+it) or a path/name (`load_model`). A command opens a run context (context.py), runs its
+stages (stages.py) and assembles its report from what they return.
+"""
 from __future__ import annotations
 
 import logging
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-import numpy as np
 import torch
 
 from . import distributed, scoring
+from .augment import Augment
+from .config import RunConfig
+from .context import ModelLike, RunContext, as_model, load_labelled, open_run
 from .data import EvalData, check_num_classes, load_eval_data
-from .errors import InputError
+from .devices import device_name, resolve_device
+from .errors import InputError, first_line
 from .evaluate import OnnxModel, normalize, predict, top1
 from .export import export_onnx
-from .images import (DEFAULT_IMAGE, NOISE_IMAGE, describe_image, load_image, min_image_side, resolve_image,
-                     source_picture)
-from .models import LoadedModel, create_model_from_name, load_model, save_model
-from .outputs import check_writable, prepare_out_dir, remove_if_empty, write_report
-from .patches import PatchArray, PatchConfig, PatchGenerator
-from .training import (
-    CHECKPOINT_NAME,
-    DistillConfig,
-    accuracy_fn,
-    device_name,
-    processes_report,
-    resolve_device,
-    run_distillation,
-)
+from .images import DEFAULT_IMAGE, NOISE_IMAGE, load_image, min_image_side, resolve_image
+from .losses import LossFn
+from .models import BUNDLED_TEACHER, LoadedModel, bundled_teacher, create_model_from_name, save_model
+from .outputs import check_writable, remove_if_empty
+from .patches import PatchConfig
+from .pruning import PruneConfig
+from .quantization import QATConfig, QuantizeConfig
+from .stages import Healing, export, latency, measure, prune_stage, quantize_stage
+from .training import CHECKPOINT_NAME, DistillConfig, TrainingHook, processes_report, run_distillation
 
 log = logging.getLogger("compress1img")
 
-# The held-out patches come from the same image under a seed training never uses.
-HOLDOUT_SEED_OFFSET = 1_000_003
-# During training, labelled accuracy is tracked on a strided slice this big (the full set at the end).
-TRACKING_EVAL_SIZE = 1000
+__all__ = ["BUNDLED_TEACHER", "Result", "bundled_teacher", "compress", "demo", "distill", "evaluate_model", "prune",
+           "quantize", "score_images", "write_patch_file"]
 
 
-def patch_source(image: str | Path | None, patch_size: int, seed: int, holdout_size: int,
-                 patches_file: str | Path | None = None, device: str | torch.device = "cpu"):
-    """(training patches, held-out patches) from an image, or from a pre-made `.npy` patch file.
+@dataclass
+class Result:
+    """What a command made: the model (a LoadedModel: `.module` is the nn.Module) and its report.
 
-    Training batches come out on `device`: on a GPU the image pyramid lives there and every
-    batch is generated there, with no per-patch work on the CPU. Held-out patches are on the CPU.
+    `model` is the pruned float model, the int8 PyTorch program after QAT, or the trained
+    student; `int8_onnx` the int8 ONNX graph when the run quantized (PTQ has no other int8 form).
     """
-    if patches_file is not None:
-        path = Path(patches_file)
-        if not path.is_file():
-            raise InputError(f"patch file not found: {path}")
-        try:
-            array = np.load(path, mmap_mode="r")
-        except (ValueError, OSError) as e:
-            raise InputError(f"cannot read patch file {path}: {e}") from None
-        if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
-            raise InputError(f"patch file {path} must hold uint8 (N, S, S, 3) patches, not {array.dtype} {array.shape}")
-        if array.shape[1] != patch_size:
-            raise InputError(f"patch file {path} has {array.shape[1]} px patches, the teacher expects {patch_size} px")
-        if len(array) <= holdout_size:
-            raise InputError(f"patch file {path} has {len(array)} patches: need more than the {holdout_size} held out")
-        # The last patches are held out and never trained on.
-        holdout = torch.from_numpy(np.array(array[-holdout_size:])).permute(0, 3, 1, 2).float() / 255
-        return PatchArray(np.asarray(array[:-holdout_size]), seed=seed, device=device), holdout
-    picture = source_picture(image, patch_size, seed)
-    config = PatchConfig(size=patch_size)
-    holdout = PatchGenerator(picture, config, seed=seed + HOLDOUT_SEED_OFFSET, device=device).batch(holdout_size, 0)
-    return PatchGenerator(picture, config, seed=seed, device=device), holdout.cpu()
+
+    model: LoadedModel
+    report: dict
+    int8_onnx: bytes | None = None
 
 
-def load_labelled(eval_data: str | Path | EvalData | None, model: LoadedModel) -> EvalData | None:
-    if eval_data is None or isinstance(eval_data, EvalData):
-        return eval_data
-    data = load_eval_data(eval_data, image_size=model.input_size[-1])
-    check_num_classes(data, model.num_classes)
-    return data
+def prune(model: ModelLike, image: str | Path | None = None, config: PruneConfig = PruneConfig(), *,
+          heal: DistillConfig | None = DistillConfig(), run: RunConfig = RunConfig(), **options) -> Result:
+    """Prune `model` to `config.sparsity` and heal it by distillation from the original (`heal=None`: no healing).
+
+    With `run.out`, writes `model.pt` (reloads with `load_model`), `model.onnx` (verified
+    against PyTorch), `report.json` and `report.md`. Other options as for `compress`.
+    """
+    return compress(model, image, prune=config, heal=heal, run=run, **options)
 
 
-def tracking_accuracy(labelled: EvalData, model: LoadedModel, device: torch.device):
-    """An `eval_fn` giving top-1 on a strided ~1,000-image slice: cheap enough to run during training."""
-    stride = max(1, len(labelled.labels) // TRACKING_EVAL_SIZE)
-    return accuracy_fn(labelled.images[::stride], labelled.labels[::stride], model.mean, model.std, device)
+def quantize(model: ModelLike, image: str | Path | None = None, config: QuantizeConfig = QATConfig(), *,
+             run: RunConfig = RunConfig(), **options) -> Result:
+    """Quantize `model` to int8 (weights per channel, activations per tensor) by `config`'s method.
+
+    QATConfig trains a fake-quantized copy to match the original on patches; PTQConfig only
+    calibrates ONNX Runtime's quantizer on patches. With `run.out`, writes `model.onnx` (int8 QDQ,
+    verified), `model.pt2` (the int8 PyTorch program, QAT only), `report.json` and `report.md`.
+    """
+    return compress(model, image, quantize=config, run=run, **options)
 
 
-def as_model(model: LoadedModel | str | Path, arch: str | None, trust_model: bool) -> LoadedModel:
-    return model if isinstance(model, LoadedModel) else load_model(model, arch, trust_model=trust_model)
+def compress(model: ModelLike, image: str | Path | None = None, *, prune: PruneConfig | None = None,
+             quantize: QuantizeConfig | None = None, heal: DistillConfig | None = DistillConfig(),
+             run: RunConfig = RunConfig(), eval_data: str | Path | EvalData | None = None, arch: str | None = None,
+             trust_model: bool = False, measure_latency: bool = True, loss_fn: LossFn | None = None,
+             augment: Augment | None = None, hooks: Sequence[TrainingHook] = ()) -> Result:
+    """Prune and/or quantize `model` in one run, both healed against the original; returns one report.
+
+    `heal` is the pruning's healing (None: prune only); quantization-aware training takes its
+    settings from the QATConfig. `loss_fn`, `augment` and `hooks` replace the healing's
+    defaults (training.run_distillation). A run doing both also writes the pruned float model
+    as `pruned.pt`, which `quantize` accepts on its own.
+    """
+    if prune is None and quantize is None:
+        raise ValueError("compress needs a PruneConfig, a QuantizeConfig or both")
+    wall_start = time.perf_counter()
+    ctx = open_run(model, image, run, eval_data=eval_data, arch=arch, trust_model=trust_model)
+    healing = Healing(heal, loss_fn, augment, hooks) if heal is not None else None
+    student, pruned, int8, parts = ctx.student_copy(), None, None, []
+    try:
+        if prune is not None:
+            pruned = prune_stage(ctx, student, prune, healing)
+            student = pruned.student
+            parts.append(pruned)
+        if quantize is not None:
+            int8 = quantize_stage(ctx, student, quantize)
+            parts.append(int8)
+        if not distributed.is_main():  # the other ranks only helped train: rank 0 measures and writes
+            return Result(student, _assemble(ctx, prune, quantize, [p for p in parts if p is not None], wall_start))
+        parts.append(measure(ctx, student, int8))
+        if ctx.out_dir is not None:
+            parts.append(export(ctx, student, int8, pruned is not None))
+        if measure_latency:
+            parts.append(latency(ctx, student, int8, pruned is not None))
+    except BaseException:
+        ctx.abandon()
+        raise
+    report = _assemble(ctx, prune, quantize, parts, wall_start)
+    ctx.write_report(report, f"compress1img {report['command']}")
+    final = student
+    if int8 is not None and int8.reference is not None:
+        final = LoadedModel(int8.reference, None, student.input_size, student.mean, student.std, student.num_classes,
+                            student.classes, f"{student.source}, int8")
+    return Result(final, report, int8.onnx_bytes if int8 is not None else None)
+
+
+def _assemble(ctx: RunContext, prune, quantize, parts: list, wall_start: float) -> dict:
+    command = "compress" if prune is not None and quantize is not None else "prune" if prune is not None \
+        else "quantize"
+    report = {"command": command, "model": ctx.teacher.source, "image": ctx.image}
+    for part in parts:
+        report.update(part.report())
+    report.update({"device": str(ctx.device), "device_name": device_name(ctx.device),
+                   "wall_seconds": time.perf_counter() - wall_start})
+    return report
 
 
 def build_student(name: str, teacher: LoadedModel) -> LoadedModel:
@@ -94,7 +143,7 @@ def build_student(name: str, teacher: LoadedModel) -> LoadedModel:
             out = module(torch.zeros(2, *teacher.input_size))
     except Exception as e:
         raise InputError(f"student {name} does not accept the teacher's {'x'.join(map(str, teacher.input_size))} "
-                         f"input: {str(e).splitlines()[0]}") from None
+                         f"input: {first_line(e)}") from None
     if tuple(out.shape) != (2, teacher.num_classes):
         raise InputError(f"student {name} gives outputs of shape {tuple(out.shape)[1:]}, "
                          f"the teacher has {teacher.num_classes} classes")
@@ -102,10 +151,84 @@ def build_student(name: str, teacher: LoadedModel) -> LoadedModel:
                        num_classes=teacher.num_classes, classes=teacher.classes, source=f"{name} (random init)")
 
 
-def evaluate_model(model: LoadedModel | str | Path, data: str | Path | EvalData, *, arch: str | None = None,
+def distill(teacher: ModelLike, student: str, image: str | Path | None = None, config: DistillConfig = DistillConfig(),
+            *, run: RunConfig = RunConfig(), eval_data: str | Path | EvalData | None = None,
+            patches_file: str | Path | None = None, arch: str | None = None, trust_model: bool = False,
+            loss_fn: LossFn | None = None, augment: Augment | None = None,
+            hooks: Sequence[TrainingHook] = ()) -> Result:
+    """Train a randomly initialised `student` (an architecture name) from `teacher` on patches of one image.
+
+    With `run.out`, writes `model.pt` (reloadable with `load_model`), `model.onnx`
+    (verified against PyTorch), `report.json` and `report.md` there, and keeps a
+    checkpoint while training so `run.resume` continues an interrupted run.
+    """
+    wall_start = time.perf_counter()
+    ctx = open_run(teacher, image, run, eval_data=eval_data, patches_file=patches_file, arch=arch,
+                   trust_model=trust_model)
+    out_dir = ctx.out_dir
+    try:
+        torch.manual_seed(run.seed)  # the student's initialisation is part of the run's seed
+        student_model = build_student(student, ctx.teacher)
+        if run.resume and out_dir is not None and not (out_dir / CHECKPOINT_NAME).exists():
+            if (out_dir / "report.json").exists():
+                raise InputError(f"the run in {out_dir} already finished (no checkpoint to resume); "
+                                 f"use --overwrite to run it again")
+            log.warning(f"no checkpoint in {out_dir}: starting from step 0")
+        result = run_distillation(ctx.teacher.module, student_model.module, ctx.source, config, run,
+                                  mean=ctx.teacher.mean, std=ctx.teacher.std, holdout=ctx.holdout,
+                                  checkpoint_dir=out_dir, loss_fn=loss_fn, augment=augment,
+                                  eval_fn=ctx.eval_fn if distributed.is_main() else None, hooks=hooks)
+    except BaseException:
+        ctx.abandon()
+        raise
+    student_model.module.cpu().eval()
+    report = _distill_report(ctx, student_model, result, config)
+    if not distributed.is_main():
+        return Result(student_model, report)  # the other ranks only helped train: rank 0 measures and writes
+    if ctx.labelled is not None:
+        student_logits = ctx.predict(student_model.module, ctx.labelled.images)
+        report["student_top1"] = top1(student_logits, ctx.labelled.labels)
+        report["test_agreement"] = top1(student_logits, ctx.teacher_labelled_logits().argmax(1))
+    if out_dir is not None:
+        save_model(student_model, out_dir / "model.pt")
+        exported = export_onnx(student_model.module, out_dir / "model.onnx", input_size=ctx.teacher.input_size,
+                               mean=ctx.teacher.mean, std=ctx.teacher.std, classes=ctx.teacher.classes,
+                               check_inputs=normalize(ctx.holdout[:64], ctx.teacher.mean, ctx.teacher.std))
+        report.update({"onnx_max_abs_diff": exported.max_abs_diff, "onnx_bytes": exported.size_bytes})
+    report.update({"wall_seconds": time.perf_counter() - wall_start,
+                   "config": {"distill": result.config, "run": _plain(run)}, "history": result.history})
+    if out_dir is not None:
+        ctx.write_report(report, "compress1img distill")
+        (out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+    return Result(student_model, report)
+
+
+def _distill_report(ctx: RunContext, student: LoadedModel, result, config: DistillConfig) -> dict:
+    report = {"command": "distill", "teacher": ctx.teacher.source, "student": student.source, "image": ctx.image,
+              "patches_file": str(ctx.patches_file) if ctx.patches_file else None,
+              "patch_size": ctx.teacher.input_size[-1], "device": str(ctx.device),
+              "device_name": device_name(ctx.device), "torch_threads": torch.get_num_threads(),
+              "machine": platform.processor() or platform.machine()}
+    if ctx.labelled is not None and distributed.is_main():
+        report["eval_data"] = ctx.labelled.source
+        report["teacher_top1"] = top1(ctx.teacher_labelled_logits(), ctx.labelled.labels)
+    # batch_size is per process; patches_seen and patches_per_second count all processes.
+    report.update({"steps": result.steps, "batch_size": config.batch_size,
+                   "patches_seen": result.steps * result.global_batch_size, "train_seconds": result.seconds,
+                   "patches_per_second": result.patches_per_second, "final_loss": result.final_loss,
+                   "holdout_patches": len(ctx.holdout), "holdout_agreement": result.holdout_agreement,
+                   "holdout_kl": result.holdout_kl, "processes": processes_report(result)})
+    return report
+
+
+def _plain(run: RunConfig) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in run.__dict__.items()}
+
+
+def evaluate_model(model: ModelLike, data: str | Path | EvalData, *, arch: str | None = None,
                    trust_model: bool = False, batch_size: int = 256, device: str = "auto") -> dict:
     """Top-1 accuracy of a PyTorch or ONNX model on labelled data."""
-    if not isinstance(model, LoadedModel) and str(model).lower().endswith(".onnx"):
+    if isinstance(model, (str, Path)) and str(model).lower().endswith(".onnx"):
         onnx_model = OnnxModel.load(model)
         labelled = data if isinstance(data, EvalData) else load_eval_data(data, image_size=onnx_model.input_size[-1])
         logits = predict(onnx_model, labelled.images, onnx_model.mean, onnx_model.std, batch_size=batch_size)
@@ -120,83 +243,6 @@ def evaluate_model(model: LoadedModel | str | Path, data: str | Path | EvalData,
     correct = int((logits.argmax(1) == labelled.labels).sum())
     return {"top1": 100.0 * correct / len(labelled.labels), "n": len(labelled.labels), "correct": correct,
             "model": source, "data": labelled.source}
-
-
-def distill(teacher: LoadedModel | str | Path, student: str, image: str | Path | None = None, *,
-            out: str | Path | None = None, config: DistillConfig | None = None,
-            eval_data: str | Path | EvalData | None = None, patches_file: str | Path | None = None,
-            arch: str | None = None, trust_model: bool = False, overwrite: bool = False, resume: bool = False,
-            progress: bool = True) -> dict:
-    """Train a randomly initialised `student` from `teacher` on patches of one image.
-
-    With `out`, writes `model.pt` (reloadable with `load_model`), `model.onnx`
-    (verified against PyTorch), `report.json` and `report.md` there, and keeps a
-    checkpoint while training so `resume=True` continues an interrupted run.
-    """
-    config = config or DistillConfig()
-    config.validate()
-    wall_start = time.perf_counter()
-    device = resolve_device(config.device)
-    teacher = as_model(teacher, arch, trust_model)
-    labelled = load_labelled(eval_data, teacher)
-    torch.manual_seed(config.seed)  # the student's initialisation is part of the run's seed
-    student_model = build_student(student, teacher)
-    size = teacher.input_size[-1]
-    source, holdout = patch_source(image, size, config.seed, config.holdout_size, patches_file, device)
-    out_dir = prepare_out_dir(out, overwrite=overwrite, resume=resume) if out is not None else None
-    if resume and out_dir is not None and not (out_dir / CHECKPOINT_NAME).exists():
-        if (out_dir / "report.json").exists():
-            raise InputError(f"the run in {out_dir} already finished (no checkpoint to resume); "
-                             f"use --overwrite to run it again")
-        log.warning(f"no checkpoint in {out_dir}: starting from step 0")
-
-    eval_fn = None
-    report: dict = {"command": "distill", "teacher": teacher.source, "student": student_model.source,
-                    "image": describe_image(image) if patches_file is None else None,
-                    "patches_file": str(patches_file) if patches_file else None,
-                    "patch_size": size, "device": str(device), "device_name": device_name(device),
-                    "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
-    if labelled is not None and distributed.is_main():
-        eval_fn = tracking_accuracy(labelled, teacher, device)
-        teacher_logits = predict(teacher.module, labelled.images, teacher.mean, teacher.std, device=device)
-        report["eval_data"] = labelled.source
-        report["teacher_top1"] = top1(teacher_logits, labelled.labels)
-    try:
-        result = run_distillation(teacher.module, student_model.module, source, config, mean=teacher.mean,
-                                  std=teacher.std, holdout=holdout, out_dir=out_dir, resume=resume,
-                                  eval_fn=eval_fn, progress=progress)
-    except BaseException:
-        if out_dir is not None:
-            remove_if_empty(out_dir)
-        raise
-    student_model.module.cpu().eval()
-    # batch_size is per process; patches_seen and patches_per_second count all processes.
-    report.update({"steps": result.steps, "batch_size": config.batch_size, "patches_seen": result.steps *
-                   result.global_batch_size, "train_seconds": result.seconds,
-                   "patches_per_second": result.patches_per_second,
-                   "final_loss": result.final_loss, "holdout_patches": len(holdout),
-                   "holdout_agreement": result.holdout_agreement, "holdout_kl": result.holdout_kl,
-                   "processes": processes_report(result)})
-    if not distributed.is_main():
-        return report  # the other ranks only helped train: rank 0 measures and writes
-    if labelled is not None:
-        student_logits = predict(student_model.module, labelled.images, teacher.mean, teacher.std)
-        report["student_top1"] = top1(student_logits, labelled.labels)
-        report["test_agreement"] = top1(student_logits, teacher_logits.argmax(1))
-    if out_dir is not None:
-        save_model(student_model, out_dir / "model.pt")
-        exported = export_onnx(student_model.module, out_dir / "model.onnx", input_size=teacher.input_size,
-                               mean=teacher.mean, std=teacher.std, classes=teacher.classes,
-                               check_inputs=normalize(holdout[:64], teacher.mean, teacher.std))
-        report["onnx_max_abs_diff"] = exported.max_abs_diff
-        report["onnx_bytes"] = exported.size_bytes
-    report["wall_seconds"] = time.perf_counter() - wall_start
-    report["config"] = result.config
-    report["history"] = result.history
-    if out_dir is not None:
-        write_report(out_dir, report, "compress1img distill")
-        (out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
-    return report
 
 
 def write_patch_file(image: str | Path, out: str | Path, *, size: int = 32, count: int = 50_000, seed: int = 0,
@@ -223,9 +269,9 @@ def write_patch_file(image: str | Path, out: str | Path, *, size: int = 32, coun
             "bytes": Path(out).stat().st_size, "preview": str(preview) if preview else None}
 
 
-def score_images(images: list[str | Path], teacher: LoadedModel | str | Path | None = None, *,
-                 arch: str | None = None, trust_model: bool = False, patches: int | None = None, seed: int = 0,
-                 device: str = "auto", preview: str | Path | None = None, classes: list[str] | None = None,
+def score_images(images: list[str | Path], teacher: ModelLike | None = None, *, arch: str | None = None,
+                 trust_model: bool = False, patches: int | None = None, seed: int = 0, device: str = "auto",
+                 preview: str | Path | None = None, classes: list[str] | None = None,
                  progress: bool = True) -> list[dict]:
     """Rank candidate source images for distilling `teacher` (default: the bundled one), best first.
 
@@ -258,26 +304,11 @@ def score_images(images: list[str | Path], teacher: LoadedModel | str | Path | N
     return [{"rank": rank, **row} for rank, row in enumerate(ranked, 1)]
 
 
-BUNDLED_TEACHER = Path(__file__).parent / "assets" / "models" / "cifar10_resnet20_akamaster.th"
-BUNDLED_TEACHER_ARCH = "cifar_resnet20"
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def bundled_teacher() -> LoadedModel:
-    """The ResNet-20 CIFAR-10 teacher shipped with the package (BSD-2, akamaster)."""
-    teacher = load_model(BUNDLED_TEACHER, BUNDLED_TEACHER_ARCH)
-    teacher.classes = CIFAR10_CLASSES
-    teacher.source = "bundled CIFAR-10 ResNet-20 (akamaster, BSD-2)"
-    return teacher
-
-
 def demo(out: str | Path = "compress1img-demo", *, steps: int = 300, overwrite: bool = False,
-         device: str = "auto", progress: bool = True) -> dict:
+         device: str = "auto", progress: bool = True) -> Result:
     """The main job on the bundled teacher and image: remove half the parameters, heal, export."""
-    from .pruning import PruneConfig
-    from .compression import prune
-
-    heal = DistillConfig(steps=steps, batch_size=128, eval_every=max(steps // 4, 1),
-                         checkpoint_every=max(steps // 4, 1), device=device, holdout_size=512)
-    return prune(bundled_teacher(), DEFAULT_IMAGE, out=out, config=PruneConfig(sparsity=0.5), heal=heal,
-                 overwrite=overwrite, progress=progress)
+    every = max(steps // 4, 1)
+    run = RunConfig(out=Path(out), overwrite=overwrite, device=device, progress=progress, holdout_size=512,
+                    eval_every=every, checkpoint_every=every)
+    return prune(bundled_teacher(), DEFAULT_IMAGE, PruneConfig(sparsity=0.5), heal=DistillConfig(steps=steps),
+                 run=run)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -20,6 +20,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from .config import require, require_choice, require_int
 from .errors import Compress1imgError, InputError
 from .models.transforms import (ShortcutConv, attention_layers, drop_block,  # noqa: F401 (re-export)
                                 freeze_shortcuts, make_prunable, sync_attention_dims)
@@ -46,9 +47,11 @@ class BudgetError(InputError):
     """The requested sparsity cannot be met with the layout options given."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruneConfig:
-    sparsity: float = 0.5
+    """What to remove and how to choose it; checked when made."""
+
+    sparsity: float = 0.5  # fraction of the parameters (or MACs, with target="macs") to remove
     target: str = "params"
     mode: str = "structured"
     importance: str = "l2"
@@ -56,36 +59,30 @@ class PruneConfig:
     round_to: int | None = None  # None: multiples of 8 where the budget allows, else 4, 2, 1
     channels: str = "auto"  # internal: keep residual streams; all: prune them too; auto: internal if it can
     iterations: int = 1
-    ignore: tuple[str, ...] = field(default_factory=tuple)
+    ignore: tuple[str, ...] = ()
     drop_blocks: int = 0  # whole residual blocks removed before channels (structured only)
     # Patches for the least-squares repair after each cut (reconstruction.py); 0: no repair; None:
     # none when healing follows (it ended no better), else 1,024 for inputs up to 64 px, 256 above.
     reconstruct_patches: int | None = None
 
-    def validate(self) -> None:
-        if not isinstance(self.sparsity, (int, float)) or not 0 < self.sparsity < 1:
-            raise InputError(f"--sparsity is the fraction of parameters to remove, strictly between 0 and 1 "
-                             f"(got {self.sparsity})")
-        for name, value, allowed in (("--target", self.target, TARGETS), ("--mode", self.mode, MODES),
-                                     ("--importance", self.importance, IMPORTANCES),
-                                     ("--allocation", self.allocation, ALLOCATIONS),
-                                     ("--channels", self.channels, CHANNELS)):
-            if value not in allowed:
-                raise InputError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
-        if self.round_to is not None and self.round_to < 1:
-            raise InputError(f"--round-to must be at least 1 (got {self.round_to})")
-        if self.iterations < 1:
-            raise InputError(f"--iterations must be at least 1 (got {self.iterations})")
-        if not isinstance(self.drop_blocks, int) or self.drop_blocks < 0:
-            raise InputError(f"--drop-blocks must be a number of blocks, 0 or more (got {self.drop_blocks})")
-        if self.reconstruct_patches is not None and (not isinstance(self.reconstruct_patches, int)
-                                                     or self.reconstruct_patches < 0):
-            raise InputError(f"--reconstruct-patches must be a number of patches, 0 (no repair) or more "
-                             f"(got {self.reconstruct_patches})")
-        if self.drop_blocks and self.mode == "unstructured":
-            raise InputError("--drop-blocks needs --mode structured: unstructured sparsity keeps every layer")
-        if self.mode == "unstructured" and self.target == "macs":
-            raise InputError("--target macs needs --mode structured: zeroed weights still cost MACs")
+    def __post_init__(self):
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+        require(self, "sparsity", isinstance(self.sparsity, (int, float)) and 0 < self.sparsity < 1,
+                f"is the fraction of parameters to remove, strictly between 0 and 1 (got {self.sparsity})")
+        for name, allowed in (("target", TARGETS), ("mode", MODES), ("importance", IMPORTANCES),
+                              ("allocation", ALLOCATIONS), ("channels", CHANNELS)):
+            require_choice(self, name, allowed)
+        if self.round_to is not None:
+            require_int(self, "round_to", 1)
+        require_int(self, "iterations", 1)
+        require_int(self, "drop_blocks", 0, f"must be a number of blocks, 0 or more (got {self.drop_blocks})")
+        if self.reconstruct_patches is not None:
+            require_int(self, "reconstruct_patches", 0, "must be a number of patches, 0 (no repair) or more "
+                                                        f"(got {self.reconstruct_patches})")
+        require(self, "drop_blocks", not (self.drop_blocks and self.mode == "unstructured"),
+                "needs {} structured: unstructured sparsity keeps every layer", "mode")
+        require(self, "target", not (self.mode == "unstructured" and self.target == "macs"),
+                "macs needs {} structured: zeroed weights still cost MACs", "mode")
 
 
 def count(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
@@ -147,7 +144,10 @@ def _importance(name: str):
             "bn": lambda: tp.importance.BNScaleImportance()}[name]()
 
 
-def _pruner(model: nn.Module, example: torch.Tensor, config: PruneConfig, ratio: float, ignored: list[nn.Module]):
+def make_pruner(model: nn.Module, example: torch.Tensor, config: PruneConfig, ratio: float,
+                ignored: list[nn.Module]) -> tp.pruner.BasePruner:
+    """The torch-pruning pruner for one cut of `model` at channel `ratio` in `config`'s layout; `ignored`
+    layers keep their channels. `pruner.step()` cuts; `pruner.step(interactive=True)` yields the groups."""
     # Attention: narrow each head (torch-pruning keeps the heads' channels together), keep their number.
     heads = {m.qkv: m.num_heads for m in attention_layers(model)}
     try:
@@ -163,7 +163,7 @@ def _pruner(model: nn.Module, example: torch.Tensor, config: PruneConfig, ratio:
 def _structured_step(model: nn.Module, example: torch.Tensor, config: PruneConfig, ratio: float, num_classes: int,
                      loss_fn: Callable[[nn.Module], torch.Tensor] | None) -> None:
     ignored = protected_layers(model, num_classes, config.ignore)
-    pruner = _pruner(model, example, config, ratio, ignored)
+    pruner = make_pruner(model, example, config, ratio, ignored)
     if config.importance == "taylor":
         if loss_fn is None:
             raise InputError("--importance taylor needs a loss to take gradients of")
@@ -209,12 +209,15 @@ def _failing_layer(error: Exception) -> str | None:
 
 @dataclass
 class PruneStep:
+    """What one cut did: the channel ratio and layout it was made with, and the counts after it."""
+
     ratio: float
     allocation: str
     round_to: int
     channels: str
     macs: int
     params: int
+    layout: PruneConfig | None = None  # the config the cut used (its ignore list holds the kept streams)
 
 
 def _solve(model: nn.Module, example: torch.Tensor, config: PruneConfig, target: int, num_classes: int,
@@ -265,7 +268,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, config: PruneConfig
         if abs(got - target) <= BUDGET_TOLERANCE * reference or not strict:
             _structured_step(model, example, trial_config, ratio, num_classes, loss_fn)
             macs, params = count(model, example)
-            return PruneStep(ratio, allocation, round_to, channels, macs, params)
+            return PruneStep(ratio, allocation, round_to, channels, macs, params, trial_config)
         misses.append(f"{allocation} allocation of {channels} channels in multiples of {round_to} gets "
                       f"{100 * (1 - got / reference):.1f}%")
     wanted = 100 * (1 - target / reference)

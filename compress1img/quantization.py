@@ -28,6 +28,7 @@ import logging
 import tempfile
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 from typing import Sequence
 
@@ -36,13 +37,14 @@ import torch
 from torch import nn
 from torch.fx import GraphModule, Node
 
-from .errors import Compress1imgError, InputError
+from .config import require, require_int
+from .errors import Compress1imgError
 from .models.loading import ignore_mode_switches
+from .training import DistillConfig
 
 # Importing torchao makes torch log a deprecation warning meant for torchao's developers.
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
-METHODS = ("qat", "ptq")
 # Quantization-aware training starts from a trained model: few, small steps (lr 1e-4 made the loss rise).
 QAT_STEPS = 500
 QAT_LR = 1e-5
@@ -52,16 +54,34 @@ class QuantizationError(Compress1imgError):
     """The model could not be captured, quantized or exported as int8."""
 
 
-@dataclass
-class QuantizeConfig:
-    method: str = "qat"
-    calibration_size: int = 512  # patches that calibrate activation ranges ("ptq")
+@dataclass(frozen=True)
+class QATConfig:
+    """Quantization-aware training: a fake-quantized copy, calibrated on patches, then distilled from the
+    original (`training`: the loop's settings; float32 always, since bf16 would blur the int8 grid)."""
 
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise InputError(f"--method must be one of {', '.join(METHODS)} (got {self.method!r})")
-        if not isinstance(self.calibration_size, int) or self.calibration_size < 1:
-            raise InputError(f"--calibration-size must be a positive number of patches (got {self.calibration_size})")
+    method: ClassVar[str] = "qat"
+    calibration_size: int = 512  # patches that set the activation ranges before training
+    training: DistillConfig = DistillConfig(steps=QAT_STEPS, lr=QAT_LR)
+
+    def __post_init__(self):
+        require_int(self, "calibration_size", 1, f"must be a positive number of patches (got {self.calibration_size})")
+        require(self, "training", isinstance(self.training, DistillConfig),
+                f"must be a DistillConfig (got {type(self.training).__name__})")
+
+
+@dataclass(frozen=True)
+class PTQConfig:
+    """Post-training quantization: ONNX Runtime's static quantizer calibrated on patches, no training."""
+
+    method: ClassVar[str] = "ptq"
+    calibration_size: int = 512  # patches that set the activation ranges
+
+    def __post_init__(self):
+        require_int(self, "calibration_size", 1, f"must be a positive number of patches (got {self.calibration_size})")
+
+
+QuantizeConfig = QATConfig | PTQConfig
+METHODS = {config.method: config for config in (QATConfig, PTQConfig)}
 
 
 def _quantizer():

@@ -1,40 +1,46 @@
 """The distillation loop: a student learns to match a frozen teacher on one-image patches.
 
-Teacher and student see the *same* augmented (and mixed) batch, and the loss is
-KL(teacher || student) on softmax(logits / T), as in "The Augmented Image Prior"
-(Asano & Saeed, ICLR 2023). Every batch is a pure function of (seed, step), so a
-resumed run repeats exactly what the uninterrupted one would have done.
+Teacher and student see the *same* augmented (and mixed) batch; the student minimises
+`loss_fn(student_logits, teacher_logits)`, by default KL(teacher || student) at T = 8
+(losses.py). Every batch is a pure function of (seed, step), so a resumed run repeats
+exactly what the uninterrupted one would have done.
+
+`run_distillation` is one flat loop in commented blocks; what varies between methods comes
+in as arguments: the loss (`loss_fn`), the augmentation (`augment`), labelled metrics
+(`eval_fn`) and `hooks` called at the start, after every step and at the end.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
+from .augment import MIXES, Augment, default_augment
+from .config import RunConfig, require, require_choice, require_int, require_positive
+from .devices import autocast_dtype, resolve_device
 from .errors import InputError, TrainingError
 from .evaluate import agreement, kl_divergence, normalize, predict, top1
+from .losses import TEACHER_SIGNALS, LossFn, kl_loss
+from .outputs import atomic_write
 
-MIXES = ("cutmix", "mixup", "none")
-TEACHER_SIGNALS = ("soft", "topk", "hard")
 # How the peak learning rate follows the number of processes N (the global batch grows N-fold):
-# "none" keeps --lr, "sqrt" multiplies it by sqrt(N) (often advised for Adam-type optimizers),
+# "none" keeps lr, "sqrt" multiplies it by sqrt(N) (often advised for Adam-type optimizers),
 # "linear" by N (Goyal et al.'s rule for SGD).
 LR_SCALINGS = ("none", "sqrt", "linear")
 CHECKPOINT_NAME = "checkpoint.pt"
+# A checkpoint made with other values of these would not continue the same run.
+RESUME_MUST_MATCH = ("steps", "batch_size", "seed", "lr", "lr_scaling", "mix", "teacher_signal", "temperature")
 
 
 class PatchSource(Protocol):
@@ -45,56 +51,46 @@ class PatchSource(Protocol):
     def batch(self, n: int, index: int) -> torch.Tensor: ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistillConfig:
+    """What the student is taught with: the optimizer, the loss and the augmentation."""
+
     steps: int = 2000
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int = 128  # per process
+    lr: float = 1e-3  # peak AdamW learning rate, cosine schedule after warm-up
     weight_decay: float = 0.0  # the paper's CIFAR runs use effectively none
     warmup: float = 0.03  # fraction of the steps spent warming the learning rate up
+    lr_scaling: str = "none"  # see LR_SCALINGS; only matters with several processes
     temperature: float = 8.0
     scale_loss_by_t2: bool = True  # keeps gradient size independent of T (Hinton et al.)
-    mix: str = "cutmix"
-    mix_alpha: float = 0.25  # Beta(a, a); the paper's CIFAR code uses 0.25
-    teacher_signal: str = "soft"
+    teacher_signal: str = "soft"  # see losses.TEACHER_SIGNALS
     topk: int = 5
+    mix: str = "cutmix"  # see augment.MIXES
+    mix_alpha: float = 0.25  # Beta(a, a); the paper's CIFAR code uses 0.25
     flip_and_shift: bool = True  # the released code's on-the-fly flip + pad-4 crop
     # Keep BatchNorm running statistics as they are instead of re-estimating them on patches.
     # Tempting when healing a pretrained model (its statistics come from real data), but after
-    # pruning they no longer fit: ResNet-20 at 50% healed to 50% top-1 re-estimating, 15-19% frozen.
+    # pruning they no longer fit (docs/benchmarks.md, "BatchNorm statistics while healing").
     freeze_bn_stats: bool = False
-    seed: int = 0
-    holdout_size: int = 1024
-    eval_every: int = 250
-    checkpoint_every: int = 250
-    device: str = "auto"
-    lr_scaling: str = "none"  # see LR_SCALINGS; only matters with several processes
-    compile: bool = False  # torch.compile the student (pays off on GPUs, after a compile of a minute or so)
-    amp: bool = True  # mixed precision where the hardware has it (see `autocast_dtype`)
 
-    def validate(self) -> None:
-        if self.steps < 1:
-            raise InputError(f"--steps must be at least 1 (got {self.steps})")
-        if self.batch_size < 2:
-            raise InputError(f"--batch-size must be at least 2 (got {self.batch_size})")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InputError(f"--lr must be a positive number (got {self.lr})")
-        if not self.temperature > 0:
-            raise InputError(f"--temperature must be positive (got {self.temperature})")
-        if not 0 <= self.warmup < 1:
-            raise InputError(f"--warmup is a fraction of the steps in [0, 1) (got {self.warmup})")
-        if self.mix not in MIXES:
-            raise InputError(f"--mix must be one of {', '.join(MIXES)} (got {self.mix!r})")
-        if self.teacher_signal not in TEACHER_SIGNALS:
-            raise InputError(f"--teacher-signal must be one of {', '.join(TEACHER_SIGNALS)} (got {self.teacher_signal!r})")
-        if self.lr_scaling not in LR_SCALINGS:
-            raise InputError(f"--lr-scaling must be one of {', '.join(LR_SCALINGS)} (got {self.lr_scaling!r})")
-        if self.holdout_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
-            raise InputError("--holdout-size, --eval-every and --checkpoint-every must be at least 1")
+    def __post_init__(self):
+        require_int(self, "steps", 1)
+        require_int(self, "batch_size", 2)
+        require_positive(self, "lr")
+        require(self, "weight_decay", self.weight_decay >= 0, f"must not be negative (got {self.weight_decay})")
+        require(self, "warmup", 0 <= self.warmup < 1, f"is a fraction of the steps in [0, 1) (got {self.warmup})")
+        require_choice(self, "lr_scaling", LR_SCALINGS)
+        require_positive(self, "temperature", "positive")
+        require_choice(self, "teacher_signal", TEACHER_SIGNALS)
+        require_int(self, "topk", 1)
+        require_choice(self, "mix", MIXES)
+        require_positive(self, "mix_alpha")
 
 
 @dataclass
-class DistillResult:
+class TrainResult:
+    """What one run of the loop did."""
+
     steps: int
     seconds: float
     patches_per_second: float
@@ -102,7 +98,7 @@ class DistillResult:
     holdout_agreement: float
     holdout_kl: float
     history: list[dict] = field(default_factory=list)
-    config: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # the DistillConfig, as a dict
     world_size: int = 1  # processes that trained together, each on config.batch_size patches per step
     lr: float = float("nan")  # the peak learning rate used: config.lr after lr_scaling
     precision: str = "float32"  # or the autocast dtype: "bfloat16", "float16"
@@ -112,113 +108,21 @@ class DistillResult:
         return self.world_size * self.config["batch_size"]
 
 
-def resolve_device(device: str) -> torch.device:
-    """The device to train on; under torchrun "cuda" (and "auto" with GPUs) is this rank's GPU."""
-    if device == "auto":
-        return distributed.device_for(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device} asked for, but no CUDA GPU is available here (use --device cpu)")
-    try:
-        return distributed.device_for(torch.device(device))
-    except RuntimeError:
-        raise InputError(f"unknown --device {device!r} (use cpu, cuda or auto)") from None
+class TrainingHook:
+    """Called by `run_distillation` at fixed points; override the ones you need."""
 
+    def on_start(self, teacher: nn.Module, student: nn.Module) -> None:
+        """Before the first step, with both models on the training device."""
 
-def device_name(device: torch.device) -> str:
-    """What the report calls the device: the GPU's name, or the CPU's model and core count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
+    def after_step(self, step: int, student: nn.Module, loss: float) -> None:
+        """After optimizer step `step` (1-based)."""
 
-    name = platform.processor() or platform.machine()
-    try:  # Linux names the model only here
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
-
-
-def _cpu_has_bf16() -> bool:
-    try:  # oneDNN's own check for native bf16 (AVX512-BF16, AMX); without it bf16 is emulated and slow
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The mixed-precision dtype training uses on `device`, None for plain float32.
-
-    On CPUs with native bf16, bf16 autocast with channels_last made a ResNet-56 -> pruned ResNet-56
-    distillation step 1.79x faster (1.73x bf16 alone) on the development machine; elsewhere the CPU trains in float32.
-    """
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device.type == "cpu" and _cpu_has_bf16() else None
+    def on_end(self, student: nn.Module) -> None:
+        """After the last step, or when training stops early (also on errors)."""
 
 
 def scaled_lr(lr: float, scaling: str, world_size: int) -> float:
     return lr * {"none": 1.0, "sqrt": math.sqrt(world_size), "linear": float(world_size)}[scaling]
-
-
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 8.0,
-                      signal: str = "soft", topk: int = 5, scale_by_t2: bool = True) -> torch.Tensor:
-    """KL(teacher || student) of softmax(logits / T), mean over the batch.
-
-    signal "topk" keeps only the teacher's k largest logits, "hard" its argmax
-    (plain cross-entropy, no temperature): the paper's degraded-teacher variants.
-    """
-    teacher_logits = teacher_logits.float()
-    student_logits = student_logits.float()
-    if signal == "hard":
-        return F.cross_entropy(student_logits, teacher_logits.argmax(1))
-    if signal == "topk":
-        k = min(topk, teacher_logits.shape[1])
-        kth = teacher_logits.topk(k, dim=1).values[:, -1:]
-        teacher_logits = teacher_logits.masked_fill(teacher_logits < kth, float("-inf"))
-    log_t = F.log_softmax(teacher_logits / temperature, dim=1)
-    log_s = F.log_softmax(student_logits / temperature, dim=1)
-    # Written out instead of F.kl_div so that the -inf entries of top-k contribute 0, not NaN.
-    per_class = torch.where(torch.isinf(log_t), torch.zeros_like(log_t), log_t.exp() * (log_t - log_s))
-    loss = per_class.sum(1).mean()
-    return loss * temperature**2 if scale_by_t2 else loss
-
-
-def mix_batch(x: torch.Tensor, mode: str, lam: float, generator: torch.Generator) -> torch.Tensor:
-    """CutMix (one box per batch) or MixUp, with the batch reversed as partner.
-
-    Only the input is mixed: the teacher labels the mixed images itself.
-    """
-    if mode == "none" or len(x) < 2:
-        return x
-    partner = x.flip(0)
-    if mode == "mixup":
-        return lam * x + (1 - lam) * partner
-    h, w = x.shape[-2:]
-    cut = math.sqrt(1.0 - lam)
-    ch, cw = int(h * cut), int(w * cut)
-    cy = int(torch.randint(h, (1,), generator=generator))
-    cx = int(torch.randint(w, (1,), generator=generator))
-    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
-    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
-    mixed = x.clone()
-    mixed[..., y0:y1, x0:x1] = partner[..., y0:y1, x0:x1]
-    return mixed
-
-
-def flip_and_shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and a random shift of up to S/8 pixels with zero padding, per image."""
-    n, _, h, w = x.shape
-    flip = torch.rand(n, generator=generator) < 0.5
-    x = torch.where(flip.to(x.device).view(n, 1, 1, 1), x.flip(-1), x)
-    pad = max(h // 8, 1)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * pad)
-    out = padded.gather(2, rows)
-    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
-    return out.gather(3, cols)
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -239,186 +143,264 @@ def batch_index(step: int, rank: int, world_size: int) -> int:
     return step * world_size + rank
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+@dataclass
+class _Optimization:
+    """The optimizer, its schedule and the fp16 loss scaler: what a checkpoint must carry besides the weights."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    lr: float
+
+    @classmethod
+    def build(cls, student: nn.Module, config: DistillConfig, world: int, fp16: bool) -> "_Optimization":
+        lr = scaled_lr(config.lr, config.lr_scaling, world)
+        optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=config.weight_decay)
+        warmup_steps = int(config.warmup * config.steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: cosine_with_warmup(s, config.steps, warmup_steps))
+        return cls(optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=fp16), lr)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def _resume_identity(config: DistillConfig, run: RunConfig) -> dict:
+    return {**asdict(config), "seed": run.seed}
+
+
+def load_checkpoint(path: Path, config: DistillConfig, run: RunConfig, world: int, device: torch.device) -> dict:
+    """A checkpoint's state, after checking it continues this very run."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    saved, now = state["config"], _resume_identity(config, run)
+    for key in RESUME_MUST_MATCH:
+        if saved.get(key) != now[key]:
+            raise InputError(f"cannot resume {path}: it was made with {key}={saved.get(key)!r}, "
+                             f"now {key}={now[key]!r}")
+    made_by = state.get("world_size", 1)
+    if made_by != world:
+        # Each rank's batches depend on the number of ranks: another number would not repeat the run.
+        raise InputError(f"cannot resume {path}: it was made by {_processes(made_by)}, this run has "
+                         f"{_processes(world)}; resume it with {made_by} (torchrun --nproc-per-node {made_by} "
+                         f"or compress1img --nproc {made_by})")
+    return state
+
+
+def save_checkpoint(path: Path, step: int, student: nn.Module, optimization: _Optimization, config: DistillConfig,
+                    run: RunConfig, world: int, history: list[dict], seconds: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"step": step, "student": student.state_dict(), **optimization.state_dict(),
+             "config": _resume_identity(config, run), "world_size": world, "history": history, "seconds": seconds}
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def evaluate(student: nn.Module, holdout: torch.Tensor, holdout_teacher: torch.Tensor, mean, std,
+             device: torch.device, eval_fn: Callable[[nn.Module], dict] | None) -> dict:
+    """Agreement and KL with the teacher on the held-out patches, plus whatever `eval_fn` measures."""
+    student_logits = predict(student, holdout, mean, std, device=device)
+    row = {"holdout_agreement": agreement(holdout_teacher, student_logits),
+           "holdout_kl": kl_divergence(holdout_teacher, student_logits)}
+    if eval_fn is not None:
+        row.update(eval_fn(student))
+    return row
+
+
+def _set_train_mode(student: nn.Module, freeze_bn_stats: bool) -> None:
+    student.train()
+    if freeze_bn_stats:
+        for module in student.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+@dataclass
+class _Placement:
+    """Where and how the two models run: device, processes, precision, memory layout."""
+
+    device: torch.device
+    world: int
+    rank: int
+    main: bool
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    teacher_home: torch.device
+
+    @classmethod
+    def prepare(cls, teacher: nn.Module, student: nn.Module, run: RunConfig) -> "_Placement":
+        """Move both models to the training device, in the layout its fastest kernels read."""
+        device = resolve_device(run.device)
+        distributed.init(device)
+        first = next(teacher.parameters(), None)
+        amp_dtype = autocast_dtype(device) if run.amp else None
+        placement = cls(device, distributed.world_size(), distributed.rank(), distributed.is_main(), amp_dtype,
+                        # Both GPUs' and oneDNN's fastest convolutions read channels-last.
+                        channels_last=device.type == "cuda" or amp_dtype is not None,
+                        teacher_home=first.device if first is not None else torch.device("cpu"))
+        layout = torch.channels_last if placement.channels_last else torch.preserve_format
+        teacher.to(device).eval().requires_grad_(False).to(memory_format=layout)
+        student.to(device).to(memory_format=layout)
+        return placement
+
+    def restore(self, teacher: nn.Module, student: nn.Module) -> None:
+        if self.channels_last:
+            student.to(memory_format=torch.contiguous_format)
+            teacher.to(memory_format=torch.contiguous_format)
+        teacher.to(self.teacher_home)
+
+    @property
+    def fp16(self) -> bool:
+        return self.device.type == "cuda" and self.amp_dtype == torch.float16
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+
+def make_batch(patches: PatchSource, augment: Augment, batch_size: int, index: int, seed: int, mean, std,
+               placement: _Placement) -> torch.Tensor:
+    """Batch `index`: patches, augmented with a seed of (run seed, index), normalised, on the device."""
+    x = augment(patches.batch(batch_size, index).to(placement.device, non_blocking=True), _step_seed(seed, index))
+    x = normalize(x, mean, std)
+    return x.contiguous(memory_format=torch.channels_last) if placement.channels_last else x
+
+
+def train_step(model: nn.Module, teacher: nn.Module, x: torch.Tensor, loss_fn: LossFn,
+               optimization: _Optimization, placement: _Placement, step: int, checkpoint_path: Path | None,
+               config: DistillConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both models on the same batch, the loss, one optimizer step; (loss, teacher logits, student logits)."""
+    with placement.autocast():
+        with torch.inference_mode():
+            teacher_logits = teacher(x)
+        student_logits = model(x)
+        loss = loss_fn(student_logits, teacher_logits)
+    if not torch.isfinite(loss):
+        raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; "
+                            f"{_kept(checkpoint_path)}try a lower --lr (now {config.lr:g})")
+    optimization.step(loss)
+    return loss, teacher_logits, student_logits
 
 
 def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSource, config: DistillConfig,
-                     *, mean: tuple, std: tuple, holdout: torch.Tensor, out_dir: str | Path | None = None,
-                     resume: bool = False, eval_fn: Callable[[nn.Module], dict] | None = None,
-                     progress: bool = True) -> DistillResult:
+                     run: RunConfig = RunConfig(), *, mean: tuple, std: tuple, holdout: torch.Tensor,
+                     checkpoint_dir: str | Path | None = None, loss_fn: LossFn | None = None,
+                     augment: Augment | None = None, eval_fn: Callable[[nn.Module], dict] | None = None,
+                     hooks: Sequence[TrainingHook] = ()) -> TrainResult:
     """Train `student` to match the frozen `teacher` on patches; returns what happened.
 
     `mean`/`std` are the normalisation both models expect (patches are in [0, 1]).
     `holdout` holds fixed patches (float NCHW in [0, 1]) never used for training, on
-    which agreement and KL are measured. Checkpoints go to `out_dir/checkpoint.pt`.
-    `eval_fn(student)` may add labelled metrics (e.g. test accuracy) to each evaluation.
+    which agreement and KL are measured every `run.eval_every` steps. With `checkpoint_dir`,
+    a checkpoint is kept there and `run.resume` continues from it. `loss_fn` and `augment`
+    default to what `config` describes (losses.kl_loss, augment.default_augment).
 
     Under torchrun every rank calls this with the same arguments: each trains on its own
     `config.batch_size` patches per step (see `batch_index`), DDP averages the gradients,
     and rank 0 alone evaluates (sharing the results), checkpoints and shows progress.
     The teacher is left on the device it came on.
     """
-    config.validate()
-    device = resolve_device(config.device)
-    distributed.init(device)
-    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
-    use_cuda = device.type == "cuda"
-    first = next(teacher.parameters(), None)
-    teacher_home = first.device if first is not None else torch.device("cpu")
-    teacher = teacher.to(device).eval().requires_grad_(False)
-    student = student.to(device)
-    amp_dtype = autocast_dtype(device) if config.amp else None
-    # Both GPUs' and oneDNN's fastest convolutions read channels-last (1.19x on its own on the CPU above).
-    channels_last = use_cuda or amp_dtype is not None
-    if channels_last:
-        teacher = teacher.to(memory_format=torch.channels_last)
-        student = student.to(memory_format=torch.channels_last)
-
-    lr = scaled_lr(config.lr, config.lr_scaling, world)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=config.weight_decay)
-    warmup_steps = int(config.warmup * config.steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_with_warmup(s, config.steps, warmup_steps))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda and amp_dtype == torch.float16)
-
+    loss_fn = loss_fn or kl_loss(config)
+    augment = augment or default_augment(config)
+    # -- models on the device, the optimizer, the teacher's view of the held-out patches ---------
+    placement = _Placement.prepare(teacher, student, run)
+    device, world, main = placement.device, placement.world, placement.main
+    optimization = _Optimization.build(student, config, world, fp16=placement.fp16)
     holdout_x = holdout.to(device)
     holdout_teacher = predict(teacher, holdout_x, mean, std, device=device) if main else None
 
+    # -- resume ----------------------------------------------------------------------------------
     history: list[dict] = []
-    earlier_seconds = 0.0  # training time of the runs this one resumes
-    start_step = 0
-    checkpoint_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
-    if resume and checkpoint_path is not None and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        saved = state["config"]
-        for key in ("steps", "batch_size", "seed", "lr", "lr_scaling", "mix", "teacher_signal", "temperature"):
-            if saved.get(key, getattr(DistillConfig, key)) != getattr(config, key):
-                raise InputError(f"cannot resume {checkpoint_path}: it was made with {key}={saved.get(key)!r}, "
-                                 f"now {key}={getattr(config, key)!r}")
-        made_by = state.get("world_size", 1)
-        if made_by != world:
-            # Each rank's batches depend on the number of ranks: another number would not repeat the run.
-            raise InputError(f"cannot resume {checkpoint_path}: it was made by {_processes(made_by)}, this run has "
-                             f"{_processes(world)}; resume it with {made_by} (torchrun --nproc-per-node {made_by} "
-                             f"or compress1img --nproc {made_by})")
+    earlier_seconds, start_step = 0.0, 0  # training time and steps of the runs this one continues
+    checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if run.resume and checkpoint_path is not None and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path, config, run, world, device)
         student.load_state_dict(state["student"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_step, history = state["step"], state["history"]
-        earlier_seconds = state.get("seconds", 0.0)
+        optimization.load_state_dict(state)
+        start_step, history, earlier_seconds = state["step"], state["history"], state.get("seconds", 0.0)
 
-    def save_checkpoint(step: int) -> None:
-        if checkpoint_path is None or not main:
-            return
-        checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_save({"step": step, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                      "config": asdict(config), "world_size": world, "history": history,
-                      "seconds": earlier_seconds + time.perf_counter() - started - eval_seconds}, checkpoint_path)
+    model = torch.compile(distributed.wrap(student, device)) if run.compile else distributed.wrap(student, device)
+    # In a log file (no terminal) a bar line every 30 s is plenty.
+    bar = tqdm(total=config.steps, initial=start_step, disable=not (run.progress and main), desc="distilling",
+               unit="step", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+    started, seen, eval_seconds = time.perf_counter(), 0, 0.0  # evaluation is kept out of the training time
+    running_loss = float("nan")
 
-    def evaluate_now(step: int, loss: float) -> dict:
-        row = None
-        if main:  # on the plain student, not through DDP: no collective that other ranks would wait for
-            student_logits = predict(student, holdout_x, mean, std, device=device)
-            row = {"step": step, "loss": loss, "holdout_agreement": agreement(holdout_teacher, student_logits),
-                   "holdout_kl": kl_divergence(holdout_teacher, student_logits)}
-            if eval_fn is not None:
-                row.update(eval_fn(student))
-        train_mode()
+    def measure(step: int) -> dict:
+        # On the plain student, not through DDP: no collective that other ranks would wait for.
+        row = ({"step": step, "loss": running_loss,
+                **evaluate(student, holdout_x, holdout_teacher, mean, std, device, eval_fn)} if main else None)
+        _set_train_mode(student, config.freeze_bn_stats)
         return distributed.share(row)
 
-    def train_mode() -> None:
-        student.train()
-        if config.freeze_bn_stats:
-            for module in student.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+    for hook in hooks:
+        hook.on_start(teacher, student)
+    _set_train_mode(student, config.freeze_bn_stats)
+    try:
+        with _stop_on_sigint() as stop, _out_of_memory_advice(config.batch_size, checkpoint_path, bar):
+            for step in range(start_step, config.steps):
+                # -- one step on this rank's batch ---------------------------------------------------
+                x = make_batch(patches, augment, config.batch_size, batch_index(step, placement.rank, world),
+                               run.seed, mean, std, placement)
+                loss, teacher_logits, student_logits = train_step(model, teacher, x, loss_fn, optimization,
+                                                                  placement, step, checkpoint_path, config)
+                # -- bookkeeping: every rank stops at the same step; the loss shown is the whole batch's
+                done, seen = step + 1, seen + len(x) * world
+                loss_value, stopping = distributed.mean_and_any(loss.item(), stop.requested, device)
+                running_loss = loss_value if math.isnan(running_loss) else 0.9 * running_loss + 0.1 * loss_value
+                for hook in hooks:
+                    hook.after_step(done, student, loss_value)
+                bar.update(1)
+                bar.set_postfix(refresh=False, loss=f"{running_loss:.3f}",
+                                agree=f"{agreement(teacher_logits.float(), student_logits.detach().float()):.0f}%",
+                                patches_s=f"{seen / (time.perf_counter() - started - eval_seconds):.0f}")
+                # -- evaluate and checkpoint ---------------------------------------------------------
+                if done % run.eval_every == 0 or done == config.steps:
+                    eval_started = time.perf_counter()
+                    history.append(measure(done))
+                    if run.progress and main:
+                        bar.write(_format_row(history[-1]), file=sys.stderr)
+                    eval_seconds += time.perf_counter() - eval_started
+                if checkpoint_path is not None and main and (
+                        done % run.checkpoint_every == 0 or done == config.steps or stopping):
+                    save_checkpoint(checkpoint_path, done, student, optimization, config, run, world, history,
+                                    earlier_seconds + time.perf_counter() - started - eval_seconds)
+                if stopping:
+                    where = f"; checkpoint saved in {checkpoint_path}, continue with --resume" \
+                        if checkpoint_path else ""
+                    raise TrainingInterrupted(f"stopped after step {done} of {config.steps}{where}")
+    finally:
+        bar.close()
+        for hook in hooks:
+            hook.on_end(student)
 
-    model = distributed.wrap(student, device)
-    if config.compile:
-        model = torch.compile(model)
-    # In a log file (no terminal) a bar line every 30 s is plenty.
-    bar = tqdm(total=config.steps, initial=start_step, disable=not (progress and main), desc="distilling",
-               unit="step", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
-    started = time.perf_counter()
-    seen = 0
-    eval_seconds = 0.0  # kept out of the training time so patches/s measures training alone
-    running_loss = float("nan")
-    train_mode()
-    with _stop_on_sigint() as stop, _out_of_memory_advice(config.batch_size, checkpoint_path, bar):
-        for step in range(start_step, config.steps):
-            index = batch_index(step, rank, world)
-            step_seed = _step_seed(config.seed, index)
-            gen = torch.Generator().manual_seed(step_seed)
-            x = patches.batch(config.batch_size, index).to(device, non_blocking=True)
-            if config.flip_and_shift:
-                x = flip_and_shift(x, gen)
-            lam = float(np.random.default_rng(step_seed).beta(config.mix_alpha, config.mix_alpha))
-            x = mix_batch(x, config.mix, lam, gen)
-            x = normalize(x, mean, std)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                with torch.inference_mode():
-                    teacher_logits = teacher(x)
-                student_logits = model(x)
-                loss = distillation_loss(student_logits, teacher_logits, config.temperature,
-                                         config.teacher_signal, config.topk, config.scale_loss_by_t2)
-            if not torch.isfinite(loss):
-                bar.close()
-                raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; {_kept(checkpoint_path)}"
-                                    f"try a lower --lr (now {config.lr:g})")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-
-            done = step + 1
-            seen += len(x) * world
-            # Every rank must stop at the same step, and the loss shown is the whole batch's.
-            loss_value, stopping = distributed.mean_and_any(loss.item(), stop.requested, device)
-            running_loss = loss_value if math.isnan(running_loss) else 0.9 * running_loss + 0.1 * loss_value
-            bar.update(1)
-            bar.set_postfix(refresh=False, loss=f"{running_loss:.3f}",
-                            agree=f"{agreement(teacher_logits.float(), student_logits.detach().float()):.0f}%",
-                            patches_s=f"{seen / (time.perf_counter() - started - eval_seconds):.0f}")
-            if done % config.eval_every == 0 or done == config.steps:
-                eval_started = time.perf_counter()
-                row = evaluate_now(done, running_loss)
-                history.append(row)
-                if progress and main:
-                    bar.write(_format_row(row), file=sys.stderr)
-                eval_seconds += time.perf_counter() - eval_started
-            if done % config.checkpoint_every == 0 or done == config.steps or stopping:
-                save_checkpoint(done)
-            if stopping:
-                bar.close()
-                where = f"; checkpoint saved in {checkpoint_path}, continue with --resume" if checkpoint_path else ""
-                raise TrainingInterrupted(f"stopped after step {done} of {config.steps}{where}")
-    bar.close()
+    # -- the result: the student back in eval mode, both models as they came ---------------------
     seconds = earlier_seconds + time.perf_counter() - started - eval_seconds
     distributed.copy_from_main(student)
     student.eval()
-    final = history[-1] if history and history[-1]["step"] == config.steps else evaluate_now(config.steps, running_loss)
+    final = history[-1] if history and history[-1]["step"] == config.steps else measure(config.steps)
     student.eval()
-    if channels_last:
-        student.to(memory_format=torch.contiguous_format)
-        teacher.to(memory_format=torch.contiguous_format)
-    teacher.to(teacher_home)
-    return DistillResult(steps=config.steps, seconds=seconds,
-                         patches_per_second=config.steps * config.batch_size * world / seconds if seconds > 0
-                         else float("nan"),
-                         final_loss=final["loss"], holdout_agreement=final["holdout_agreement"],
-                         holdout_kl=final["holdout_kl"], history=history, config=asdict(config),
-                         world_size=world, lr=lr, precision=str(amp_dtype or torch.float32).removeprefix("torch."))
+    placement.restore(teacher, student)
+    return TrainResult(steps=config.steps, seconds=seconds,
+                       patches_per_second=config.steps * config.batch_size * world / seconds if seconds > 0
+                       else float("nan"),
+                       final_loss=final["loss"], holdout_agreement=final["holdout_agreement"],
+                       holdout_kl=final["holdout_kl"], history=history, config=asdict(config), world_size=world,
+                       lr=optimization.lr, precision=str(placement.amp_dtype or torch.float32).removeprefix("torch."))
 
 
-def processes_report(result: DistillResult) -> dict:
+def processes_report(result: TrainResult) -> dict:
     """How many processes trained, the batch they made together and the learning rate it got, for reports."""
     scaling = result.config["lr_scaling"]
     return {"world_size": result.world_size, "backend": distributed.backend() or "none (one process)",
@@ -479,11 +461,8 @@ def _out_of_memory_advice(batch_size: int, checkpoint_path: Path | None, bar):
 def _kept(checkpoint_path: Path | None) -> str:
     if checkpoint_path is None or not checkpoint_path.exists():
         return ""
-    return f"the last good checkpoint (step {_saved_step(checkpoint_path)}) is kept in {checkpoint_path}; "
-
-
-def _saved_step(path: Path) -> int:
-    return torch.load(path, map_location="cpu", weights_only=True)["step"]
+    step = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["step"]
+    return f"the last good checkpoint (step {step}) is kept in {checkpoint_path}; "
 
 
 def _format_row(row: dict) -> str:
@@ -497,6 +476,6 @@ def _format_row(row: dict) -> str:
 def accuracy_fn(images: torch.Tensor, labels: torch.Tensor, mean: tuple, std: tuple,
                 device: str | torch.device = "cpu") -> Callable[[nn.Module], dict]:
     """An `eval_fn` for `run_distillation` that reports top-1 on labelled data."""
-    def evaluate(model: nn.Module) -> dict:
+    def evaluate_accuracy(model: nn.Module) -> dict:
         return {"accuracy": top1(predict(model, images, mean, std, device=device), labels)}
-    return evaluate
+    return evaluate_accuracy

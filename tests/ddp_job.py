@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress1img import DistillConfig, PatchArray, distributed, run_distillation
+from compress1img import DistillConfig, PatchArray, RunConfig, distributed, run_distillation
 
 STEPS = 4
 GLOBAL_BATCH = 16
@@ -54,14 +54,15 @@ def job(out_dir: Path, batch_size: int, resume: bool = False):
     would depend on how the batch is split).
     """
     config = DistillConfig(steps=STEPS, batch_size=batch_size, lr=1e-2, warmup=0.0, mix="none",
-                           flip_and_shift=False, freeze_bn_stats=True, eval_every=2, checkpoint_every=2,
-                           holdout_size=16, device="cpu", amp=False)
+                           flip_and_shift=False, freeze_bn_stats=True)
+    run = RunConfig(device="cpu", amp=False, eval_every=2, checkpoint_every=2, holdout_size=16, resume=resume,
+                    progress=False)
     pixels = np.random.default_rng(0).integers(0, 256, (256, 16, 16, 3), dtype=np.uint8)
     student = tiny_cnn(1)
     source = Recording(PatchArray(pixels, seed=0), student)
     holdout = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    result = run_distillation(tiny_cnn(0), student, source, config, mean=MEAN, std=STD, holdout=holdout,
-                              out_dir=out_dir, resume=resume, progress=False)
+    result = run_distillation(tiny_cnn(0), student, source, config, run, mean=MEAN, std=STD, holdout=holdout,
+                              checkpoint_dir=out_dir)
     after_each_step = torch.stack([source.at_step[k] for k in range(1, STEPS)] + [flat(student)])
     return result, after_each_step, student.state_dict()
 

@@ -137,13 +137,14 @@ def test_debug_shows_the_traceback():
 
 
 def test_python_api_reloads_the_student(tmp_path, tiny_teacher):
-    from compress1img import DistillConfig, distill
+    from compress1img import DistillConfig, RunConfig, distill
 
-    report = distill(str(tiny_teacher), "cifar_resnet20", "coffee", out=tmp_path / "r", progress=False,
-                     config=DistillConfig(steps=2, batch_size=8, holdout_size=16))
+    result = distill(str(tiny_teacher), "cifar_resnet20", "coffee", DistillConfig(steps=2, batch_size=8),
+                     run=RunConfig(out=tmp_path / "r", holdout_size=16, progress=False))
     student = load_model(tmp_path / "r" / "model.pt")
     assert student.arch == "cifar_resnet20" and student.input_size == (3, 32, 32)
-    assert report["holdout_patches"] == 16
+    assert result.report["holdout_patches"] == 16
+    assert result.model.arch == "cifar_resnet20"  # the trained student comes back too
 
 
 def test_torchscript_model_needs_and_takes_its_preprocessing_as_flags(tmp_path, test_slice):

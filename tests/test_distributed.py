@@ -14,7 +14,8 @@ import torch
 import ddp_job
 from compress1img import InputError
 from compress1img.cli import main
-from compress1img.training import CHECKPOINT_NAME, autocast_dtype, batch_index
+from compress1img.devices import autocast_dtype
+from compress1img.training import CHECKPOINT_NAME, batch_index
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -126,6 +127,6 @@ def test_under_torchrun_rank_0_speaks_for_errors_all_ranks_share(cli, monkeypatc
     monkeypatch.setenv("RANK", "1")
     assert cli(*bad_input) == (2, [])  # the same on every rank: said once, by rank 0
     missing = ("distill", "--teacher", "missing.pt", "--student", "cifar_resnet20")
-    monkeypatch.setattr("compress1img.cli._load", lambda *a: (_ for _ in ()).throw(RuntimeError("disk on fire")))
+    monkeypatch.setattr("compress1img.cli.commands.load", lambda *a: (_ for _ in ()).throw(RuntimeError("disk on fire")))
     code, err = cli(*missing)
     assert code == 1 and len(err) == 1 and err[0].startswith("rank 1: error: RuntimeError: disk on fire")

@@ -10,11 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from compress1img import InputError, evaluate_model, load_model
+from compress1img import InputError, RunConfig, evaluate_model, load_model
 from compress1img.api import BUNDLED_TEACHER, bundled_teacher
 from compress1img.models import create_model_from_name
 from compress1img.pruning import (PruneConfig, PruningError, count, fold_masks, make_prunable, prune_to_budget,
                                 sparsify, weight_sparsity)
+
+QUIET = RunConfig(progress=False)
 
 
 def budget_prune(model: nn.Module, size: int, sparsity: float, **options) -> tuple[int, int, nn.Module]:
@@ -127,8 +129,8 @@ def test_unstructured_sparsity_is_exact_and_folded():
 
 @pytest.mark.parametrize("value", [0, 1, -0.1, 1.5])
 def test_impossible_sparsity_is_refused(value):
-    with pytest.raises(InputError, match="--sparsity"):
-        PruneConfig(sparsity=value).validate()
+    with pytest.raises(InputError, match=r"^PruneConfig\.sparsity is the fraction"):
+        PruneConfig(sparsity=value)
 
 
 def test_ignored_layer_must_exist():
@@ -182,9 +184,8 @@ def test_a_model_frozen_by_an_earlier_run_still_prunes():
 
     model = bundled_teacher()
     model.module.requires_grad_(False)  # what serving as a distillation teacher leaves behind
-    report = prune(model, "coffee", config=PruneConfig(sparsity=0.3), healing=False, progress=False,
-                   measure_latency=False)
-    assert abs(report["params_removed"] - 0.3) <= 0.01
+    result = prune(model, "coffee", PruneConfig(sparsity=0.3), heal=None, run=QUIET, measure_latency=False)
+    assert abs(result.report["params_removed"] - 0.3) <= 0.01
 
 
 def test_prune_cli_refuses_impossible_sparsity_without_writing(tmp_path):
@@ -225,11 +226,13 @@ def test_droppable_blocks_are_the_shape_keeping_residual_blocks():
 
 
 def test_dropped_blocks_count_towards_the_budget_and_reload(tmp_path, test_slice):
-    from compress1img import DistillConfig, prune
+    from compress1img import DistillConfig, RunConfig, prune
 
-    heal = DistillConfig(steps=2, batch_size=8, holdout_size=64, eval_every=2, checkpoint_every=2, device="cpu")
-    report = prune(bundled_teacher(), "coffee", out=tmp_path / "run", config=PruneConfig(sparsity=0.5, drop_blocks=2),
-                   heal=heal, eval_data=test_slice, progress=False, measure_latency=False)
+    run = RunConfig(out=tmp_path / "run", holdout_size=64, eval_every=2, checkpoint_every=2, device="cpu",
+                    progress=False)
+    report = prune(bundled_teacher(), "coffee", PruneConfig(sparsity=0.5, drop_blocks=2),
+                   heal=DistillConfig(steps=2, batch_size=8), run=run, eval_data=test_slice,
+                   measure_latency=False).report
     assert len(report["dropped_blocks"]) == 2
     assert "reconstruction" not in report["per_iteration"][0]  # healing follows: no repair by default
     assert abs(report["params_removed"] - 0.5) <= 0.01
@@ -245,14 +248,14 @@ def test_dropping_more_blocks_than_exist_or_than_the_budget_is_refused():
     from compress1img.pruning import BudgetError
 
     with pytest.raises(BudgetError, match="has only 7 blocks that can be dropped"):
-        prune(bundled_teacher(), "coffee", config=PruneConfig(sparsity=0.5, drop_blocks=8), healing=False,
-              progress=False, measure_latency=False)
+        prune(bundled_teacher(), "coffee", PruneConfig(sparsity=0.5, drop_blocks=8), heal=None, run=QUIET,
+              measure_latency=False)
     # Dropping every droppable block removes ~73% of ResNet-20's parameters: more than the 30% asked.
     with pytest.raises(BudgetError, match="already lost"):
-        prune(bundled_teacher(), "coffee", config=PruneConfig(sparsity=0.3, drop_blocks=7), healing=False,
-              progress=False, measure_latency=False)
-    with pytest.raises(InputError, match="--drop-blocks needs --mode structured"):
-        PruneConfig(mode="unstructured", drop_blocks=1).validate()
+        prune(bundled_teacher(), "coffee", PruneConfig(sparsity=0.3, drop_blocks=7), heal=None, run=QUIET,
+              measure_latency=False)
+    with pytest.raises(InputError, match="drop_blocks needs mode structured"):
+        PruneConfig(mode="unstructured", drop_blocks=1)
 
 
 def test_blocks_inside_a_dropped_block_are_not_dropped_again():
@@ -310,9 +313,9 @@ def test_repair_after_the_cut_brings_the_pruned_model_closer_to_the_original(tes
     from compress1img import prune
 
     def cut(patches: int) -> dict:
-        report = prune(bundled_teacher(), "coffee", config=PruneConfig(sparsity=0.5, reconstruct_patches=patches),
-                       healing=False, eval_data=test_slice, progress=False, measure_latency=False)
-        return report["per_iteration"][0]
+        result = prune(bundled_teacher(), "coffee", PruneConfig(sparsity=0.5, reconstruct_patches=patches),
+                       heal=None, run=QUIET, eval_data=test_slice, measure_latency=False)
+        return result.report["per_iteration"][0]
 
     plain, repaired = cut(0), cut(None)  # without healing the repair is on by default
     assert "reconstruction" not in plain
@@ -323,5 +326,5 @@ def test_repair_after_the_cut_brings_the_pruned_model_closer_to_the_original(tes
     assert repaired["top1_after_cut"] == plain["top1_after_cut"]
     assert repaired["holdout_agreement_after_repair"] > repaired["holdout_agreement_after_cut"] + 10
     assert repaired["top1_after_repair"] > repaired["top1_after_cut"] + 10
-    with pytest.raises(InputError, match="--reconstruct-patches must be"):
-        PruneConfig(reconstruct_patches=-1).validate()
+    with pytest.raises(InputError, match="reconstruct_patches must be"):
+        PruneConfig(reconstruct_patches=-1)

@@ -14,13 +14,17 @@ from torch import nn
 
 from compress1img import InputError, evaluate_model, load_model
 from compress1img.api import BUNDLED_TEACHER, bundled_teacher
-from compress1img.compression import quantize
+from compress1img import PTQConfig, QATConfig, RunConfig, quantize
 from compress1img.evaluate import OnnxModel, agreement, predict
-from compress1img.quantization import (QAT_LR, QuantizationError, QuantizeConfig, int8_coverage, prepare_qat,
+from compress1img.quantization import (QAT_LR, QuantizationError, int8_coverage, prepare_qat,
                                        runtime_ops)
 from compress1img.training import DistillConfig
 
-TINY_QAT = DistillConfig(steps=6, batch_size=32, lr=QAT_LR, eval_every=3, holdout_size=64)
+TINY_QAT = QATConfig(training=DistillConfig(steps=6, batch_size=32, lr=QAT_LR))
+
+
+def quiet(out=None, **changes) -> RunConfig:
+    return RunConfig(out=out, eval_every=3, holdout_size=64, progress=False, **changes)
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
@@ -35,9 +39,8 @@ def op_types(path: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def qat_run(tmp_path_factory, test_slice):
     out = tmp_path_factory.mktemp("qat") / "run"
-    report = quantize(bundled_teacher(), "coffee", out=out, config=QuantizeConfig(method="qat"), train=TINY_QAT,
-                      eval_data=test_slice, progress=False)
-    return out, report
+    result = quantize(bundled_teacher(), "coffee", TINY_QAT, run=quiet(out), eval_data=test_slice)
+    return out, result.report
 
 
 def test_qat_graph_runs_every_conv_and_add_in_int8(qat_run):
@@ -76,22 +79,23 @@ def test_fake_quant_onnx_and_reloaded_int8_models_agree(qat_run, test_slice):
 
 def test_ptq_quantizes_a_tiny_model_end_to_end(tmp_path, test_slice):
     out = tmp_path / "ptq"
-    report = quantize(bundled_teacher(), "coffee", out=out, config=QuantizeConfig(method="ptq", calibration_size=64),
-                      eval_data=test_slice, progress=False, measure_latency=False)
+    result = quantize(bundled_teacher(), "coffee", PTQConfig(calibration_size=64), run=quiet(out),
+                      eval_data=test_slice, measure_latency=False)
+    report = result.report
+    assert result.int8_onnx == (out / "model.onnx").read_bytes()  # the int8 graph comes back too
     assert report["quantization"]["float_convs"] == 0 and report["quantization"]["int8_convs"] == 19
     assert report["test_agreement"] >= 90 and report["onnx_top1_agreement_vs_pytorch"] >= 80
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json", "report.md"]
 
 
 def test_a_ptq_model_that_disagrees_with_the_float_model_is_not_written(tmp_path, monkeypatch):
-    import compress1img.compression as compression
+    import compress1img.stages as stages
     from compress1img.export import ExportError
 
-    monkeypatch.setattr(compression, "PTQ_MIN_AGREEMENT", 100.1)  # unreachable: the check must refuse
+    monkeypatch.setattr(stages, "PTQ_MIN_AGREEMENT", 100.1)  # unreachable: the check must refuse
     out = tmp_path / "ptq"
     with pytest.raises(ExportError, match="not written"):
-        quantize(bundled_teacher(), "coffee", out=out, config=QuantizeConfig(method="ptq", calibration_size=32),
-                 progress=False, measure_latency=False)
+        quantize(bundled_teacher(), "coffee", PTQConfig(calibration_size=32), run=quiet(out), measure_latency=False)
     assert not (out / "model.onnx").exists()
 
 
@@ -187,11 +191,19 @@ def test_a_model_torch_export_cannot_capture_is_a_clear_error():
     assert "\n" not in str(excinfo.value)
 
 
-def test_bad_quantize_options_are_refused():
-    with pytest.raises(InputError, match="--method"):
-        QuantizeConfig(method="fp8").validate()
-    with pytest.raises(InputError, match="--calibration-size"):
-        QuantizeConfig(calibration_size=0).validate()
+def test_bad_quantize_settings_are_refused_in_the_api_and_under_their_option_names_in_the_cli(tmp_path):
+    with pytest.raises(InputError, match=r"^PTQConfig\.calibration_size must be a positive number"):
+        PTQConfig(calibration_size=0)
+    with pytest.raises(InputError, match=r"^QATConfig\.training must be a DistillConfig"):
+        QATConfig(training={"steps": 3})
+    bad = run_cli("quantize", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--method", "fp8", "--out", tmp_path / "a")
+    assert bad.returncode == 2 and "--method must be one of qat, ptq (got 'fp8')" in bad.stderr
+    bad = run_cli("quantize", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--calibration-size", "0",
+                  "--out", tmp_path / "b")
+    assert bad.returncode == 2 and "--calibration-size must be a positive number of patches (got 0)" in bad.stderr
+    bad = run_cli("compress", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--qat-steps", "0", "--out", tmp_path / "c")
+    assert bad.returncode == 2 and "--qat-steps must be at least 1 (got 0)" in bad.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_quantize_cli_refuses_no_int8_without_writing(tmp_path):
@@ -234,7 +246,7 @@ def test_reloaded_int8_program_predicts_like_the_onnx_file(qat_run):
 
 
 def test_a_failed_qat_run_resumes_without_training_again(tmp_path, monkeypatch):
-    import compress1img.compression as compress_module
+    import compress1img.stages as compress_module
 
     out = tmp_path / "resumed"
     real_export = compress_module.int8_onnx_bytes
@@ -244,15 +256,15 @@ def test_a_failed_qat_run_resumes_without_training_again(tmp_path, monkeypatch):
 
     monkeypatch.setattr(compress_module, "int8_onnx_bytes", failing_export)
     with pytest.raises(QuantizationError, match="simulated"):
-        quantize(bundled_teacher(), "coffee", out=out, train=TINY_QAT, progress=False, measure_latency=False)
+        quantize(bundled_teacher(), "coffee", TINY_QAT, run=quiet(out), measure_latency=False)
     assert (out / ".work" / "qat" / "checkpoint.pt").exists() and not (out / "model.onnx").exists()
 
     monkeypatch.setattr(compress_module, "int8_onnx_bytes", real_export)
     calls = []
     real_step = torch.optim.AdamW.step
     monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: calls.append(1) or real_step(self, *a, **k))
-    report = quantize(bundled_teacher(), "coffee", out=out, train=TINY_QAT, resume=True, progress=False,
-                      measure_latency=False)
+    report = quantize(bundled_teacher(), "coffee", TINY_QAT, run=quiet(out, resume=True),
+                      measure_latency=False).report
     assert calls == []  # the checkpoint was at the last step: nothing retrained
     assert report["quantization"]["float_convs"] == 0 and (out / "model.onnx").exists()
     assert not (out / ".work").exists()

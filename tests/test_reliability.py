@@ -458,9 +458,9 @@ def cli(capsys):
 ], ids=["cpu", "cuda"])
 def test_out_of_memory_suggests_a_smaller_batch_and_keeps_the_checkpoint(tmp_path, tiny_teacher, monkeypatch, cli,
                                                                         error):
-    import compress1img.training as training
+    import compress1img.losses as losses
 
-    real_loss, calls = training.distillation_loss, []
+    real_loss, calls = losses.distillation_loss, []
 
     def loss_that_runs_out_of_memory_at_step_3(*args, **kwargs):
         calls.append(1)
@@ -468,7 +468,7 @@ def test_out_of_memory_suggests_a_smaller_batch_and_keeps_the_checkpoint(tmp_pat
             raise error
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(training, "distillation_loss", loss_that_runs_out_of_memory_at_step_3)
+    monkeypatch.setattr(losses, "distillation_loss", loss_that_runs_out_of_memory_at_step_3)
     out = tmp_path / "run"
     code, lines = cli("distill", "--teacher", tiny_teacher, "--student", "cifar_resnet20", "--image", "coffee",
                       "--steps", "5", "--batch-size", "64", "--holdout-size", "8", "--checkpoint-every", "2",
@@ -480,12 +480,12 @@ def test_out_of_memory_suggests_a_smaller_batch_and_keeps_the_checkpoint(tmp_pat
 
 
 def test_other_runtime_errors_are_not_taken_for_out_of_memory(tmp_path, tiny_teacher, monkeypatch, cli):
-    import compress1img.training as training
+    import compress1img.losses as losses
 
     def broken_loss(*args, **kwargs):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(training, "distillation_loss", broken_loss)
+    monkeypatch.setattr(losses, "distillation_loss", broken_loss)
     code, lines = cli("distill", "--teacher", tiny_teacher, "--student", "cifar_resnet20", "--image", "coffee",
                       "--steps", "2", "--batch-size", "4", "--holdout-size", "8", "--device", "cpu")
     assert code == 1 and "--batch-size" not in lines[-1] and "mat1 and mat2" in lines[-1]

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress1img import DistillConfig, TrainingError, distillation_loss, run_distillation
-from compress1img.training import (CHECKPOINT_NAME, TrainingInterrupted, autocast_dtype, cosine_with_warmup,
-                                   flip_and_shift, mix_batch)
+from compress1img import DistillConfig, RunConfig, TrainingError, TrainingHook, distillation_loss, run_distillation
+from compress1img.augment import flip_and_shift, mix_batch
+from compress1img.devices import autocast_dtype
+from compress1img.training import CHECKPOINT_NAME, TrainingInterrupted, cosine_with_warmup
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -90,27 +91,31 @@ def test_cosine_schedule_with_warmup():
     assert cosine_with_warmup(100, 100, 10) == pytest.approx(0.0, abs=1e-9)
 
 
-def _train(tmp_path, steps=6, patches=None, resume=False, **overrides):
-    config = DistillConfig(steps=steps, batch_size=8, eval_every=3, checkpoint_every=3, holdout_size=16,
-                           device="cpu", **overrides)
+QUIET_CPU = RunConfig(device="cpu", progress=False)
+
+
+def _train(tmp_path, steps=6, patches=None, resume=False, seed=0):
+    config = DistillConfig(steps=steps, batch_size=8)
+    run = RunConfig(device="cpu", eval_every=3, checkpoint_every=3, holdout_size=16, resume=resume, seed=seed,
+                    progress=False)
     student = tiny_cnn(seed=1)
     if resume:
         student = tiny_cnn(seed=99)  # must be replaced entirely by the checkpoint
-    result = run_distillation(tiny_cnn(seed=0), student, patches or RandomPatches(), config, mean=MEAN, std=STD,
-                              holdout=RandomPatches().batch(16, 10_000), out_dir=tmp_path, resume=resume,
-                              progress=False)
+    result = run_distillation(tiny_cnn(seed=0), student, patches or RandomPatches(), config, run, mean=MEAN, std=STD,
+                              holdout=RandomPatches().batch(16, 10_000), checkpoint_dir=tmp_path)
     return student, result
 
 
 def test_training_moves_student_towards_teacher(tmp_path):
-    config = DistillConfig(steps=40, batch_size=16, lr=1e-2, eval_every=40, holdout_size=64, device="cpu")
+    config = DistillConfig(steps=40, batch_size=16, lr=1e-2)
     holdout = RandomPatches().batch(64, 10_000)
     teacher, student = tiny_cnn(0), tiny_cnn(1)
     from compress1img.evaluate import kl_divergence, predict
 
     before = kl_divergence(predict(teacher, holdout, MEAN, STD), predict(student, holdout, MEAN, STD))
-    result = run_distillation(teacher, student, RandomPatches(), config, mean=MEAN, std=STD, holdout=holdout,
-                              progress=False)
+    result = run_distillation(teacher, student, RandomPatches(), config, RunConfig(device="cpu", eval_every=40,
+                                                                                     progress=False),
+                              mean=MEAN, std=STD, holdout=holdout)
     assert result.holdout_kl < before / 2
     assert [row["step"] for row in result.history] == [40]
 
@@ -120,9 +125,8 @@ def test_mixed_precision_on_the_cpu_where_it_is_native_and_float32_models_afterw
     trained = {}
     for amp in (True, False):
         teacher, student = tiny_cnn(0), tiny_cnn(1)
-        config = DistillConfig(steps=3, batch_size=8, eval_every=3, holdout_size=16, device="cpu", amp=amp)
-        run_distillation(teacher, student, RandomPatches(), config, mean=MEAN, std=STD, holdout=holdout,
-                         progress=False)
+        run_distillation(teacher, student, RandomPatches(), DistillConfig(steps=3, batch_size=8),
+                         RunConfig(device="cpu", amp=amp, progress=False), mean=MEAN, std=STD, holdout=holdout)
         # Handed back as they came: float32 weights in the default memory layout (ONNX export expects it).
         for tensor in [*student.parameters(), *teacher.parameters()]:
             assert tensor.dtype == torch.float32 and tensor.is_contiguous()
@@ -159,19 +163,58 @@ class NanTeacher(nn.Module):
 
 
 def test_nan_loss_stops_with_advice(tmp_path):
-    config = DistillConfig(steps=3, batch_size=4, holdout_size=4, device="cpu")
+    config = DistillConfig(steps=3, batch_size=4)
     with pytest.raises(TrainingError, match="lower --lr"):
-        run_distillation(NanTeacher(), tiny_cnn(), RandomPatches(), config, mean=MEAN, std=STD,
-                         holdout=RandomPatches().batch(4, 99), out_dir=tmp_path, progress=False)
+        run_distillation(NanTeacher(), tiny_cnn(), RandomPatches(), config, QUIET_CPU, mean=MEAN, std=STD,
+                         holdout=RandomPatches().batch(4, 99), checkpoint_dir=tmp_path)
 
 
 @pytest.mark.parametrize("field,value", [("steps", 0), ("batch_size", 1), ("lr", -1.0), ("temperature", 0.0),
                                          ("mix", "blend"), ("teacher_signal", "logits")])
-def test_bad_configuration_is_an_input_error(field, value):
-    from compress1img import InputError
+def test_a_bad_setting_is_refused_when_the_config_is_made_naming_the_field(field, value):
+    from compress1img import ConfigError, InputError
 
-    with pytest.raises(InputError):
-        DistillConfig(**{field: value}).validate()
+    with pytest.raises(ConfigError, match=rf"^DistillConfig\.{field} ") as error:
+        DistillConfig(**{field: value})
+    assert isinstance(error.value, InputError) and error.value.field == field
+
+
+def test_run_settings_are_checked_when_made_too():
+    from compress1img import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^RunConfig\.holdout_size must be at least 1 \(got 0\)"):
+        RunConfig(holdout_size=0)
+
+
+def test_the_loop_takes_its_loss_augmentation_and_hooks_as_arguments():
+    calls = {"loss": 0, "augment": [], "steps": [], "started": 0, "ended": 0}
+
+    def squared_error(student_logits, teacher_logits):
+        calls["loss"] += 1
+        return (student_logits.float() - teacher_logits.float()).pow(2).mean()
+
+    def no_augmentation(x, seed):
+        calls["augment"].append(seed)
+        return x
+
+    class Recorder(TrainingHook):
+        def on_start(self, teacher, student):
+            calls["started"] += 1
+
+        def after_step(self, step, student, loss):
+            calls["steps"].append(step)
+
+        def on_end(self, student):
+            calls["ended"] += 1
+
+    teacher, student = tiny_cnn(0), tiny_cnn(1)
+    holdout = RandomPatches().batch(16, 10_000)
+    result = run_distillation(teacher, student, RandomPatches(), DistillConfig(steps=4, batch_size=8, lr=1e-2),
+                              QUIET_CPU, mean=MEAN, std=STD, holdout=holdout, loss_fn=squared_error,
+                              augment=no_augmentation, hooks=[Recorder()])
+    assert calls["loss"] == 4 and calls["steps"] == [1, 2, 3, 4] and calls["started"] == calls["ended"] == 1
+    assert len(set(calls["augment"])) == 4  # every step its own seed
+    assert result.final_loss > 0
 
 
 def test_topk_signal_has_finite_gradients():

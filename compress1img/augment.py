@@ -1,0 +1,63 @@
+"""On-the-fly augmentation of each training batch, after the patches are made.
+
+An augmentation is called as `augment(x, seed) -> x` on float NCHW patches in [0, 1]; every
+random draw comes from `seed`, which the loop derives from (run seed, batch index), so a
+resumed run repeats exactly. Only the input is changed: the teacher labels what it is shown.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Augment = Callable[[torch.Tensor, int], torch.Tensor]
+MIXES = ("cutmix", "mixup", "none")
+
+
+def mix_batch(x: torch.Tensor, mode: str, lam: float, generator: torch.Generator) -> torch.Tensor:
+    """CutMix (one box per batch) or MixUp, with the batch reversed as partner."""
+    if mode == "none" or len(x) < 2:
+        return x
+    partner = x.flip(0)
+    if mode == "mixup":
+        return lam * x + (1 - lam) * partner
+    h, w = x.shape[-2:]
+    cut = math.sqrt(1.0 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy = int(torch.randint(h, (1,), generator=generator))
+    cx = int(torch.randint(w, (1,), generator=generator))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    mixed = x.clone()
+    mixed[..., y0:y1, x0:x1] = partner[..., y0:y1, x0:x1]
+    return mixed
+
+
+def flip_and_shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and a random shift of up to S/8 pixels with zero padding, per image."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=generator) < 0.5
+    x = torch.where(flip.to(x.device).view(n, 1, 1, 1), x.flip(-1), x)
+    pad = max(h // 8, 1)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
+    return out.gather(3, cols)
+
+
+def default_augment(config) -> Augment:
+    """What a DistillConfig asks for: the released code's flip + pad-crop, then CutMix or MixUp
+    with a Beta(mix_alpha, mix_alpha) ratio."""
+    def augment(x: torch.Tensor, seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        if config.flip_and_shift:
+            x = flip_and_shift(x, generator)
+        lam = float(np.random.default_rng(seed).beta(config.mix_alpha, config.mix_alpha))
+        return mix_batch(x, config.mix, lam, generator)
+    return augment

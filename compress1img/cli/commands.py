@@ -1,0 +1,371 @@
+"""One function per command: its options, then parse -> settings -> API call -> summary."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import api, distributed
+from ..config import RunConfig
+from ..errors import InputError
+from ..pruning import PruneConfig
+from ..quantization import METHODS, QAT_LR, QAT_STEPS, QATConfig, QuantizeConfig
+from ..scoring import PREDICTORS
+from ..training import DistillConfig
+from .options import (AllocationOpt, AmpOpt, ArchOpt, BatchOpt, CalibrationOpt, ChannelsOpt, CheckpointEveryOpt,
+    CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt, FreezeBnOpt, IgnoreOpt, ImageOpt, Int8Opt,
+    ImportanceOpt, InputSizeOpt, IterationsOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt, ModelArg,
+    NoHealOpt, NprocOpt, OutOpt, OverwriteOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt,
+    RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build, load,
+    read_lines)
+from .summaries import print_compress_summary, print_distill_summary
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
+                  help="Compress or distil a pretrained image model using one image instead of its training data.")
+
+
+@app.callback()
+def _root(debug: DebugOpt = False, nproc: NprocOpt = 1) -> None:  # both taken out of argv by main(); here for --help
+    """Compress or distil a pretrained image model using one image instead of its training data."""
+
+
+@app.command()
+def distill(
+    teacher: Annotated[str, typer.Option("--teacher", help="Teacher: weights file (+ --arch), compress1img model.pt, "
+                                                           "TorchScript / torch.export file, or a model name.")],
+    student: Annotated[str, typer.Option("--student", help="Student architecture, randomly initialised: a registry "
+                                                           "name, timm:NAME or tv:NAME.")],
+    arch: ArchOpt = None,
+    image: ImageOpt = None,
+    patches: Annotated[Optional[Path], typer.Option(
+        "--patches", help="Train on a pre-made patch file (from `compress1img patches`) instead of generating "
+                          "patches on the fly; its last --holdout-size patches are held out.")] = None,
+    out: OutOpt = None,
+    steps: StepsOpt = DistillConfig.steps,
+    batch_size: BatchOpt = DistillConfig.batch_size,
+    lr: LrOpt = DistillConfig.lr,
+    lr_scaling: LrScalingOpt = DistillConfig.lr_scaling,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = DistillConfig.weight_decay,
+    warmup: Annotated[float, typer.Option("--warmup", help="Fraction of the steps for linear learning-rate warm-up.")]
+    = DistillConfig.warmup,
+    temperature: TempOpt = DistillConfig.temperature,
+    mix: Annotated[str, typer.Option("--mix", help="On-the-fly mixing of each batch: cutmix (paper's best), mixup, "
+                                                   "none.")] = DistillConfig.mix,
+    mix_alpha: Annotated[float, typer.Option("--mix-alpha", help="Beta(a, a) parameter of the mixing ratio.")]
+    = DistillConfig.mix_alpha,
+    teacher_signal: Annotated[str, typer.Option(
+        "--teacher-signal", help="What the student learns from: soft (full softmax), topk (only the teacher's "
+                                 "--topk largest logits), hard (argmax only).")] = DistillConfig.teacher_signal,
+    topk: Annotated[int, typer.Option("--topk", help="k for --teacher-signal topk.")] = DistillConfig.topk,
+    seed: SeedOpt = RunConfig.seed,
+    eval_data: EvalDataOpt = None,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement (and accuracy) every N "
+                                                                 "steps.")] = RunConfig.eval_every,
+    checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
+    holdout_size: Annotated[int, typer.Option("--holdout-size", help="Number of fixed held-out patches for "
+                                                                     "agreement/KL.")] = RunConfig.holdout_size,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = RunConfig.device,
+    compile: CompileOpt = RunConfig.compile,
+    amp: AmpOpt = RunConfig.amp,
+    trust_model: TrustOpt = False,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    recipe: RecipeOpt = None,
+) -> None:
+    """Train a student from scratch to imitate a teacher, on patches of one image."""
+    params = locals()
+    config, run = build(DistillConfig, params), build(RunConfig, params)
+    teacher_model = load(teacher, arch, trust_model, input_size, mean, std)
+    result = api.distill(teacher_model, student, image, config, run=run, eval_data=eval_data, patches_file=patches)
+    print_distill_summary(result.report, out)
+
+
+def _prune_config(params: dict) -> PruneConfig:
+    return build(PruneConfig, params, ignore=tuple(params["ignore"] or ()))
+
+
+def _quantize_config(params: dict, training: DistillConfig) -> QuantizeConfig:
+    if not params["int8"]:
+        raise InputError("int8 is the only precision compress1img quantizes to: drop --no-int8")
+    if params["method"] not in METHODS:
+        raise InputError(f"--method must be one of {', '.join(METHODS)} (got {params['method']!r})")
+    cls = METHODS[params["method"]]
+    return build(cls, params, training=training) if cls is QATConfig else build(cls, params)
+
+
+@app.command()
+def prune(
+    model: ModelArg,
+    sparsity: SparsityOpt = 0.5,
+    target: TargetOpt = "params",
+    mode: ModeOpt = "structured",
+    importance: ImportanceOpt = "l2",
+    allocation: AllocationOpt = "auto",
+    channels: ChannelsOpt = "auto",
+    round_to: RoundToOpt = None,
+    iterations: IterationsOpt = 1,
+    ignore: IgnoreOpt = None,
+    drop_blocks: DropBlocksOpt = 0,
+    reconstruct_patches: ReconstructOpt = None,
+    no_heal: NoHealOpt = False,
+    arch: ArchOpt = None,
+    image: ImageOpt = None,
+    out: OutOpt = None,
+    steps: StepsOpt = 2000,
+    batch_size: BatchOpt = DistillConfig.batch_size,
+    lr: LrOpt = DistillConfig.lr,
+    lr_scaling: LrScalingOpt = DistillConfig.lr_scaling,
+    temperature: TempOpt = DistillConfig.temperature,
+    seed: SeedOpt = RunConfig.seed,
+    freeze_bn_stats: FreezeBnOpt = False,
+    eval_data: EvalDataOpt = None,
+    eval_every: EvalEveryOpt = RunConfig.eval_every,
+    checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = RunConfig.device,
+    compile: CompileOpt = RunConfig.compile,
+    amp: AmpOpt = RunConfig.amp,
+    trust_model: TrustOpt = False,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    recipe: RecipeOpt = None,
+) -> None:
+    """Prune a pretrained model and heal it by distillation from the original on patches of one image."""
+    params = locals()
+    config, run = _prune_config(params), build(RunConfig, params)
+    heal = None if no_heal else build(DistillConfig, params)
+    loaded = load(model, arch, trust_model, input_size, mean, std)
+    result = api.prune(loaded, image, config, heal=heal, run=run, eval_data=eval_data)
+    print_compress_summary(result.report, out)
+
+
+@app.command()
+def quantize(
+    model: ModelArg,
+    int8: Int8Opt = True,
+    method: MethodOpt = "qat",
+    calibration_size: CalibrationOpt = 512,
+    arch: ArchOpt = None,
+    image: ImageOpt = None,
+    out: OutOpt = None,
+    steps: StepsOpt = QAT_STEPS,
+    batch_size: BatchOpt = DistillConfig.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help=QAT_LR_HELP)] = QAT_LR,
+    lr_scaling: LrScalingOpt = DistillConfig.lr_scaling,
+    temperature: TempOpt = DistillConfig.temperature,
+    seed: SeedOpt = RunConfig.seed,
+    eval_data: EvalDataOpt = None,
+    eval_every: EvalEveryOpt = RunConfig.eval_every,
+    checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = RunConfig.device,
+    trust_model: TrustOpt = False,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    recipe: RecipeOpt = None,
+) -> None:
+    """Quantize a pretrained (or pruned) model to int8 for ONNX Runtime, trained against the original on patches."""
+    params = locals()
+    config, run = _quantize_config(params, build(DistillConfig, params)), build(RunConfig, params)
+    loaded = load(model, arch, trust_model, input_size, mean, std)
+    result = api.quantize(loaded, image, config, run=run, eval_data=eval_data)
+    print_compress_summary(result.report, out)
+
+
+@app.command("compress")
+def compress_(
+    model: ModelArg,
+    sparsity: SparsityOpt = 0.5,
+    int8: Int8Opt = True,
+    target: TargetOpt = "params",
+    mode: ModeOpt = "structured",
+    importance: ImportanceOpt = "l2",
+    allocation: AllocationOpt = "auto",
+    channels: ChannelsOpt = "auto",
+    round_to: RoundToOpt = None,
+    iterations: IterationsOpt = 1,
+    ignore: IgnoreOpt = None,
+    drop_blocks: DropBlocksOpt = 0,
+    reconstruct_patches: ReconstructOpt = None,
+    method: MethodOpt = "qat",
+    calibration_size: CalibrationOpt = 512,
+    arch: ArchOpt = None,
+    image: ImageOpt = None,
+    out: OutOpt = None,
+    steps: StepsOpt = 2000,
+    batch_size: BatchOpt = DistillConfig.batch_size,
+    lr: LrOpt = DistillConfig.lr,
+    lr_scaling: LrScalingOpt = DistillConfig.lr_scaling,
+    qat_steps: QatStepsOpt = QAT_STEPS,
+    qat_lr: QatLrOpt = QAT_LR,
+    temperature: TempOpt = DistillConfig.temperature,
+    seed: SeedOpt = RunConfig.seed,
+    freeze_bn_stats: FreezeBnOpt = False,
+    eval_data: EvalDataOpt = None,
+    eval_every: EvalEveryOpt = RunConfig.eval_every,
+    checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = RunConfig.device,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the pruned model while it heals (not "
+                                                            "during quantization-aware training).")] = False,
+    amp: AmpOpt = RunConfig.amp,
+    trust_model: TrustOpt = False,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    recipe: RecipeOpt = None,
+) -> None:
+    """Prune, heal, then quantize to int8 in one run with one report (both stages distil from the original)."""
+    params = locals()
+    prune_config, run = _prune_config(params), build(RunConfig, params)
+    heal = build(DistillConfig, params)
+    # Quantization-aware training distils as the healing does, with its own steps and learning rate.
+    training = build(DistillConfig, params, {"steps": "--qat-steps", "lr": "--qat-lr"}, steps=qat_steps, lr=qat_lr)
+    loaded = load(model, arch, trust_model, input_size, mean, std)
+    result = api.compress(loaded, image, prune=prune_config, quantize=_quantize_config(params, training), heal=heal,
+                          run=run, eval_data=eval_data)
+    print_compress_summary(result.report, out)
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="PyTorch model (weights + --arch, model.pt, TorchScript, torch.export) "
+                                              "or an ONNX file.")],
+    data: Annotated[Path, typer.Option("--data", help="Labelled data: .npz (images uint8 NHWC + labels) or an "
+                                                      "ImageFolder directory.")],
+    arch: ArchOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object as the last line.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 256,
+    device: DeviceOpt = "auto",
+    trust_model: TrustOpt = False,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+) -> None:
+    """Top-1 accuracy of a PyTorch or ONNX model on labelled data."""
+    if not model.lower().endswith(".onnx"):  # ONNX files carry their preprocessing in their metadata
+        model = load(model, arch, trust_model, input_size, mean, std)
+    result = api.evaluate_model(model, data, batch_size=batch_size, device=device)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(f"top-1 {result['top1']:.2f}% ({result['correct']}/{result['n']}) of {result['model']} on {result['data']}")
+
+
+@app.command("score-image")
+def score_image(
+    images: Annotated[list[str], typer.Argument(help="Candidate source images (files or bundled names: china, "
+                                                     "astronaut, coffee, chelsea, hubble; noise for comparison).")],
+    teacher: Annotated[Optional[str], typer.Option(
+        "--teacher", help="The model to be distilled or compressed: weights file (+ --arch), compress1img model.pt, "
+                          "TorchScript / torch.export file, or a model name. Default: the bundled CIFAR-10 "
+                          "ResNet-20.")] = None,
+    arch: ArchOpt = None,
+    patches: Annotated[Optional[int], typer.Option(
+        "--patches", help="Patches per image. Default: 2048 for inputs up to 64 px, 512 above (a 224 px teacher "
+                          "costs ~50x more per patch).")] = None,
+    preview: Annotated[Optional[Path], typer.Option(
+        "--preview", help="Write a PNG grid of 64 patches with the teacher's top-1 class under each; with several "
+                          "images, one file per image named PREVIEW-<image name>.png.")] = None,
+    classes: Annotated[Optional[Path], typer.Option(
+        "--classes", help="Text file with the teacher's class names, one per line, for the preview labels (models "
+                          "that do not record their classes are labelled 'class N').")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the ranking as a JSON list of objects (rank, image, "
+                                                         "score, the predictors) instead of a table.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the patches (the same for every image).")] = 0,
+    device: DeviceOpt = "auto",
+    trust_model: TrustOpt = False,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+) -> None:
+    """Rank candidate source images for a teacher, best first, from label-free predictors.
+
+    Each image is cut into augmented patches (as for training) and the teacher looks at them:
+
+    \b
+      score       (evenness + diversity) / 2, higher is better
+      classes     share of the teacher's classes that are the top-1 class of some patch
+      evenness    entropy of the histogram of top-1 classes over patches / its maximum
+                  (1: all classes equally often, 0: a single class)
+      confidence  mean top-1 softmax probability of the teacher
+      diversity   effective rank of the teacher's penultimate features over the patches / its maximum
+      density     JPEG bytes per pixel of the image at ~0.25 megapixels (detail)
+      edges       share of pixels with a strong brightness gradient
+
+    Density and edges are not in the score: noise has the most of both and teaches least.
+    How well the score predicted real healing results: docs/choosing-an-image.md.
+    """
+    names = read_lines(classes, "--classes") if classes is not None else None
+    loaded = load(teacher, arch, trust_model, input_size, mean, std) if teacher is not None else None
+    ranking = api.score_images(images, loaded, patches=patches, seed=seed, device=device, preview=preview,
+                               classes=names)
+    if as_json:
+        print(json.dumps(ranking))
+        return
+    columns = ("score", *PREDICTORS)
+    print(f"{'rank':>4}  " + "  ".join(f"{c:>10}" for c in columns) + "  image")
+    for row in ranking:
+        print(f"{row['rank']:>4}  " + "  ".join(f"{row[c]:>10.3f}" for c in columns) + f"  {row['image']}")
+    if preview is not None:
+        print(f"previews: {', '.join(row['preview'] for row in ranking)}")
+
+
+@app.command()
+def patches(
+    image: Annotated[str, typer.Argument(help="Source image, or a bundled image name.")],
+    out: Annotated[Path, typer.Option("--out", help="Output .npy file: uint8 (count, size, size, 3).")],
+    size: Annotated[int, typer.Option("--size", help="Patch side in pixels (32 for CIFAR models, 224 for ImageNet).")]
+    = 32,
+    count: Annotated[int, typer.Option("--count", help="Number of patches (the paper used 50,000).")] = 50_000,
+    preview: Annotated[Optional[Path], typer.Option("--preview", help="Also write a PNG grid of the first patches, "
+                                                                      "to see what the model will see.")] = None,
+    seed: SeedOpt = 0,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Pre-generate a fixed set of augmented patches of one image (the paper's pipeline)."""
+    for path in (out, preview):
+        if path is not None and path.exists() and not overwrite:
+            raise InputError(f"{path} already exists: pass --overwrite to replace it")
+    result = api.write_patch_file(image, out, size=size, count=count, seed=seed, preview=preview)
+    print(f"wrote {result['count']} patches of {result['size']} px from {result['image']} to {result['out']} "
+          f"({result['bytes'] / 1e6:.1f} MB, {result['patches_per_second']:.0f} patches/s)"
+          + (f"; preview in {result['preview']}" if result["preview"] else ""))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("compress1img-demo"),
+    steps: Annotated[int, typer.Option("--steps", help="Healing steps (a few minutes on 2 CPU cores).")] = 300,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Prune the bundled CIFAR-10 ResNet-20 by half, heal it on the bundled image, export it: no downloads."""
+    if distributed.is_main():  # rank 0 speaks for the run
+        print(f"demo: removing 50% of the parameters of {api.bundled_teacher().source}, healing it for {steps} steps "
+              f"on patches of the bundled image '{api.DEFAULT_IMAGE}', exporting to {out}/")
+    report = api.demo(out=out, steps=steps, overwrite=overwrite, device=device)
+    print_compress_summary(report.report, out)
+
+
+@app.command("models")
+def list_models_() -> None:
+    """List the architectures of compress1img's own registry (timm:NAME and tv:NAME work too)."""
+    from ..models import get_entry, list_models
+
+    for name in list_models():
+        entry = get_entry(name)
+        print(f"{name:16s} input {'x'.join(map(str, entry.input_size))}, {entry.num_classes} classes")
+
+

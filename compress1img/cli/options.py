@@ -1,0 +1,195 @@
+"""The command line's options, declared once so every command explains them the same way, and how
+option values become the API's settings classes (`build`): a field's option has the field's name."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import tomllib
+import typer
+
+from ..config import ConfigError
+from ..errors import InputError
+
+
+def flag(field: str) -> str:
+    """The option that sets a settings field: `batch_size` -> `--batch-size`."""
+    return "--" + field.replace("_", "-")
+
+
+def build(cls, params: dict[str, Any], flags: dict[str, str] | None = None, **values):
+    """`cls(...)` from the command's option values that share a field's name (plus `values`); a bad value
+    is reported under its option's name (`flags` maps the fields whose option is named otherwise)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    chosen = {name: params[name] for name in names if name in params}
+    chosen.update(values)
+    flags = flags or {}
+    try:
+        return cls(**chosen)
+    except ConfigError as e:
+        raise InputError(e.render(lambda field: flags.get(field, flag(field)))) from None
+
+
+def load_recipe(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
+    """`--recipe FILE`: a TOML table of option values (names as in --help, - or _) used as defaults."""
+    if value is None:
+        return value
+    try:
+        recipe = tomllib.loads(Path(value).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"recipe not found: {value}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, IsADirectoryError) as e:
+        raise InputError(f"recipe {value} is not valid TOML: {e}") from None
+    recipe = recipe.get(ctx.info_name, recipe)  # a recipe may hold one table per command
+    known = {p.name for p in ctx.command.params}
+    values = {}
+    for key, item in recipe.items():
+        name = key.replace("-", "_")
+        if name not in known or name == "recipe":
+            raise InputError(f"recipe {value}: unknown option {key!r} for `{ctx.info_name}`")
+        values[name] = item
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    return value
+
+
+# Options shared by the commands, declared once so every command explains them the same way.
+ArchOpt = Annotated[Optional[str], typer.Option(
+    "--arch", help="Architecture of a bare weights file: a registry name (cifar_resnet20/32/44/56, wrn_16_4, "
+                   "wrn_40_4), timm:NAME or tv:NAME.")]
+ImageOpt = Annotated[Optional[str], typer.Option(
+    "--image", help="Source image (JPEG/PNG/WebP/TIFF/BMP) or a bundled image name "
+                    "(china [default], astronaut, coffee, chelsea, hubble).")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory (report.json, report.md, model.pt, "
+                                                              "model.onnx).")]
+StepsOpt = Annotated[int, typer.Option("--steps", help="Training steps (the healing/training budget).")]
+BatchOpt = Annotated[int, typer.Option(
+    "--batch-size", help="Patches per step and per process (teacher and student see the same): N processes "
+                         "(--nproc N or torchrun) train on N x this many per step, each on its own patches.")]
+LrOpt = Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (cosine schedule after warm-up).")]
+TempOpt = Annotated[float, typer.Option("--temperature", help="Softmax temperature T of the KL loss (paper: 8).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for patches, augmentation and initialisation.")]
+EvalDataOpt = Annotated[Optional[Path], typer.Option(
+    "--eval-data", help="Labelled data for top-1 accuracy: .npz (images uint8 NHWC + labels) or an ImageFolder "
+                        "directory. Without it, only agreement with the teacher on held-out patches is reported.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from the checkpoints it left in "
+                                                          "--out (same options).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --out.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (cuda when present; under torchrun "
+                                                         "each process takes the GPU of its local rank).")]
+AmpOpt = Annotated[bool, typer.Option(
+    "--amp/--no-amp", help="Train in mixed precision where the hardware has it: bf16 (or fp16) on GPUs, bf16 on "
+                           "CPUs with native bf16 (AVX512-BF16/AMX), with channels_last (docs/benchmarks.md, \"Mixed precision on "
+                           "the CPU\"); "
+                           "other CPUs train in float32. Quantization-aware training always runs in float32.")]
+LrScalingOpt = Annotated[str, typer.Option(
+    "--lr-scaling", help="With N processes the batch per step is N times larger: none keeps --lr (default), "
+                         "sqrt multiplies it by sqrt(N), linear by N. The report gives the lr used.")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the student before training: faster steps on GPUs after a compile of a "
+                      "minute or so; rarely worth it on a CPU.")]
+RecipeOpt = Annotated[Optional[Path], typer.Option(
+    "--recipe", is_eager=True, callback=load_recipe,
+    help="TOML file of option values (see recipes/); options given on the command line win.")]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust-model", help="Allow loading a fully pickled model. Pickles can run arbitrary code: only for files "
+                          "you made yourself.")]
+InputSizeOpt = Annotated[Optional[int], typer.Option(
+    "--input-size", help="Input side in pixels, for models that do not record it (TorchScript, torch.export, "
+                         "pickles); overrides what the model records.")]
+MeanOpt = Annotated[Optional[str], typer.Option(
+    "--mean", help="Normalisation mean as R,G,B (e.g. 0.485,0.456,0.406) when the model does not record it.")]
+StdOpt = Annotated[Optional[str], typer.Option(
+    "--std", help="Normalisation std as R,G,B (e.g. 0.229,0.224,0.225) when the model does not record it.")]
+CheckpointEveryOpt = Annotated[int, typer.Option("--checkpoint-every", help="Save a resumable checkpoint every N "
+                                                                          "training steps.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the Python traceback on errors.")]
+NprocOpt = Annotated[int, typer.Option(
+    "--nproc", help="Train in N processes on this machine (one per GPU on cuda, gloo on CPUs), as `torchrun "
+                    "--nproc-per-node N -m compress1img ...` does: distill, prune, quantize, compress, demo. "
+                    "--batch-size is per process.")]
+
+ModelArg = Annotated[str, typer.Argument(help="The pretrained model: weights file (+ --arch), compress1img model.pt, "
+                                              "TorchScript / torch.export file, or a model name.")]
+SparsityOpt = Annotated[float, typer.Option(
+    "--sparsity", help="Fraction of the model's PARAMETERS to remove, between 0 and 1 (of its MACs with "
+                       "--target macs); met within 1 point and reported exactly.")]
+TargetOpt = Annotated[str, typer.Option("--target", help="What --sparsity counts: params or macs.")]
+ModeOpt = Annotated[str, typer.Option(
+    "--mode", help="structured: remove whole channels (smaller, faster model); unstructured: zero single weights "
+                   "(the paper's setting; no speed-up in dense runtimes).")]
+ImportanceOpt = Annotated[str, typer.Option(
+    "--importance", help="Which channels go: l2 (weight magnitude), taylor (gradient x weight of the "
+                         "distillation loss on patches), bn (BatchNorm scale).")]
+AllocationOpt = Annotated[str, typer.Option(
+    "--allocation", help="uniform: every layer loses the same share; global: one ranking across layers; auto: "
+                         "uniform when it meets the budget, else global.")]
+ChannelsOpt = Annotated[str, typer.Option(
+    "--channels", help="internal: prune only channels inside residual blocks, keeping the residual streams (far "
+                       "less damage); all: prune the streams too (more speed per parameter removed); auto: internal "
+                       "where it meets the budget, else all.")]
+RoundToOpt = Annotated[Optional[int], typer.Option(
+    "--round-to", help="Keep channel counts multiples of N (ragged counts run slower). Default: 8 where the "
+                       "budget can be met with it, else 4, 2, 1.")]
+IterationsOpt = Annotated[int, typer.Option(
+    "--iterations", help="Prune in K steps, healing after each (the --steps budget is split between them).")]
+IgnoreOpt = Annotated[Optional[list[str]], typer.Option(
+    "--ignore", help="Layer name (as in model.named_modules()) never to prune, repeatable. The stem and the "
+                     "classifier are always protected.")]
+DropBlocksOpt = Annotated[int, typer.Option(
+    "--drop-blocks", help="Also remove N whole residual blocks, chosen on patches as those whose removal changes "
+                          "the model's outputs least; channel pruning removes the rest of --sparsity. Fewer layers "
+                          "run faster than narrower ones (see docs/benchmarks.md).")]
+ReconstructOpt = Annotated[Optional[int], typer.Option(
+    "--reconstruct-patches", help="After each cut, refit by least squares every layer that lost input channels "
+                                  "but kept its outputs, so that it reproduces the original's outputs on N patches (healing ends "
+                                  "no better for it: docs/benchmarks.md, \"Against the targets\"). 0: no refit. "
+                                  "Default: with --no-heal 1024 for inputs "
+                                  "up to 64 px, 256 above; else 0.")]
+NoHealOpt = Annotated[bool, typer.Option("--no-heal", help="Only prune: no distillation afterwards.")]
+FreezeBnOpt = Annotated[bool, typer.Option(
+    "--freeze-bn-stats", help="Keep the model's BatchNorm running statistics while healing instead of "
+                              "re-estimating them on patches (measured worse after pruning: see docs).")]
+EvalEveryOpt = Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement every N training "
+                                                                "steps.")]
+Int8Opt = Annotated[bool, typer.Option(
+    "--int8/--no-int8", help="Quantize to int8: int8 per-channel weights, uint8 per-tensor activations, the "
+                             "layout ONNX Runtime runs fastest on CPU (the only precision offered).")]
+MethodOpt = Annotated[str, typer.Option(
+    "--method", help="qat: quantization-aware training, the fake-quantized copy is distilled from the original on "
+                     "patches; ptq: ONNX Runtime static quantization calibrated on patches, no training (faster, "
+                     "less accurate; also for models torch.export cannot capture).")]
+CalibrationOpt = Annotated[int, typer.Option(
+    "--calibration-size", help="Patches that calibrate the activation ranges, before training (qat) or "
+                               "instead of it (ptq).")]
+QatStepsOpt = Annotated[int, typer.Option("--qat-steps", help="Quantization-aware training steps.")]
+QAT_LR_HELP = ("Learning rate of quantization-aware training (it starts from a trained model: keep it small; "
+               "docs/benchmarks.md, \"Int8: quantizing the ResNet-56\").")
+QatLrOpt = Annotated[float, typer.Option("--qat-lr", help=QAT_LR_HELP)]
+
+
+
+def load(model: str, arch: str | None, trust_model: bool, input_size: int | None, mean: str | None,
+         std: str | None):
+    from ..models import load_model
+
+    return load_model(model, arch, trust_model=trust_model, input_size=input_size, mean=floats(mean, "--mean"),
+                      std=floats(std, "--std"))
+
+
+def read_lines(path: Path, option: str) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {option} {path}: {getattr(e, 'strerror', None) or e}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"{option} takes three comma-separated numbers like 0.485,0.456,0.406 (got {text!r})") \
+            from None

@@ -1,0 +1,200 @@
+"""The run context: what every stage of a command works from, set up once before any stage runs.
+
+A command (api.py) opens a `RunContext` (the teacher, the patch source and its held-out
+patches, the labelled data, the output and work folders, the run settings), hands it to
+its stages (stages.py), and assembles the report from what they return. Nothing here
+imports the stages or the API above it.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed
+from .config import RunConfig
+from .data import EvalData, check_num_classes, load_eval_data
+from .devices import resolve_device
+from .errors import InputError, first_line
+from .evaluate import predict, top1
+from .images import describe_image, source_picture
+from .models import LoadedModel, load_model
+from .models.registry import IMAGENET_MEAN, IMAGENET_STD
+from .outputs import WORK_DIR, prepare_out_dir, remove_if_empty, write_report
+from .patches import PatchArray, PatchConfig, PatchGenerator
+from .training import PatchSource, accuracy_fn
+
+log = logging.getLogger("compress1img")
+
+# The held-out patches come from the same image under a seed training never uses.
+HOLDOUT_SEED_OFFSET = 1_000_003
+# During training, labelled accuracy is tracked on a strided slice this big (the full set at the end).
+TRACKING_EVAL_SIZE = 1000
+
+ModelLike = LoadedModel | nn.Module | str | Path
+
+
+def as_model(model: ModelLike, arch: str | None = None, trust_model: bool = False) -> LoadedModel:
+    """A LoadedModel from a LoadedModel, a path or name (models.load_model), or an nn.Module.
+
+    An nn.Module must declare its input as attributes: `input_size` (3, H, W) and, unless it
+    takes ImageNet-normalised input, `mean` and `std` (timm models' `pretrained_cfg` counts),
+    or come wrapped in a LoadedModel.
+    """
+    if isinstance(model, LoadedModel):
+        return model
+    if not isinstance(model, nn.Module):
+        return load_model(model, arch, trust_model=trust_model)
+    declared = dict(getattr(model, "pretrained_cfg", None) or {})
+    for name in ("input_size", "mean", "std"):
+        if getattr(model, name, None) is not None:
+            declared[name] = getattr(model, name)
+    name = type(model).__name__
+    size = tuple(declared.get("input_size") or ())
+    if len(size) != 3:
+        raise InputError(f"{name} does not declare its input size: set `{name.lower()}.input_size = (3, H, W)` "
+                         f"(and .mean, .std) on the module, or pass a compress1img LoadedModel")
+    if declared.get("mean") is None or declared.get("std") is None:
+        log.warning("%s declares no mean/std: assuming the ImageNet normalisation", name)
+    module = model.eval()
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(2, *size))
+    except Exception as e:
+        raise InputError(f"{name} does not accept its declared {'x'.join(map(str, size))} input: "
+                         f"{first_line(e)}") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise InputError(f"{name} returns {type(out).__name__} for a batch of images, not (batch, classes) logits")
+    return LoadedModel(module=module, arch=None, input_size=size, mean=tuple(declared.get("mean") or IMAGENET_MEAN),
+                       std=tuple(declared.get("std") or IMAGENET_STD), num_classes=int(out.shape[1]),
+                       source=f"{name} (nn.Module)")
+
+
+def load_labelled(eval_data: str | Path | EvalData | None, model: LoadedModel) -> EvalData | None:
+    if eval_data is None or isinstance(eval_data, EvalData):
+        return eval_data
+    data = load_eval_data(eval_data, image_size=model.input_size[-1])
+    check_num_classes(data, model.num_classes)
+    return data
+
+
+def tracking_accuracy(labelled: EvalData, model: LoadedModel, device: torch.device):
+    """An `eval_fn` giving top-1 on a strided ~1,000-image slice: cheap enough to run during training."""
+    stride = max(1, len(labelled.labels) // TRACKING_EVAL_SIZE)
+    return accuracy_fn(labelled.images[::stride], labelled.labels[::stride], model.mean, model.std, device)
+
+
+def patch_source(image: str | Path | None, patch_size: int, seed: int, holdout_size: int,
+                 patches_file: str | Path | None = None,
+                 device: str | torch.device = "cpu") -> tuple[PatchSource, torch.Tensor]:
+    """(training patches, held-out patches) from an image, or from a pre-made `.npy` patch file.
+
+    Training batches come out on `device`: on a GPU the image pyramid lives there and every
+    batch is generated there, with no per-patch work on the CPU. Held-out patches are on the CPU.
+    """
+    if patches_file is not None:
+        return _patch_file(Path(patches_file), patch_size, seed, holdout_size, device)
+    picture = source_picture(image, patch_size, seed)
+    config = PatchConfig(size=patch_size)
+    holdout = PatchGenerator(picture, config, seed=seed + HOLDOUT_SEED_OFFSET, device=device).batch(holdout_size, 0)
+    return PatchGenerator(picture, config, seed=seed, device=device), holdout.cpu()
+
+
+def _patch_file(path: Path, patch_size: int, seed: int, holdout_size: int, device) -> tuple[PatchArray, torch.Tensor]:
+    if not path.is_file():
+        raise InputError(f"patch file not found: {path}")
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as e:
+        raise InputError(f"cannot read patch file {path}: {e}") from None
+    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise InputError(f"patch file {path} must hold uint8 (N, S, S, 3) patches, not {array.dtype} {array.shape}")
+    if array.shape[1] != patch_size:
+        raise InputError(f"patch file {path} has {array.shape[1]} px patches, the teacher expects {patch_size} px")
+    if len(array) <= holdout_size:
+        raise InputError(f"patch file {path} has {len(array)} patches: need more than the {holdout_size} held out")
+    # The last patches are held out and never trained on.
+    holdout = torch.from_numpy(np.array(array[-holdout_size:])).permute(0, 3, 1, 2).float() / 255
+    return PatchArray(np.asarray(array[:-holdout_size]), seed=seed, device=device), holdout
+
+
+@dataclass
+class RunContext:
+    """Everything the stages of one command share; made by `open_run`."""
+
+    teacher: LoadedModel
+    run: RunConfig
+    device: torch.device
+    source: PatchSource
+    holdout: torch.Tensor  # float NCHW in [0, 1], on the CPU, never trained on
+    teacher_holdout: torch.Tensor  # the teacher's logits on them
+    labelled: EvalData | None
+    image: str | None  # what the report says the patches came from
+    out_dir: Path | None
+    patches_file: Path | None = None  # the pre-made patches the source reads, if any
+    eval_fn: Callable[[nn.Module], dict] | None = None
+    _teacher_labelled: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def work_dir(self) -> Path | None:
+        """Where stages keep what --resume needs; removed when the run has written its results."""
+        return self.out_dir / WORK_DIR if self.out_dir is not None else None
+
+    def stage_dir(self, name: str) -> Path | None:
+        return self.work_dir / name if self.work_dir is not None else None
+
+    def predict(self, model, images: torch.Tensor) -> torch.Tensor:
+        """Logits of `model` (a module or an ONNX runner) on [0, 1] images, in the teacher's normalisation."""
+        return predict(model, images, self.teacher.mean, self.teacher.std)
+
+    def teacher_labelled_logits(self) -> torch.Tensor:
+        if self._teacher_labelled is None:
+            self._teacher_labelled = self.predict(self.teacher.module, self.labelled.images)
+        return self._teacher_labelled
+
+    def labelled_top1(self, model) -> float:
+        return top1(self.predict(model, self.labelled.images), self.labelled.labels)
+
+    def student_copy(self) -> LoadedModel:
+        """A copy of the teacher for a stage to change."""
+        return dataclasses.replace(self.teacher, module=copy.deepcopy(self.teacher.module))
+
+    def run_for_stage(self, **changes) -> RunConfig:
+        return dataclasses.replace(self.run, **changes)
+
+    def abandon(self) -> None:
+        """After a failure: leave no empty output folder behind."""
+        if self.out_dir is not None:
+            remove_if_empty(self.out_dir)
+
+    def write_report(self, report: dict, title: str) -> None:
+        """The report goes last: once it is there, the run is complete and its work folder can go."""
+        if self.out_dir is not None:
+            write_report(self.out_dir, report, title)
+            shutil.rmtree(self.out_dir / WORK_DIR, ignore_errors=True)
+
+
+def open_run(model: ModelLike, image: str | Path | None, run: RunConfig, *,
+             eval_data: str | Path | EvalData | None = None, patches_file: str | Path | None = None,
+             arch: str | None = None, trust_model: bool = False) -> RunContext:
+    """Check and load every input of a run, then create its output folder: bad input fails before any work."""
+    device = resolve_device(run.device)
+    distributed.init(device)  # under torchrun: decisions are shared between processes from here on
+    teacher = as_model(model, arch, trust_model)
+    labelled = load_labelled(eval_data, teacher)
+    source, holdout = patch_source(image, teacher.input_size[-1], run.seed, run.holdout_size, patches_file, device)
+    out_dir = prepare_out_dir(run.out, overwrite=run.overwrite, resume=run.resume) if run.out is not None else None
+    eval_fn = tracking_accuracy(labelled, teacher, device) if labelled is not None else None
+    return RunContext(teacher=teacher, run=run, device=device, source=source, holdout=holdout,
+                      teacher_holdout=predict(teacher.module, holdout, teacher.mean, teacher.std),
+                      labelled=labelled, image=describe_image(image) if patches_file is None else None,
+                      out_dir=out_dir, patches_file=Path(patches_file) if patches_file is not None else None,
+                      eval_fn=eval_fn)
