@@ -22,6 +22,7 @@ from compress1img.evaluate import predict, top1
 from compress1img.pruning import (PruneConfig, _pruner, count, make_prunable, protected_layers, prune_to_budget,
                                   residual_layers)
 from compress1img.training import DistillConfig, run_distillation
+from paths import ANIMALS, R56
 
 fade_steps, heal_steps = int(sys.argv[1]), int(sys.argv[2])
 options = dict(arg.split("=", 1) for arg in sys.argv[3:])
@@ -29,10 +30,10 @@ eval_data = options.get("eval_data", "/tmp/slice1k.npz")
 fade_until = float(options.get("fade_until", 0.8))
 started = time.time()
 
-teacher = as_model("../shared/data/weights/cifar10_resnet56_akamaster.th", "cifar_resnet56", False)
+teacher = as_model(str(R56), "cifar_resnet56", False)
 heal = DistillConfig(steps=max(heal_steps, 1), eval_every=250)
 labelled = load_labelled(eval_data, teacher)
-source, holdout = patch_source("../shared/data/images/animals.jpg", 32, heal.seed, heal.holdout_size,
+source, holdout = patch_source(str(ANIMALS), 32, heal.seed, heal.holdout_size,
                                device=torch.device("cpu"))
 eval_fn = tracking_accuracy(labelled, teacher, torch.device("cpu"))
 student = copy.deepcopy(teacher.module).requires_grad_(True)

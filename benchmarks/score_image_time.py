@@ -7,9 +7,10 @@ import time
 
 from compress1img import create_model_from_name, load_model, score_images
 from compress1img.models import LoadedModel
+from paths import R56
 
 images = ["china", "coffee", "hubble"]
-r56 = load_model("../shared/data/weights/cifar10_resnet56_akamaster.th", "cifar_resnet56")
+r56 = load_model(R56, "cifar_resnet56")
 module, cfg = create_model_from_name("tv:resnet50", pretrained=False)
 r50 = LoadedModel(module.eval(), cfg["arch"], cfg["input_size"], cfg["mean"], cfg["std"], cfg["num_classes"])
 for name, teacher in (("cifar_resnet56, 32 px", r56), ("tv:resnet50 (random weights), 224 px", r50)):
