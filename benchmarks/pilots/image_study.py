@@ -1,7 +1,7 @@
 """Does `score-image` predict which image heals a pruned model best? The study behind docs/choosing-an-image.md.
 
-    python benchmarks/image_study.py                 # every image: heal (cached), score, table
-    python benchmarks/image_study.py --only heal     # just the healing runs
+    python benchmarks/pilots/image_study.py                 # every image: heal (cached), score, table
+    python benchmarks/pilots/image_study.py --only heal     # just the healing runs
 
 For each source image, the real ResNet-56 is pruned to 50% of its parameters (the
 default structured cut, the same for every image) and healed for the same short
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +23,10 @@ import numpy as np
 
 from compress1img import DistillConfig, PruneConfig, load_model, prune
 from compress1img.data import load_eval_data
-from paths import ANIMALS, ANIMALS_SMALL, ASTRONAUT, BRIDGE, CHELSEA, CHINA, CIFAR_TEST, CITY, COFFEE, HUBBLE, R56
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: for paths.py
+from paths import (ANIMALS, ANIMALS_SMALL, ASTRONAUT, BRIDGE, CHELSEA, CHINA, CIFAR_TEST, CITY, COFFEE,  # noqa: E402
+                   HUBBLE, R56)
 
 # Dense to sparse, then noise (the paper's control). The paper's own images (city,
 # animals, bridge) carry no licence: read from the data folder only, never copied here.

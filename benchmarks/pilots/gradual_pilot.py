@@ -1,6 +1,6 @@
 """Pilot: fade the channels a cut would remove out *while* distilling, then cut (exactly) and heal.
 
-Usage: python benchmarks/gradual_pilot.py FADE_STEPS HEAL_STEPS [eval_data=PATH] [fade_until=0.8]
+Usage: python benchmarks/pilots/gradual_pilot.py FADE_STEPS HEAL_STEPS [eval_data=PATH] [fade_until=0.8]
 The ResNet-56 at 50% of parameters, the default layout (same solver, same L2 ranking as
 `compress1img prune`). The channels the cut would remove are found first; their inputs to the
 layers that read them are scaled by s, which falls linearly from 1 to 0 over the first
@@ -13,6 +13,7 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch_pruning as tp
@@ -22,7 +23,8 @@ from compress1img.evaluate import predict, top1
 from compress1img.pruning import (PruneConfig, _pruner, count, make_prunable, protected_layers, prune_to_budget,
                                   residual_layers)
 from compress1img.training import DistillConfig, run_distillation
-from paths import ANIMALS, R56
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: for paths.py
+from paths import ANIMALS, R56  # noqa: E402
 
 fade_steps, heal_steps = int(sys.argv[1]), int(sys.argv[2])
 options = dict(arg.split("=", 1) for arg in sys.argv[3:])

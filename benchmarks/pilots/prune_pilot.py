@@ -1,6 +1,6 @@
 """Short pilots of healing variants for the ResNet-56 at 50% (1,000-image test slice): what was tried.
 
-Usage: python benchmarks/prune_pilot.py VARIANT STEPS [NAME=VALUE ...] >> benchmarks/results/prune_pilot.jsonl
+Usage: python benchmarks/pilots/prune_pilot.py VARIANT STEPS [NAME=VALUE ...] >> benchmarks/results/prune_pilot.jsonl
   VARIANT: base | taylor | iterK (K pruning iterations) | feat (base plus the experiment below)
   NAME=VALUE: a DistillConfig field for the healing (lr=0.0003, temperature=4, freeze_bn_stats=1, ...), a
            PruneConfig field (reconstruct_patches=2048), feature_weight (for feat, default 1), or
@@ -18,6 +18,7 @@ import functools
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,8 @@ import compress1img.training as training
 from compress1img.patches import PatchConfig
 from compress1img.pruning import PruneConfig
 from compress1img.training import DistillConfig
-from paths import ANIMALS, R56
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: for paths.py
+from paths import ANIMALS, R56  # noqa: E402
 
 variant, steps = sys.argv[1], int(sys.argv[2])
 options = dict(arg.split("=", 1) for arg in sys.argv[3:])
