@@ -1,7 +1,8 @@
 """Distillation step time on the CPU: float32 vs channels_last vs bf16 autocast, in one run.
 
-    python benchmarks/amp_step_time.py --teacher ../shared/data/weights/cifar10_resnet56_akamaster.th \
+    python benchmarks/amp_step_time.py --teacher $DATA/weights/cifar10_resnet56_akamaster.th \
         --arch cifar_resnet56 --student benchmarks/results/prune-p50/model.pt
+    ($DATA: the data folder of benchmarks/paths.py; `source benchmarks/paths.sh` sets it in bash)
 
 One training step as `run_distillation` takes it (teacher forward, student forward and
 backward, KL loss, AdamW step) on random inputs, batch 128; the four settings alternate

@@ -1,10 +1,11 @@
 """Training images/s in 1 and N processes, and what generating patches costs, in one run.
 
     # CPU (all cores, split between the processes of each configuration):
-    python benchmarks/ddp_throughput.py --image ../shared/data/images/animals.jpg
+    python benchmarks/ddp_throughput.py --image $DATA/images/animals.jpg
     # GPU, the paper's ImageNet setting (random weights: throughput only, no downloads):
     python benchmarks/ddp_throughput.py --teacher tv:resnet18 --student tv:resnet50 --device cuda \
-        --image ../shared/data/images/animals.jpg
+        --image $DATA/images/animals.jpg
+    ($DATA: the data folder of benchmarks/paths.py; `source benchmarks/paths.sh` sets it in bash)
 
 Configurations, each run in fresh processes (plain python for one, torchrun for N) and
 alternated block by block so that machine noise hits them alike; the fastest block of each

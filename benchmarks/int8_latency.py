@@ -22,15 +22,13 @@ from compress1img.latency import compare_latency
 from compress1img.models import create_model_from_name, load_model
 from compress1img.quantization import (calibrate, convert, int8_coverage, int8_onnx_bytes, prepare_qat,
                                        ptq_onnx_bytes, runtime_ops)
-
-WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "weights"
+from paths import R56
 
 
 def models():
     yield "cifar_resnet20 (32 px)", bundled_teacher().module, (3, 32, 32)
-    r56 = WEIGHTS / "cifar10_resnet56_akamaster.th"
-    if r56.exists():
-        yield "cifar_resnet56 (32 px)", load_model(r56, "cifar_resnet56").module, (3, 32, 32)
+    if R56.exists():
+        yield "cifar_resnet56 (32 px)", load_model(R56, "cifar_resnet56").module, (3, 32, 32)
     for name in ("tv:resnet18", "tv:mobilenet_v3_large", "timm:efficientnet_b0"):
         torch.manual_seed(0)
         module, _ = create_model_from_name(name, num_classes=1000)
@@ -38,7 +36,7 @@ def models():
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/int8_latency.json")
     args = parser.parse_args()

@@ -81,7 +81,7 @@ def kernel_time_shares(onnx_bytes: bytes, size: tuple, threads: int, runs: int =
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="timm:efficientnet_b0")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true")

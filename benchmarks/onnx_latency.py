@@ -14,7 +14,7 @@ from compress1img.models import load_model
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dense", required=True, help="the original model (weights file)")
     parser.add_argument("--arch", default=None)
     parser.add_argument("--threads", type=int, default=2)

@@ -7,13 +7,13 @@
 #         p50-12k and p50-drop6-12k (8x STEPS)
 # Results in benchmarks/results/prune-ROW/ (report.json, report.md); docs/benchmarks.md quotes them.
 set -euo pipefail
-DATA=${DATA:-../shared/data}
+source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"  # DATA, R56, CIFAR_TEST, ANIMALS
 STEPS=${STEPS:-1500}
 OUT=benchmarks/results
 mkdir -p "$OUT"
-common=("$DATA/weights/cifar10_resnet56_akamaster.th" --arch cifar_resnet56 --eval-data "$DATA/cifar10_test_jpeg75.npz"
+common=("$R56" --arch cifar_resnet56 --eval-data "$CIFAR_TEST"
         --steps "$STEPS" --eval-every 250 --overwrite)
-animals="$DATA/images/animals.jpg"
+animals=$ANIMALS
 run() {  # name, options...
     local name=$1; shift
     compress1img prune "${common[@]}" --out "$OUT/prune-$name" "$@" 2> "$OUT/prune-$name.log"

@@ -6,11 +6,11 @@
 #   chain-6k-qat, chain-drop6-6k-qat, chain-12k-qat: the same for `prune_r56.sh p50-6k` / `p50-drop6-6k` / `p50-12k`
 # Results in benchmarks/results/quantize-ROW/ (report.json, report.md); docs/benchmarks.md quotes them.
 set -euo pipefail
-DATA=${DATA:-../shared/data}
+source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"  # DATA, R56, CIFAR_TEST, ANIMALS
 OUT=benchmarks/results
 mkdir -p "$OUT"
-r56=("$DATA/weights/cifar10_resnet56_akamaster.th" --arch cifar_resnet56)
-common=(--eval-data "$DATA/cifar10_test_jpeg75.npz" --image "$DATA/images/animals.jpg" --eval-every 100 --overwrite)
+r56=("$R56" --arch cifar_resnet56)
+common=(--eval-data "$CIFAR_TEST" --image "$ANIMALS" --eval-every 100 --overwrite)
 run() {  # name, options...
     local name=$1; shift
     compress1img quantize "$@" "${common[@]}" --out "$OUT/quantize-$name" 2> "$OUT/quantize-$name.log"

@@ -4,8 +4,8 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 # Step time of the 2-core machine for ResNet-56 teacher -> ResNet-20 student at batch 128 is taken
@@ -60,7 +60,9 @@ def quantize_rows(reports: list[tuple[str, dict]]) -> list[str]:
 
 
 def main() -> None:
-    paths = [Path(p) for p in sys.argv[1:]]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="*", type=Path, help="run folders (each with a report.json)")
+    paths = parser.parse_args().runs
     throughput = Path("benchmarks/results/throughput.json")
     step_seconds = None
     if throughput.exists():

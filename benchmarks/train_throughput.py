@@ -1,7 +1,8 @@
 """Does training wait for patches? Step time with on-the-fly patches vs pre-made tensors, in one run.
 
-    python benchmarks/train_throughput.py --teacher ../shared/data/weights/cifar10_resnet56_akamaster.th \
-        --arch cifar_resnet56 --student cifar_resnet20 --image ../shared/data/images/animals.jpg
+    python benchmarks/train_throughput.py --teacher $DATA/weights/cifar10_resnet56_akamaster.th \
+        --arch cifar_resnet56 --student cifar_resnet20 --image $DATA/images/animals.jpg
+    ($DATA: the data folder of benchmarks/paths.py; `source benchmarks/paths.sh` sets it in bash)
 
 Prints patches/s of the generator alone, then alternates blocks of training steps fed
 by the generator and by a pre-generated array (same models, same step code), so that

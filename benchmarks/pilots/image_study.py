@@ -1,7 +1,7 @@
 """Does `score-image` predict which image heals a pruned model best? The study behind docs/choosing-an-image.md.
 
-    python benchmarks/image_study.py                 # every image: heal (cached), score, table
-    python benchmarks/image_study.py --only heal     # just the healing runs
+    python benchmarks/pilots/image_study.py                 # every image: heal (cached), score, table
+    python benchmarks/pilots/image_study.py --only heal     # just the healing runs
 
 For each source image, the real ResNet-56 is pruned to 50% of its parameters (the
 default structured cut, the same for every image) and healed for the same short
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -23,27 +24,30 @@ import numpy as np
 from compress1img import DistillConfig, PruneConfig, load_model, prune
 from compress1img.data import load_eval_data
 
-DATA = Path("../shared/data")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: for paths.py
+from paths import (ANIMALS, ANIMALS_SMALL, ASTRONAUT, BRIDGE, CHELSEA, CHINA, CIFAR_TEST, CITY, COFFEE,  # noqa: E402
+                   HUBBLE, R56)
+
 # Dense to sparse, then noise (the paper's control). The paper's own images (city,
-# animals, bridge) carry no licence: read from ../shared only, never copied here.
+# animals, bridge) carry no licence: read from the data folder only, never copied here.
 IMAGES = {
-    "animals": DATA / "images/animals.jpg",
-    "city": DATA / "images/city.jpg",
-    "bridge": DATA / "images/bridge.png",
-    "hubble": DATA / "images/hubble_deep_field.jpg",
+    "animals": ANIMALS,
+    "city": CITY,
+    "bridge": BRIDGE,
+    "hubble": HUBBLE,
     "noise": "noise",
-    "china": DATA / "images/china.jpg",
-    "astronaut": DATA / "images/astronaut.png",
-    "coffee": DATA / "images/coffee.png",
-    "chelsea": DATA / "images/chelsea.png",
-    "animals_small": DATA / "images/animals_small.png",
+    "china": CHINA,
+    "astronaut": ASTRONAUT,
+    "coffee": COFFEE,
+    "chelsea": CHELSEA,
+    "animals_small": ANIMALS_SMALL,
 }
 OUT = Path("benchmarks/results/image-study")
 
 
 def heal_rows(names: list[str], steps: int, seed: int) -> dict[str, dict]:
-    teacher = load_model(DATA / "weights/cifar10_resnet56_akamaster.th", "cifar_resnet56")
-    test = load_eval_data(DATA / "cifar10_test_jpeg75.npz", image_size=32)
+    teacher = load_model(R56, "cifar_resnet56")
+    test = load_eval_data(CIFAR_TEST, image_size=32)
     rows = {}
     for name in names:
         path = OUT / f"{name}-s{seed}.json"
@@ -94,7 +98,7 @@ def main() -> None:
         return
     from compress1img.scoring import score_images
 
-    teacher = load_model(DATA / "weights/cifar10_resnet56_akamaster.th", "cifar_resnet56")
+    teacher = load_model(R56, "cifar_resnet56")
     scores = score_images([str(IMAGES[name]) for name in args.images], teacher)
     for name, score in zip(args.images, scores):
         rows.setdefault(name, {"image": name})["score"] = score

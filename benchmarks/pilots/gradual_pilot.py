@@ -1,6 +1,6 @@
 """Pilot: fade the channels a cut would remove out *while* distilling, then cut (exactly) and heal.
 
-Usage: python benchmarks/gradual_pilot.py FADE_STEPS HEAL_STEPS [eval_data=PATH] [fade_until=0.8]
+Usage: python benchmarks/pilots/gradual_pilot.py FADE_STEPS HEAL_STEPS [eval_data=PATH] [fade_until=0.8]
 The ResNet-56 at 50% of parameters, the default layout (same solver, same L2 ranking as
 `compress1img prune`). The channels the cut would remove are found first; their inputs to the
 layers that read them are scaled by s, which falls linearly from 1 to 0 over the first
@@ -13,6 +13,7 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch_pruning as tp
@@ -22,6 +23,8 @@ from compress1img.evaluate import predict, top1
 from compress1img.pruning import (PruneConfig, _pruner, count, make_prunable, protected_layers, prune_to_budget,
                                   residual_layers)
 from compress1img.training import DistillConfig, run_distillation
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: for paths.py
+from paths import ANIMALS, R56  # noqa: E402
 
 fade_steps, heal_steps = int(sys.argv[1]), int(sys.argv[2])
 options = dict(arg.split("=", 1) for arg in sys.argv[3:])
@@ -29,10 +32,10 @@ eval_data = options.get("eval_data", "/tmp/slice1k.npz")
 fade_until = float(options.get("fade_until", 0.8))
 started = time.time()
 
-teacher = as_model("../shared/data/weights/cifar10_resnet56_akamaster.th", "cifar_resnet56", False)
+teacher = as_model(str(R56), "cifar_resnet56", False)
 heal = DistillConfig(steps=max(heal_steps, 1), eval_every=250)
 labelled = load_labelled(eval_data, teacher)
-source, holdout = patch_source("../shared/data/images/animals.jpg", 32, heal.seed, heal.holdout_size,
+source, holdout = patch_source(str(ANIMALS), 32, heal.seed, heal.holdout_size,
                                device=torch.device("cpu"))
 eval_fn = tracking_accuracy(labelled, teacher, torch.device("cpu"))
 student = copy.deepcopy(teacher.module).requires_grad_(True)

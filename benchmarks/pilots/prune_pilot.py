@@ -1,11 +1,11 @@
 """Short pilots of healing variants for the ResNet-56 at 50% (1,000-image test slice): what was tried.
 
-Usage: python benchmarks/prune_pilot.py VARIANT STEPS [NAME=VALUE ...] >> benchmarks/results/prune_pilot.jsonl
+Usage: python benchmarks/pilots/prune_pilot.py VARIANT STEPS [NAME=VALUE ...] >> benchmarks/results/prune_pilot.jsonl
   VARIANT: base | taylor | iterK (K pruning iterations) | feat (base plus the experiment below)
   NAME=VALUE: a DistillConfig field for the healing (lr=0.0003, temperature=4, freeze_bn_stats=1, ...), a
            PruneConfig field (reconstruct_patches=2048), feature_weight (for feat, default 1), or
            eval_data (default /tmp/slice1k.npz; the full test file for the final figure on 10,000 images),
-           image (default ../shared/data/images/animals.jpg), patch_scale (the smallest crop's share of the
+           image (default paths.ANIMALS: animals.jpg of the data folder), patch_scale (the smallest crop's share of the
            area, default 0.002 as in the paper)
 The slice: every 10th image of cifar10_test_jpeg75.npz, written to /tmp/slice1k.npz (see docs/benchmarks.md).
 
@@ -18,6 +18,7 @@ import functools
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,12 +30,14 @@ import compress1img.training as training
 from compress1img.patches import PatchConfig
 from compress1img.pruning import PruneConfig
 from compress1img.training import DistillConfig
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: for paths.py
+from paths import ANIMALS, R56  # noqa: E402
 
 variant, steps = sys.argv[1], int(sys.argv[2])
 options = dict(arg.split("=", 1) for arg in sys.argv[3:])
 feature_weight = float(options.pop("feature_weight", 1.0))
 eval_data = options.pop("eval_data", "/tmp/slice1k.npz")
-image = options.pop("image", "../shared/data/images/animals.jpg")
+image = options.pop("image", str(ANIMALS))
 patch_scale = float(options.pop("patch_scale", PatchConfig.scale[0]))
 # Every PatchConfig the package makes from here on crops at least this share of the area.
 api.PatchConfig = functools.partial(PatchConfig, scale=(patch_scale, 1.0))
@@ -83,7 +86,7 @@ if variant == "feat":
     compression.run_distillation, training.distillation_loss = with_feature_hooks, with_feature_loss
 
 started = time.time()
-report = compression.prune("../shared/data/weights/cifar10_resnet56_akamaster.th", image,
+report = compression.prune(str(R56), image,
                            arch="cifar_resnet56", config=config, heal=heal,
                            eval_data=eval_data, progress=False, measure_latency=False)
 print(json.dumps({"variant": variant, "feature_weight": feature_weight if variant == "feat" else 0.0, "steps": steps,
