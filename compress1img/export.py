@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import Compress1imgError
+from .errors import Compress1imgError, first_line
 
 # Float models match PyTorch to ~1e-5; the threshold leaves room for kernel differences only.
 FLOAT_PARITY_TOLERANCE = 1e-3
@@ -89,7 +89,7 @@ def write_verified_onnx(model, path: Path, reference: nn.Module, check_inputs: t
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
-        raise ExportError(f"the exported ONNX model failed the ONNX checker: {str(e).splitlines()[0]}") from None
+        raise ExportError(f"the exported ONNX model failed the ONNX checker: {first_line(e)}") from None
     data = model.SerializeToString()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: check_inputs.numpy().astype(np.float32)})[0]

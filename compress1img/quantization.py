@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.fx import GraphModule, Node
 
-from .errors import Compress1imgError, InputError
+from .errors import Compress1imgError, InputError, first_line
 from .models.loading import ignore_mode_switches
 
 # Importing torchao makes torch log a deprecation warning meant for torchao's developers.
@@ -182,12 +182,6 @@ def _quantizer():
     return U8S8Quantizer()
 
 
-def _why(error: Exception) -> str:
-    """The exception type and its first line: library errors can run to pages."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-
-
 def _batch_dim():
     return torch.export.Dim("batch", min=1, max=65536)
 
@@ -202,7 +196,7 @@ def capture(module: nn.Module, input_size: Sequence[int]) -> GraphModule:
             program = torch.export.export(module.cpu().train(), (example,), dynamic_shapes=({0: _batch_dim()},))
     except Exception as e:
         raise QuantizationError(f"torch.export cannot capture this model for quantization-aware training "
-                                f"({_why(e)}); use --method ptq, which quantizes the "
+                                f"({first_line(e, with_type=True)}); use --method ptq, which quantizes the "
                                 f"exported ONNX model instead") from None
     finally:
         module.train(was_training)
@@ -224,7 +218,7 @@ def prepare_qat(module: nn.Module, input_size: Sequence[int]) -> GraphModule:
     try:
         prepared = prepare_qat_pt2e(graph, _quantizer())
     except Exception as e:
-        raise QuantizationError(f"torchao could not insert fake quantization: {_why(e)}; "
+        raise QuantizationError(f"torchao could not insert fake quantization: {first_line(e, with_type=True)}; "
                                 f"use --method ptq") from None
     move_exported_model_to_eval(prepared)
     ignore_mode_switches(prepared)
@@ -280,7 +274,8 @@ def int8_onnx_bytes(converted: GraphModule, input_size: Sequence[int]) -> bytes:
                                         dynamic_shapes=({0: _batch_dim()},), opset_version=18)
             program.save(str(path), external_data=False)
         except Exception as e:
-            raise QuantizationError(f"the int8 model could not be exported to ONNX: {_why(e)}") from None
+            raise QuantizationError(f"the int8 model could not be exported to ONNX: "
+                                    f"{first_line(e, with_type=True)}") from None
         return spatial_means_as_pools(_without_debug_metadata(path.read_bytes()))
 
 
@@ -371,7 +366,8 @@ def ptq_onnx_bytes(float_onnx: bytes, calibration: torch.Tensor, *, keep_float: 
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(keep_float))
         except Exception as e:
-            raise QuantizationError(f"ONNX Runtime static quantization failed: {_why(e)}") from None
+            raise QuantizationError(f"ONNX Runtime static quantization failed: "
+                                    f"{first_line(e, with_type=True)}") from None
         return output.read_bytes()
 
 

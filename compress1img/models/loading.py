@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from .registry import (
     _REGISTRY,
     IMAGENET_MEAN,
@@ -184,7 +184,7 @@ def _create_timm(name: str, num_classes: int | None, pretrained: bool) -> tuple[
     except RuntimeError as e:
         if not pretrained:
             raise
-        raise InputError(f"could not get pretrained weights for timm:{name}: {_short(e)}") from None
+        raise InputError(f"could not get pretrained weights for timm:{name}: {first_line(e, limit=200)}") from None
     cfg = module.pretrained_cfg
     return module, {"arch": f"timm:{name}", "input_size": tuple(cfg["input_size"]), "mean": tuple(cfg["mean"]),
                     "std": tuple(cfg["std"]), "num_classes": module.num_classes}
@@ -206,7 +206,7 @@ def _create_torchvision(name: str, num_classes: int | None, pretrained: bool) ->
         raise InputError(f"could not get pretrained weights for tv:{name} (no network?): "
                          f"pass a weights file and --arch tv:{name}") from None
     except ValueError as e:  # e.g. pretrained weights with another num_classes
-        raise InputError(f"tv:{name}: {_short(e)}") from None
+        raise InputError(f"tv:{name}: {first_line(e, limit=200)}") from None
     # The weights' metadata is local and gives the right size (299 for inception_v3, not 224).
     weights = models.get_model_weights(name).DEFAULT
     preprocess = weights.transforms()
@@ -247,7 +247,7 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
                 warnings.simplefilter("ignore", FutureWarning)  # torch's deprecation notice is not for our users
                 module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
-            raise InputError(f"cannot load TorchScript file {path}: {_short(e)}") from None
+            raise InputError(f"cannot load TorchScript file {path}: {first_line(e, limit=200)}") from None
         return _program(module, path, "TorchScript model", arch, num_classes, input_size)
     if kind == "export":
         extra = {PROGRAM_METADATA: ""}
@@ -255,7 +255,7 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
             program = torch.export.load(str(path), extra_files=extra)
             module = program.module()
         except Exception as e:
-            raise InputError(f"cannot load torch.export file {path}: {_short(e)}") from None
+            raise InputError(f"cannot load torch.export file {path}: {first_line(e, limit=200)}") from None
         ignore_mode_switches(module)
         if extra[PROGRAM_METADATA]:
             return _from_program_metadata(module, path, json.loads(extra[PROGRAM_METADATA]))
@@ -314,11 +314,11 @@ def _torch_load(path: Path, trust_model: bool) -> Any:
     except (KeyError, EOFError, ValueError, IndexError):  # what garbage makes the unpickler raise
         raise InputError(f"{path} is not a PyTorch model file (cannot unpickle it)") from None
     except Exception as e:
-        raise InputError(f"{path} is not a PyTorch model file ({_short(e)})") from None
+        raise InputError(f"{path} is not a PyTorch model file ({first_line(e, limit=200)})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise InputError(f"cannot load {path} even with --trust-model: {_short(e)}") from None
+        raise InputError(f"cannot load {path} even with --trust-model: {first_line(e, limit=200)}") from None
 
 
 def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | nn.Module | None:
@@ -420,7 +420,7 @@ def _probe(module: nn.Module, input_size: tuple[int, int, int], name: str) -> in
         with torch.no_grad():
             out = module(torch.zeros(2, *input_size))
     except Exception as e:
-        raise InputError(f"model {name} does not accept {size} input: {_short(e)}") from None
+        raise InputError(f"model {name} does not accept {size} input: {first_line(e, limit=200)}") from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(f"model {name} returns {got} for a batch of 2 {size} images, not (2, classes) logits")
@@ -447,9 +447,3 @@ def _triple(value: Sequence[float], what: str) -> tuple[float, float, float]:
 
 def _shape(t: torch.Tensor) -> str:
     return "[" + ",".join(map(str, t.shape)) + "]"
-
-
-def _short(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    text = lines[0] if lines else type(e).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
