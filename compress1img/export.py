@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from .errors import Compress1imgError, first_line
+from .outputs import atomic_write
 
 # Float models match PyTorch to ~1e-5; the threshold leaves room for kernel differences only.
 FLOAT_PARITY_TOLERANCE = 1e-3
@@ -103,8 +103,5 @@ def write_verified_onnx(model, path: Path, reference: nn.Module, check_inputs: t
     if min_agreement is not None and not top1_agreement >= min_agreement:
         raise ExportError(f"ONNX Runtime agrees with PyTorch on top-1 for only {top1_agreement:.1f}% of the check "
                           f"inputs (required {min_agreement:g}%); {path} was not written")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(data))
     return ExportResult(path=path, max_abs_diff=max_abs_diff, top1_agreement=top1_agreement, size_bytes=len(data))

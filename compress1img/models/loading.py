@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, first_line
+from ..outputs import atomic_write
 from .registry import (
     _REGISTRY,
     IMAGENET_MEAN,
@@ -132,10 +133,7 @@ def save_model(loaded: LoadedModel, path: str | Path, extra: dict | None = None)
     if clash:
         raise ValueError(f"extra keys {clash} would overwrite the checkpoint's own")
     checkpoint.update(extra or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(checkpoint, partial)
-    os.replace(partial, path)  # an interrupted save never leaves a truncated model behind
+    atomic_write(path, lambda f: torch.save(checkpoint, f))  # an interrupted save never leaves a truncated model
 
 
 def save_program(loaded: LoadedModel, path: str | Path) -> None:
@@ -148,10 +146,7 @@ def save_program(loaded: LoadedModel, path: str | Path) -> None:
     metadata = {"format": FORMAT, "input_size": list(loaded.input_size), "mean": list(loaded.mean),
                 "std": list(loaded.std), "num_classes": loaded.num_classes,
                 "classes": None if loaded.classes is None else list(loaded.classes), "source": loaded.source}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # torch.export.save wants its suffix kept
-    torch.export.save(program, str(partial), extra_files={PROGRAM_METADATA: json.dumps(metadata)})
-    os.replace(partial, path)
+    atomic_write(path, lambda f: torch.export.save(program, f, extra_files={PROGRAM_METADATA: json.dumps(metadata)}))
 
 
 def ignore_mode_switches(graph: nn.Module) -> None:
