@@ -68,16 +68,13 @@ class OnnxModel:
 
     @classmethod
     def load(cls, path: str | Path, threads: int | None = None) -> "OnnxModel":
-        import onnxruntime as ort
+        from .runtime import ort_session
 
         path = Path(path)
         if not path.is_file():
             raise InputError(f"ONNX model not found: {path}")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = ort_session(path, threads=threads)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise InputError(f"cannot load ONNX model {path}: {first_line(e)}") from None
         meta = session.get_modelmeta().custom_metadata_map

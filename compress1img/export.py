@@ -84,14 +84,15 @@ def write_verified_onnx(model, path: Path, reference: nn.Module, check_inputs: t
                         tolerance: float | None, min_agreement: float | None = None) -> ExportResult:
     """Check `model` (an onnx.ModelProto) against `reference`, then write it atomically."""
     import onnx
-    import onnxruntime as ort
+
+    from .runtime import ort_session
 
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
         raise ExportError(f"the exported ONNX model failed the ONNX checker: {first_line(e)}") from None
     data = model.SerializeToString()
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    session = ort_session(data)
     got = session.run(None, {session.get_inputs()[0].name: check_inputs.numpy().astype(np.float32)})[0]
     with torch.no_grad():
         want = reference(check_inputs.float()).float().numpy()

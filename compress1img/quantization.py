@@ -25,6 +25,7 @@ import collections
 import contextlib
 import io
 import logging
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -386,13 +387,14 @@ def runtime_ops(onnx_bytes: bytes) -> dict[str, int]:
     import onnx
     import onnxruntime as ort
 
+    from .runtime import ort_session
+
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
+        optimized = Path(tmp) / "optimized.onnx"
         # EXTENDED applies the QDQ fusions but not the hardware-specific NCHWc layout.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-        graph = onnx.load(options.optimized_model_filepath).graph
+        ort_session(onnx_bytes, optimized_model_path=optimized,
+                    optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+        graph = onnx.load(optimized).graph
     return dict(collections.Counter(node.op_type for node in graph.node))
 
 
@@ -405,9 +407,9 @@ def int8_coverage(ops: dict[str, int]) -> dict[str, int]:
 
 def onnx_runner(onnx_bytes: bytes):
     """A callable running the ONNX model in ONNX Runtime on normalised NCHW tensors (for `predict`)."""
-    from .latency import ort_session
+    from .runtime import ort_session
 
-    session = ort_session(onnx_bytes)
+    session = ort_session(onnx_bytes, threads=os.cpu_count() or 1)
     name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:
