@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
 
@@ -68,18 +68,15 @@ class OnnxModel:
 
     @classmethod
     def load(cls, path: str | Path, threads: int | None = None) -> "OnnxModel":
-        import onnxruntime as ort
+        from .runtime import ort_session
 
         path = Path(path)
         if not path.is_file():
             raise InputError(f"ONNX model not found: {path}")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = ort_session(path, threads=threads)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise InputError(f"cannot load ONNX model {path}: {str(e).splitlines()[0]}") from None
+            raise InputError(f"cannot load ONNX model {path}: {first_line(e)}") from None
         meta = session.get_modelmeta().custom_metadata_map
         inp = session.get_inputs()[0]
         shape = [d if isinstance(d, int) else None for d in inp.shape]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import Compress1imgError
+from .errors import Compress1imgError, first_line
+from .outputs import atomic_write
 
 # Float models match PyTorch to ~1e-5; the threshold leaves room for kernel differences only.
 FLOAT_PARITY_TOLERANCE = 1e-3
@@ -84,14 +84,15 @@ def write_verified_onnx(model, path: Path, reference: nn.Module, check_inputs: t
                         tolerance: float | None, min_agreement: float | None = None) -> ExportResult:
     """Check `model` (an onnx.ModelProto) against `reference`, then write it atomically."""
     import onnx
-    import onnxruntime as ort
+
+    from .runtime import ort_session
 
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
-        raise ExportError(f"the exported ONNX model failed the ONNX checker: {str(e).splitlines()[0]}") from None
+        raise ExportError(f"the exported ONNX model failed the ONNX checker: {first_line(e)}") from None
     data = model.SerializeToString()
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    session = ort_session(data)
     got = session.run(None, {session.get_inputs()[0].name: check_inputs.numpy().astype(np.float32)})[0]
     with torch.no_grad():
         want = reference(check_inputs.float()).float().numpy()
@@ -103,8 +104,5 @@ def write_verified_onnx(model, path: Path, reference: nn.Module, check_inputs: t
     if min_agreement is not None and not top1_agreement >= min_agreement:
         raise ExportError(f"ONNX Runtime agrees with PyTorch on top-1 for only {top1_agreement:.1f}% of the check "
                           f"inputs (required {min_agreement:g}%); {path} was not written")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(data))
     return ExportResult(path=path, max_abs_diff=max_abs_diff, top1_agreement=top1_agreement, size_bytes=len(data))

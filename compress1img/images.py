@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 log = logging.getLogger("compress1img")
 
@@ -100,7 +100,7 @@ def load_image(path_or_name: str | Path, min_side: int = 0) -> Image.Image:
         raise InputError(f"image {path} is too large to decode in memory; downscale it first") from None
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
         # Truncated or corrupt files end here (Pillow's LOAD_TRUNCATED_IMAGES is left False).
-        raise InputError(f"cannot read image {path}: {_one_line(e)}") from None
+        raise InputError(f"cannot read image {path}: {first_line(e)}") from None
 
     w, h = image.size
     if min(w, h) < min_side:
@@ -159,7 +159,3 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, im).convert("RGB")
     return im.convert("RGB")
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

@@ -12,23 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-
-def ort_session(model: str | Path | bytes, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+from .runtime import ort_session
 
 
 def compare_latency(models: dict[str, str | Path | bytes], input_size: tuple[int, int, int],
                     batch_sizes: tuple[int, ...] = (1, 32), rounds: int = 7, threads: int | None = None,
                     min_seconds: float = 0.2) -> dict[str, dict[str, float]]:
     """Median milliseconds per forward pass: {model name: {"b1_ms": ..., "b32_ms": ...}}."""
-    sessions = {name: ort_session(model, threads) for name, model in models.items()}
+    sessions = {name: ort_session(model, threads=threads or os.cpu_count() or 1) for name, model in models.items()}
     results: dict[str, dict[str, float]] = {name: {} for name in models}
     rng = np.random.default_rng(0)
     for batch in batch_sizes:

@@ -11,7 +11,9 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import InputError
 
@@ -55,13 +57,18 @@ def remove_if_empty(out: Path) -> None:
         pass
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Write `path` through `write(file)` under a temporary name in the same folder, then rename it."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write` on a temporary file beside `path`, then rename it over `path`.
+
+    A reader never sees half a file, and a failure (an exception, Ctrl-C) leaves the
+    previous file or none, and no temporary file. The parent directory is created.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600 would make every file we write private
             write(f)
         os.replace(temp, path)
     except BaseException:
@@ -69,7 +76,14 @@ def atomic_write(path: str | Path, write) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` as UTF-8 with `atomic_write`."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 

@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from .errors import InputError
+from .outputs import atomic_write
 
 # Colour-jitter op ids, in torchvision's ColorJitter numbering (its `fn_idx`).
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
@@ -459,7 +457,7 @@ def to_uint8(patches: torch.Tensor) -> np.ndarray:
 
 def save_patches(array: np.ndarray, path: str | Path) -> None:
     """Write patches as `.npy` at exactly `path`, atomically (a reader never sees half a file)."""
-    _write_atomically(Path(path), lambda f: np.save(f, array))
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def save_preview(patches: torch.Tensor | np.ndarray, path: str | Path, ncol: int = 16,
@@ -487,17 +485,4 @@ def save_preview(patches: torch.Tensor | np.ndarray, path: str | Path, ncol: int
             while text and draw.textlength(text, font=font) > cell:  # cut to the cell width
                 text = text[:-1]
             draw.text((x, y + cell), text, fill="black", font=font)
-    _write_atomically(Path(path), lambda f: canvas.save(f, format="PNG"))
-
-
-def _write_atomically(path: Path, write: Callable) -> None:
-    """Write via a temporary file in the same directory, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: canvas.save(f, format="PNG"))

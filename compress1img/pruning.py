@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from .config import require, require_choice, require_int
-from .errors import Compress1imgError, InputError
+from .errors import Compress1imgError, InputError, first_line
 from .models.transforms import (ShortcutConv, attention_layers, drop_block,  # noqa: F401 (re-export)
                                 freeze_shortcuts, make_prunable, sync_attention_dims)
 
@@ -125,8 +125,7 @@ def residual_layers(model: nn.Module, example: torch.Tensor, ignored: list[nn.Mo
     try:
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     except Exception as e:  # DepGraph tracing failures come as assorted exception types
-        raise PruningError(f"torch-pruning cannot trace this model: {type(e).__name__}: {str(e).splitlines()[0]}") \
-            from None
+        raise PruningError(f"torch-pruning cannot trace this model: {first_line(e, with_type=True)}") from None
     layers = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
         nodes = [dep.target for dep, _ in group]
@@ -156,8 +155,7 @@ def make_pruner(model: nn.Module, example: torch.Tensor, config: PruneConfig, ra
                                     round_to=config.round_to, iterative_steps=1,
                                     num_heads=heads, prune_head_dims=True, prune_num_heads=False)
     except Exception as e:  # DepGraph tracing failures come as assorted exception types
-        raise PruningError(f"torch-pruning cannot trace this model: {type(e).__name__}: {str(e).splitlines()[0]}") \
-            from None
+        raise PruningError(f"torch-pruning cannot trace this model: {first_line(e, with_type=True)}") from None
 
 
 def _structured_step(model: nn.Module, example: torch.Tensor, config: PruneConfig, ratio: float, num_classes: int,
@@ -177,7 +175,7 @@ def _structured_step(model: nn.Module, example: torch.Tensor, config: PruneConfi
     except Exception as e:
         layer = _failing_layer(e)
         raise PruningError(f"torch-pruning failed{' at layer ' + layer if layer else ''}: "
-                           f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
+                           f"{first_line(e, with_type=True)}") from None
     model.zero_grad(set_to_none=True)
     freeze_shortcuts(model)
     sync_attention_dims(model)
@@ -195,7 +193,7 @@ def check_forward(model: nn.Module, example: torch.Tensor) -> None:
     except Exception as e:
         name, module = last[-1] if last else ("?", model)
         raise PruningError(f"pruning broke the model at layer {name} ({type(module).__name__}): "
-                           f"{str(e).splitlines()[0]}; torch-pruning cannot follow how the model reshapes its "
+                           f"{first_line(e)}; torch-pruning cannot follow how the model reshapes its "
                            f"channels there: protect it with --ignore {name}, or use --mode unstructured") from None
     finally:
         for hook in hooks:

@@ -12,12 +12,7 @@ QLinearConv/QLinearAdd/QGemm/QLinearGlobalAveragePool/QLinearSigmoid/QLinearMul:
   on patches. No training: the fast baseline, and the fallback for models
   `torch.export` cannot capture (data-dependent Python control flow, for instance).
 
-Why our own quantizer: torchao's `X86InductorQuantizer` leaves residual adds in float
-(it targets Inductor, which fuses them itself), so ONNX Runtime could fuse only some
-convs and the int8 model ran *slower* than fp32. Annotating the adds too gives a graph
-ONNX Runtime executes in int8 end to end. The same holds for EfficientNet-style models:
-SiLU, squeeze-excitation gates and their spatial means left in float cost a
-dequantize/quantize pair each, and their int8 graph ran at 0.66-0.82x of fp32 speed at batch 1.
+`U8S8Quantizer` lives in `u8s8_quantizer`, which says why torchao's own quantizers do not do.
 """
 from __future__ import annotations
 
@@ -25,6 +20,7 @@ import collections
 import contextlib
 import io
 import logging
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -35,10 +31,10 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.fx import GraphModule, Node
+from torch.fx import GraphModule
 
 from .config import require, require_int
-from .errors import Compress1imgError
+from .errors import Compress1imgError, first_line
 from .models.loading import ignore_mode_switches
 from .training import DistillConfig
 
@@ -84,130 +80,6 @@ QuantizeConfig = QATConfig | PTQConfig
 METHODS = {config.method: config for config in (QATConfig, PTQConfig)}
 
 
-def _quantizer():
-    """Our torchao quantizer, defined on first use: importing torchao takes seconds that other commands need not pay."""
-    from torchao.quantization.pt2e import (FusedMovingAvgObsFakeQuantize, MovingAverageMinMaxObserver,
-                                           MovingAveragePerChannelMinMaxObserver)
-    from torchao.quantization.pt2e.quantizer import (QuantizationAnnotation, QuantizationSpec, Quantizer,
-                                                     SharedQuantizationSpec)
-
-    aten = torch.ops.aten
-    # One spec object each: PT2E shares an observer between a producer's output and a
-    # consumer's input only when their specs compare equal.
-    activation = QuantizationSpec(
-        dtype=torch.uint8, quant_min=0, quant_max=255, qscheme=torch.per_tensor_affine, is_dynamic=False,
-        observer_or_fake_quant_ctr=FusedMovingAvgObsFakeQuantize.with_args(
-            observer=MovingAverageMinMaxObserver, eps=2**-12))
-    weight = QuantizationSpec(
-        dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric, ch_axis=0,
-        is_dynamic=False, observer_or_fake_quant_ctr=FusedMovingAvgObsFakeQuantize.with_args(
-            observer=MovingAveragePerChannelMinMaxObserver, eps=2**-12))
-    weighted = {aten.conv2d.default, aten.linear.default}
-    norms = {aten.batch_norm.default}
-    relus = {aten.relu.default, aten.relu_.default}
-    adds = {aten.add.Tensor, aten.add_.Tensor}
-    # Their output lies within their input's range: they share its scale and stay int8.
-    pools = {aten.max_pool2d.default, aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default}
-    silus = {aten.silu.default, aten.silu_.default}
-    sigmoids = {aten.sigmoid.default}
-    muls = {aten.mul.Tensor}
-
-    def is_float_tensor(arg) -> bool:
-        value = arg.meta.get("val") if isinstance(arg, Node) else None
-        return isinstance(value, torch.Tensor) and value.is_floating_point()
-
-    def sole_user_in(node: Node, targets: set) -> Node | None:
-        users = list(node.users)
-        if len(users) == 1 and users[0].op == "call_function" and users[0].target in targets:
-            return users[0]
-        return None
-
-    def is_spatial_mean(node: Node) -> bool:
-        """x.mean((2, 3), keepdim=True) of a 4-D x: squeeze-excitation's pooling, a global pool in ONNX."""
-        dims = node.args[1] if len(node.args) > 1 else None
-        value = node.args[0].meta.get("val") if isinstance(node.args[0], Node) else None
-        return (node.target is aten.mean.dim and len(node.args) > 2 and node.args[2] is True
-                and isinstance(value, torch.Tensor) and value.dim() == 4
-                and isinstance(dims, (list, tuple)) and sorted(d % 4 for d in dims) == [2, 3])
-
-    def is_gate(node: Node) -> bool:
-        """x * sigmoid(y): SiLU (y = x) and squeeze-excitation, which ONNX Runtime runs as QLinearMul."""
-        return (node.target in muls and len(node.args) == 2 and all(is_float_tensor(a) for a in node.args)
-                and any(isinstance(a, Node) and a.target in sigmoids for a in node.args))
-
-    class U8S8Quantizer(Quantizer):
-        """Quantize what ONNX Runtime fuses into int8 kernels: conv(+BN)(+ReLU), linear, add(+ReLU), pooling,
-        and the sigmoid gates of SiLU and squeeze-excitation.
-
-        The chain's last node gets the output quantizer so BN and ReLU run inside the int8
-        kernel. The logits are quantized too, as ONNX Runtime's own quantizer does: only
-        then does it run the classifier as an int8 QGemm. SiLU is written as x * sigmoid(x)
-        first, the way the ONNX graph computes it, so that both halves get int8 kernels
-        (QLinearSigmoid, QLinearMul) instead of a float island between two convs.
-        """
-
-        def transform_for_annotation(self, model: GraphModule) -> GraphModule:
-            graph = model.graph
-            for node in list(graph.nodes):
-                if node.op != "call_function" or node.target not in silus:
-                    continue
-                with graph.inserting_after(node):
-                    sigmoid = graph.call_function(aten.sigmoid.default, (node.args[0],))
-                with graph.inserting_after(sigmoid):
-                    product = graph.call_function(aten.mul.Tensor, (node.args[0], sigmoid))
-                for new in (sigmoid, product):
-                    new.meta = {key: node.meta[key] for key in ("val", "stack_trace", "nn_module_stack")
-                                if key in node.meta}
-                node.replace_all_uses_with(product)
-                graph.erase_node(node)
-            model.recompile()
-            return model
-
-        def annotate(self, model: GraphModule) -> GraphModule:
-            for node in model.graph.nodes:
-                if node.op != "call_function" or "quantization_annotation" in node.meta:
-                    continue
-                if (node.target in sigmoids and is_float_tensor(node.args[0])) or is_gate(node):
-                    node.meta["quantization_annotation"] = QuantizationAnnotation(
-                        input_qspec_map={a: activation for a in node.args if is_float_tensor(a)},
-                        output_qspec=activation, _annotated=True)
-                    continue
-                if (node.target in pools or is_spatial_mean(node)) and is_float_tensor(node.args[0]):
-                    node.meta["quantization_annotation"] = QuantizationAnnotation(
-                        input_qspec_map={node.args[0]: activation},
-                        output_qspec=SharedQuantizationSpec((node.args[0], node)), _annotated=True)
-                    continue
-                if node.target in weighted and len(node.args) >= 2:
-                    inputs = {node.args[0]: activation, node.args[1]: weight}
-                    chain = [node]
-                    if node.target is aten.conv2d.default and (bn := sole_user_in(node, norms)) is not None:
-                        chain.append(bn)
-                elif node.target in adds and all(is_float_tensor(a) for a in node.args[:2]):
-                    inputs = {node.args[0]: activation, node.args[1]: activation}
-                    chain = [node]
-                else:
-                    continue
-                if (relu := sole_user_in(chain[-1], relus)) is not None:
-                    chain.append(relu)
-                node.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=inputs,
-                                                                              _annotated=True)
-                for later in chain[1:]:
-                    later.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
-                chain[-1].meta["quantization_annotation"].output_qspec = activation
-            return model
-
-        def validate(self, model: GraphModule) -> None:
-            pass
-
-    return U8S8Quantizer()
-
-
-def _why(error: Exception) -> str:
-    """The exception type and its first line: library errors can run to pages."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-
-
 def _batch_dim():
     return torch.export.Dim("batch", min=1, max=65536)
 
@@ -222,7 +94,7 @@ def capture(module: nn.Module, input_size: Sequence[int]) -> GraphModule:
             program = torch.export.export(module.cpu().train(), (example,), dynamic_shapes=({0: _batch_dim()},))
     except Exception as e:
         raise QuantizationError(f"torch.export cannot capture this model for quantization-aware training "
-                                f"({_why(e)}); use --method ptq, which quantizes the "
+                                f"({first_line(e, with_type=True)}); use --method ptq, which quantizes the "
                                 f"exported ONNX model instead") from None
     finally:
         module.train(was_training)
@@ -240,11 +112,13 @@ def prepare_qat(module: nn.Module, input_size: Sequence[int]) -> GraphModule:
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
+    from .u8s8_quantizer import U8S8Quantizer
+
     graph = capture(module, input_size)
     try:
-        prepared = prepare_qat_pt2e(graph, _quantizer())
+        prepared = prepare_qat_pt2e(graph, U8S8Quantizer())
     except Exception as e:
-        raise QuantizationError(f"torchao could not insert fake quantization: {_why(e)}; "
+        raise QuantizationError(f"torchao could not insert fake quantization: {first_line(e, with_type=True)}; "
                                 f"use --method ptq") from None
     move_exported_model_to_eval(prepared)
     ignore_mode_switches(prepared)
@@ -300,7 +174,8 @@ def int8_onnx_bytes(converted: GraphModule, input_size: Sequence[int]) -> bytes:
                                         dynamic_shapes=({0: _batch_dim()},), opset_version=18)
             program.save(str(path), external_data=False)
         except Exception as e:
-            raise QuantizationError(f"the int8 model could not be exported to ONNX: {_why(e)}") from None
+            raise QuantizationError(f"the int8 model could not be exported to ONNX: "
+                                    f"{first_line(e, with_type=True)}") from None
         return spatial_means_as_pools(_without_debug_metadata(path.read_bytes()))
 
 
@@ -391,7 +266,8 @@ def ptq_onnx_bytes(float_onnx: bytes, calibration: torch.Tensor, *, keep_float: 
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(keep_float))
         except Exception as e:
-            raise QuantizationError(f"ONNX Runtime static quantization failed: {_why(e)}") from None
+            raise QuantizationError(f"ONNX Runtime static quantization failed: "
+                                    f"{first_line(e, with_type=True)}") from None
         return output.read_bytes()
 
 
@@ -410,13 +286,14 @@ def runtime_ops(onnx_bytes: bytes) -> dict[str, int]:
     import onnx
     import onnxruntime as ort
 
+    from .runtime import ort_session
+
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
+        optimized = Path(tmp) / "optimized.onnx"
         # EXTENDED applies the QDQ fusions but not the hardware-specific NCHWc layout.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-        graph = onnx.load(options.optimized_model_filepath).graph
+        ort_session(onnx_bytes, optimized_model_path=optimized,
+                    optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+        graph = onnx.load(optimized).graph
     return dict(collections.Counter(node.op_type for node in graph.node))
 
 
@@ -429,9 +306,9 @@ def int8_coverage(ops: dict[str, int]) -> dict[str, int]:
 
 def onnx_runner(onnx_bytes: bytes):
     """A callable running the ONNX model in ONNX Runtime on normalised NCHW tensors (for `predict`)."""
-    from .latency import ort_session
+    from .runtime import ort_session
 
-    session = ort_session(onnx_bytes)
+    session = ort_session(onnx_bytes, threads=os.cpu_count() or 1)
     name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:

@@ -117,8 +117,8 @@ class SqueezeExcitation(nn.Module):
 
 def test_ptq_keeps_squeeze_excitation_means_in_int8():
     from compress1img.export import onnx_model_bytes
-    from compress1img.latency import ort_session
     from compress1img.quantization import ptq_onnx_bytes, spatial_means_as_pools
+    from compress1img.runtime import ort_session
 
     torch.manual_seed(0)
     float_onnx = onnx_model_bytes(SqueezeExcitation().eval(), (3, 16, 16))

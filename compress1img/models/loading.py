@@ -17,7 +17,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, first_line
+from ..outputs import atomic_write
 from .registry import (
     _REGISTRY,
     IMAGENET_MEAN,
@@ -132,10 +133,7 @@ def save_model(loaded: LoadedModel, path: str | Path, extra: dict | None = None)
     if clash:
         raise ValueError(f"extra keys {clash} would overwrite the checkpoint's own")
     checkpoint.update(extra or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(checkpoint, partial)
-    os.replace(partial, path)  # an interrupted save never leaves a truncated model behind
+    atomic_write(path, lambda f: torch.save(checkpoint, f))  # an interrupted save never leaves a truncated model
 
 
 def save_program(loaded: LoadedModel, path: str | Path) -> None:
@@ -148,10 +146,7 @@ def save_program(loaded: LoadedModel, path: str | Path) -> None:
     metadata = {"format": FORMAT, "input_size": list(loaded.input_size), "mean": list(loaded.mean),
                 "std": list(loaded.std), "num_classes": loaded.num_classes,
                 "classes": None if loaded.classes is None else list(loaded.classes), "source": loaded.source}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # torch.export.save wants its suffix kept
-    torch.export.save(program, str(partial), extra_files={PROGRAM_METADATA: json.dumps(metadata)})
-    os.replace(partial, path)
+    atomic_write(path, lambda f: torch.export.save(program, f, extra_files={PROGRAM_METADATA: json.dumps(metadata)}))
 
 
 def ignore_mode_switches(graph: nn.Module) -> None:
@@ -184,7 +179,7 @@ def _create_timm(name: str, num_classes: int | None, pretrained: bool) -> tuple[
     except RuntimeError as e:
         if not pretrained:
             raise
-        raise InputError(f"could not get pretrained weights for timm:{name}: {_short(e)}") from None
+        raise InputError(f"could not get pretrained weights for timm:{name}: {first_line(e, limit=200)}") from None
     cfg = module.pretrained_cfg
     return module, {"arch": f"timm:{name}", "input_size": tuple(cfg["input_size"]), "mean": tuple(cfg["mean"]),
                     "std": tuple(cfg["std"]), "num_classes": module.num_classes}
@@ -206,7 +201,7 @@ def _create_torchvision(name: str, num_classes: int | None, pretrained: bool) ->
         raise InputError(f"could not get pretrained weights for tv:{name} (no network?): "
                          f"pass a weights file and --arch tv:{name}") from None
     except ValueError as e:  # e.g. pretrained weights with another num_classes
-        raise InputError(f"tv:{name}: {_short(e)}") from None
+        raise InputError(f"tv:{name}: {first_line(e, limit=200)}") from None
     # The weights' metadata is local and gives the right size (299 for inception_v3, not 224).
     weights = models.get_model_weights(name).DEFAULT
     preprocess = weights.transforms()
@@ -247,7 +242,7 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
                 warnings.simplefilter("ignore", FutureWarning)  # torch's deprecation notice is not for our users
                 module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
-            raise InputError(f"cannot load TorchScript file {path}: {_short(e)}") from None
+            raise InputError(f"cannot load TorchScript file {path}: {first_line(e, limit=200)}") from None
         return _program(module, path, "TorchScript model", arch, num_classes, input_size)
     if kind == "export":
         extra = {PROGRAM_METADATA: ""}
@@ -255,7 +250,7 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
             program = torch.export.load(str(path), extra_files=extra)
             module = program.module()
         except Exception as e:
-            raise InputError(f"cannot load torch.export file {path}: {_short(e)}") from None
+            raise InputError(f"cannot load torch.export file {path}: {first_line(e, limit=200)}") from None
         ignore_mode_switches(module)
         if extra[PROGRAM_METADATA]:
             return _from_program_metadata(module, path, json.loads(extra[PROGRAM_METADATA]))
@@ -314,11 +309,11 @@ def _torch_load(path: Path, trust_model: bool) -> Any:
     except (KeyError, EOFError, ValueError, IndexError):  # what garbage makes the unpickler raise
         raise InputError(f"{path} is not a PyTorch model file (cannot unpickle it)") from None
     except Exception as e:
-        raise InputError(f"{path} is not a PyTorch model file ({_short(e)})") from None
+        raise InputError(f"{path} is not a PyTorch model file ({first_line(e, limit=200)})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise InputError(f"cannot load {path} even with --trust-model: {_short(e)}") from None
+        raise InputError(f"cannot load {path} even with --trust-model: {first_line(e, limit=200)}") from None
 
 
 def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | nn.Module | None:
@@ -420,7 +415,7 @@ def _probe(module: nn.Module, input_size: tuple[int, int, int], name: str) -> in
         with torch.no_grad():
             out = module(torch.zeros(2, *input_size))
     except Exception as e:
-        raise InputError(f"model {name} does not accept {size} input: {_short(e)}") from None
+        raise InputError(f"model {name} does not accept {size} input: {first_line(e, limit=200)}") from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(f"model {name} returns {got} for a batch of 2 {size} images, not (2, classes) logits")
@@ -447,9 +442,3 @@ def _triple(value: Sequence[float], what: str) -> tuple[float, float, float]:
 
 def _shape(t: torch.Tensor) -> str:
     return "[" + ",".join(map(str, t.shape)) + "]"
-
-
-def _short(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    text = lines[0] if lines else type(e).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

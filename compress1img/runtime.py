@@ -1,0 +1,27 @@
+"""ONNX Runtime sessions, made one way: on the CPU, from a file or bytes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def ort_session(model: str | Path | bytes, *, threads: int | None = None,
+                optimized_model_path: str | Path | None = None, optimization_level=None):
+    """An `onnxruntime.InferenceSession` on the CPUExecutionProvider for a model file or serialized model.
+
+    `threads` sets the intra-op threads and one inter-op thread (ONNX Runtime's defaults
+    otherwise); `optimization_level` is an `onnxruntime.GraphOptimizationLevel` (ONNX
+    Runtime's default, ORT_ENABLE_ALL, otherwise); `optimized_model_path` saves the graph
+    as ONNX Runtime optimized it. Raises what ONNX Runtime raises for a bad model.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if optimization_level is not None:
+        options.graph_optimization_level = optimization_level
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
