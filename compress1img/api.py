@@ -81,19 +81,21 @@ def quantize(model: ModelLike, image: str | Path | None = None, config: Quantize
 def compress(model: ModelLike, image: str | Path | None = None, *, prune: PruneConfig | None = None,
              quantize: QuantizeConfig | None = None, heal: DistillConfig | None = DistillConfig(),
              run: RunConfig = RunConfig(), eval_data: str | Path | EvalData | None = None, arch: str | None = None,
-             trust_model: bool = False, measure_latency: bool = True, loss_fn: LossFn | None = None,
-             augment: Augment | None = None, hooks: Sequence[TrainingHook] = ()) -> Result:
+             trust_model: bool = False, measure_latency: bool = True, patch_config: PatchConfig | None = None,
+             loss_fn: LossFn | None = None, augment: Augment | None = None,
+             hooks: Sequence[TrainingHook] = ()) -> Result:
     """Prune and/or quantize `model` in one run, both healed against the original; returns one report.
 
     `heal` is the pruning's healing (None: prune only); quantization-aware training takes its
-    settings from the QATConfig. `loss_fn`, `augment` and `hooks` replace the healing's
-    defaults (training.run_distillation). A run doing both also writes the pruned float model
+    settings from the QATConfig. `patch_config` changes the patch pipeline; `loss_fn`, `augment`
+    and `hooks` replace the healing's defaults (training.run_distillation). A run doing both also writes the pruned float model
     as `pruned.pt`, which `quantize` accepts on its own.
     """
     if prune is None and quantize is None:
         raise ValueError("compress needs a PruneConfig, a QuantizeConfig or both")
     wall_start = time.perf_counter()
-    ctx = open_run(model, image, run, eval_data=eval_data, arch=arch, trust_model=trust_model)
+    ctx = open_run(model, image, run, eval_data=eval_data, patch_config=patch_config, arch=arch,
+                   trust_model=trust_model)
     healing = Healing(heal, loss_fn, augment, hooks) if heal is not None else None
     student, pruned, int8, parts = ctx.student_copy(), None, None, []
     try:
@@ -153,9 +155,9 @@ def build_student(name: str, teacher: LoadedModel) -> LoadedModel:
 
 def distill(teacher: ModelLike, student: str, image: str | Path | None = None, config: DistillConfig = DistillConfig(),
             *, run: RunConfig = RunConfig(), eval_data: str | Path | EvalData | None = None,
-            patches_file: str | Path | None = None, arch: str | None = None, trust_model: bool = False,
-            loss_fn: LossFn | None = None, augment: Augment | None = None,
-            hooks: Sequence[TrainingHook] = ()) -> Result:
+            patches_file: str | Path | None = None, patch_config: PatchConfig | None = None,
+            arch: str | None = None, trust_model: bool = False, loss_fn: LossFn | None = None,
+            augment: Augment | None = None, hooks: Sequence[TrainingHook] = ()) -> Result:
     """Train a randomly initialised `student` (an architecture name) from `teacher` on patches of one image.
 
     With `run.out`, writes `model.pt` (reloadable with `load_model`), `model.onnx`
@@ -163,8 +165,8 @@ def distill(teacher: ModelLike, student: str, image: str | Path | None = None, c
     checkpoint while training so `run.resume` continues an interrupted run.
     """
     wall_start = time.perf_counter()
-    ctx = open_run(teacher, image, run, eval_data=eval_data, patches_file=patches_file, arch=arch,
-                   trust_model=trust_model)
+    ctx = open_run(teacher, image, run, eval_data=eval_data, patches_file=patches_file, patch_config=patch_config,
+                   arch=arch, trust_model=trust_model)
     out_dir = ctx.out_dir
     try:
         torch.manual_seed(run.seed)  # the student's initialisation is part of the run's seed

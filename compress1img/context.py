@@ -93,17 +93,18 @@ def tracking_accuracy(labelled: EvalData, model: LoadedModel, device: torch.devi
 
 
 def patch_source(image: str | Path | None, patch_size: int, seed: int, holdout_size: int,
-                 patches_file: str | Path | None = None,
-                 device: str | torch.device = "cpu") -> tuple[PatchSource, torch.Tensor]:
+                 patches_file: str | Path | None = None, device: str | torch.device = "cpu",
+                 patch_config: PatchConfig | None = None) -> tuple[PatchSource, torch.Tensor]:
     """(training patches, held-out patches) from an image, or from a pre-made `.npy` patch file.
 
+    `patch_config` changes the paper's patch pipeline (its size is always the model's input).
     Training batches come out on `device`: on a GPU the image pyramid lives there and every
     batch is generated there, with no per-patch work on the CPU. Held-out patches are on the CPU.
     """
     if patches_file is not None:
         return _patch_file(Path(patches_file), patch_size, seed, holdout_size, device)
     picture = source_picture(image, patch_size, seed)
-    config = PatchConfig(size=patch_size)
+    config = dataclasses.replace(patch_config or PatchConfig(), size=patch_size)
     holdout = PatchGenerator(picture, config, seed=seed + HOLDOUT_SEED_OFFSET, device=device).batch(holdout_size, 0)
     return PatchGenerator(picture, config, seed=seed, device=device), holdout.cpu()
 
@@ -184,13 +185,15 @@ class RunContext:
 
 def open_run(model: ModelLike, image: str | Path | None, run: RunConfig, *,
              eval_data: str | Path | EvalData | None = None, patches_file: str | Path | None = None,
-             arch: str | None = None, trust_model: bool = False) -> RunContext:
+             patch_config: PatchConfig | None = None, arch: str | None = None,
+             trust_model: bool = False) -> RunContext:
     """Check and load every input of a run, then create its output folder: bad input fails before any work."""
     device = resolve_device(run.device)
     distributed.init(device)  # under torchrun: decisions are shared between processes from here on
     teacher = as_model(model, arch, trust_model)
     labelled = load_labelled(eval_data, teacher)
-    source, holdout = patch_source(image, teacher.input_size[-1], run.seed, run.holdout_size, patches_file, device)
+    source, holdout = patch_source(image, teacher.input_size[-1], run.seed, run.holdout_size, patches_file, device,
+                                   patch_config)
     out_dir = prepare_out_dir(run.out, overwrite=run.overwrite, resume=run.resume) if run.out is not None else None
     eval_fn = tracking_accuracy(labelled, teacher, device) if labelled is not None else None
     return RunContext(teacher=teacher, run=run, device=device, source=source, holdout=holdout,

@@ -15,7 +15,7 @@ import sys
 import typer
 
 from .. import distributed
-from ..errors import Compress1imgError, InputError
+from ..errors import Compress1imgError, InputError, first_line
 from ..training import TrainingInterrupted
 from .commands import app
 
@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         if debug:
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        _say(f"error: {type(e).__name__}: {first} (run again with --debug for the traceback)", every_rank=True)
+        _say(f"error: {first_line(e, with_type=True)} (run again with --debug for the traceback)", every_rank=True)
         sys.exit(1)
 
 
