@@ -106,7 +106,8 @@ def prepare_qat(module: nn.Module, input_size: Sequence[int]) -> GraphModule:
 
     Batch-norm statistics stay frozen (the graph stays in eval mode even under
     `.train()`): re-estimating them on patches of one image instead of the training
-    data dropped a trained ResNet-20's agreement with itself from 100% to 26%.
+    data ruined a trained model's agreement with itself (docs/benchmarks.md, "Int8: quantizing the
+    ResNet-56").
     The fake-quantizers still observe and the weights still learn.
     """
     from torchao.quantization.pt2e import move_exported_model_to_eval

@@ -9,8 +9,8 @@ step of ThiNet and of He et al.'s channel pruning, here fed with patches instead
 training data). Layers are solved in forward order, each seeing the inputs that the
 layers repaired before it produce, so errors do not pile up.
 
-Measured on the ResNet-56 at 50% of its parameters (docs/benchmarks.md): 26.5% top-1 right
-after the cut, 66.1% after this repair (1,024 patches), before a single healing step.
+What it recovers on the ResNet-56 at 50% of its parameters, and why healing does not start from it
+by default: docs/benchmarks.md, "Against the targets, and what was tried".
 """
 from __future__ import annotations
 

@@ -313,33 +313,20 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
     """
     loss_fn = loss_fn or kl_loss(config)
     augment = augment or default_augment(config)
-    # -- models on the device, the optimizer, the teacher's view of the held-out patches ---------
+    # -- models on the device, the optimizer, the teacher's view of the held-out patches, resume --
     placement = _Placement.prepare(teacher, student, run)
     device, world, main = placement.device, placement.world, placement.main
     optimization = _Optimization.build(student, config, world, fp16=placement.fp16)
     holdout_x = holdout.to(device)
     holdout_teacher = predict(teacher, holdout_x, mean, std, device=device) if main else None
-
-    # -- resume ----------------------------------------------------------------------------------
-    history: list[dict] = []
-    earlier_seconds, start_step = 0.0, 0  # training time and steps of the runs this one continues
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if run.resume and checkpoint_path is not None and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, config, run, world, device)
-        student.load_state_dict(state["student"])
-        optimization.load_state_dict(state)
-        start_step, history, earlier_seconds = state["step"], state["history"], state.get("seconds", 0.0)
-
+    start_step, history, earlier_seconds = _resume(checkpoint_path, config, run, placement, student, optimization)
     model = torch.compile(distributed.wrap(student, device)) if run.compile else distributed.wrap(student, device)
-    # In a log file (no terminal) a bar line every 30 s is plenty.
-    bar = tqdm(total=config.steps, initial=start_step, disable=not (run.progress and main), desc="distilling",
-               unit="step", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
-    started, seen, eval_seconds = time.perf_counter(), 0, 0.0  # evaluation is kept out of the training time
-    running_loss = float("nan")
+    progress = _Progress(config.steps, start_step, run.progress and main, earlier_seconds)
 
     def measure(step: int) -> dict:
         # On the plain student, not through DDP: no collective that other ranks would wait for.
-        row = ({"step": step, "loss": running_loss,
+        row = ({"step": step, "loss": progress.loss,
                 **evaluate(student, holdout_x, holdout_teacher, mean, std, device, eval_fn)} if main else None)
         _set_train_mode(student, config.freeze_bn_stats)
         return distributed.share(row)
@@ -348,7 +335,7 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
         hook.on_start(teacher, student)
     _set_train_mode(student, config.freeze_bn_stats)
     try:
-        with _stop_on_sigint() as stop, _out_of_memory_advice(config.batch_size, checkpoint_path, bar):
+        with _stop_on_sigint() as stop, _out_of_memory_advice(config.batch_size, checkpoint_path, progress.bar):
             for step in range(start_step, config.steps):
                 # -- one step on this rank's batch ---------------------------------------------------
                 x = make_batch(patches, augment, config.batch_size, batch_index(step, placement.rank, world),
@@ -356,37 +343,31 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
                 loss, teacher_logits, student_logits = train_step(model, teacher, x, loss_fn, optimization,
                                                                   placement, step, checkpoint_path, config)
                 # -- bookkeeping: every rank stops at the same step; the loss shown is the whole batch's
-                done, seen = step + 1, seen + len(x) * world
+                done = step + 1
                 loss_value, stopping = distributed.mean_and_any(loss.item(), stop.requested, device)
-                running_loss = loss_value if math.isnan(running_loss) else 0.9 * running_loss + 0.1 * loss_value
+                progress.stepped(loss_value, len(x) * world, teacher_logits, student_logits)
                 for hook in hooks:
                     hook.after_step(done, student, loss_value)
-                bar.update(1)
-                bar.set_postfix(refresh=False, loss=f"{running_loss:.3f}",
-                                agree=f"{agreement(teacher_logits.float(), student_logits.detach().float()):.0f}%",
-                                patches_s=f"{seen / (time.perf_counter() - started - eval_seconds):.0f}")
                 # -- evaluate and checkpoint ---------------------------------------------------------
                 if done % run.eval_every == 0 or done == config.steps:
-                    eval_started = time.perf_counter()
-                    history.append(measure(done))
-                    if run.progress and main:
-                        bar.write(_format_row(history[-1]), file=sys.stderr)
-                    eval_seconds += time.perf_counter() - eval_started
+                    with progress.evaluating():
+                        history.append(measure(done))
+                        progress.write(history[-1])
                 if checkpoint_path is not None and main and (
                         done % run.checkpoint_every == 0 or done == config.steps or stopping):
                     save_checkpoint(checkpoint_path, done, student, optimization, config, run, world, history,
-                                    earlier_seconds + time.perf_counter() - started - eval_seconds)
+                                    progress.seconds)
                 if stopping:
                     where = f"; checkpoint saved in {checkpoint_path}, continue with --resume" \
                         if checkpoint_path else ""
                     raise TrainingInterrupted(f"stopped after step {done} of {config.steps}{where}")
     finally:
-        bar.close()
+        progress.close()
         for hook in hooks:
             hook.on_end(student)
 
     # -- the result: the student back in eval mode, both models as they came ---------------------
-    seconds = earlier_seconds + time.perf_counter() - started - eval_seconds
+    seconds = progress.seconds
     distributed.copy_from_main(student)
     student.eval()
     final = history[-1] if history and history[-1]["step"] == config.steps else measure(config.steps)
@@ -398,6 +379,57 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
                        final_loss=final["loss"], holdout_agreement=final["holdout_agreement"],
                        holdout_kl=final["holdout_kl"], history=history, config=asdict(config), world_size=world,
                        lr=optimization.lr, precision=str(placement.amp_dtype or torch.float32).removeprefix("torch."))
+
+
+def _resume(checkpoint_path: Path | None, config: DistillConfig, run: RunConfig, placement: _Placement,
+            student: nn.Module, optimization: _Optimization) -> tuple[int, list[dict], float]:
+    """(first step, history, training seconds so far): from the checkpoint when resuming, else from scratch."""
+    if not (run.resume and checkpoint_path is not None and checkpoint_path.exists()):
+        return 0, [], 0.0
+    state = load_checkpoint(checkpoint_path, config, run, placement.world, placement.device)
+    student.load_state_dict(state["student"])
+    optimization.load_state_dict(state)
+    return state["step"], state["history"], state.get("seconds", 0.0)
+
+
+class _Progress:
+    """What the loop shows and counts: the bar (rank 0), the smoothed loss, and the training time,
+    which leaves evaluation out so that patches/s measures training alone."""
+
+    def __init__(self, steps: int, start_step: int, shown: bool, earlier_seconds: float):
+        # In a log file (no terminal) a bar line every 30 s is plenty.
+        self.bar = tqdm(total=steps, initial=start_step, disable=not shown, desc="distilling", unit="step",
+                        dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+        self.shown, self.earlier_seconds = shown, earlier_seconds
+        self.started, self.seen, self.eval_seconds = time.perf_counter(), 0, 0.0
+        self.loss = float("nan")
+
+    @property
+    def seconds(self) -> float:
+        return self.earlier_seconds + time.perf_counter() - self.started - self.eval_seconds
+
+    def stepped(self, loss: float, patches: int, teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> None:
+        self.seen += patches
+        self.loss = loss if math.isnan(self.loss) else 0.9 * self.loss + 0.1 * loss
+        self.bar.update(1)
+        self.bar.set_postfix(refresh=False, loss=f"{self.loss:.3f}",
+                             agree=f"{agreement(teacher_logits.float(), student_logits.detach().float()):.0f}%",
+                             patches_s=f"{self.seen / (self.seconds - self.earlier_seconds):.0f}")
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.eval_seconds += time.perf_counter() - started
+
+    def write(self, row: dict) -> None:
+        if self.shown:
+            self.bar.write(_format_row(row), file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def processes_report(result: TrainResult) -> dict:

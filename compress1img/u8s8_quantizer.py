@@ -5,7 +5,8 @@ Why our own quantizer: torchao's `X86InductorQuantizer` leaves residual adds in 
 convs and the int8 model ran *slower* than fp32. Annotating the adds too gives a graph
 ONNX Runtime executes in int8 end to end. The same holds for EfficientNet-style models:
 SiLU, squeeze-excitation gates and their spatial means left in float cost a
-dequantize/quantize pair each, and their int8 graph ran at 0.66-0.82x of fp32 speed at batch 1.
+dequantize/quantize pair each, and their int8 graph ran slower than fp32 (docs/benchmarks.md,
+"Int8 latency in ONNX Runtime").
 
 This module imports torchao at its top, which takes seconds: `quantization` imports it
 only when quantization-aware training starts, so other commands do not pay for it.

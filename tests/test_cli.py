@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +11,11 @@ import torch
 
 from compress1img import load_model
 from compress1img.api import BUNDLED_TEACHER, bundled_teacher
+from cli_run import run_cli
 
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compress1img", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+def run(*args, cwd: Path | None = None):
+    return run_cli(*args, cwd=cwd)
 
 
 def test_help_explains_every_option():

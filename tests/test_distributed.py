@@ -16,6 +16,7 @@ from compress1img import InputError
 from compress1img.cli import main
 from compress1img.devices import autocast_dtype
 from compress1img.training import CHECKPOINT_NAME, batch_index
+from cli_run import run_cli
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -75,10 +76,9 @@ def test_only_rank_0_writes_and_resume_needs_the_same_number_of_processes(two_ra
 
 def test_nproc_distill_writes_one_set_of_outputs_and_states_the_batch_and_lr(tmp_path, tiny_teacher):
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "compress1img", "--nproc", "2", "distill", "--teacher",
-                             tiny_teacher, "--student", "cifar_resnet20", "--steps", "2", "--batch-size", "4",
-                             "--holdout-size", "16", "--eval-every", "2", "--lr-scaling", "linear", "--out", out],
-                            capture_output=True, text=True, timeout=300, env=ENV)
+    result = run_cli("--nproc", "2", "distill", "--teacher", tiny_teacher, "--student", "cifar_resnet20", "--steps",
+                     "2", "--batch-size", "4", "--holdout-size", "16", "--eval-every", "2", "--lr-scaling", "linear",
+                     "--out", out, timeout=300, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.pt", "report.json", "report.md"]
     assert result.stdout.count("distill: ") == 1 and "8 patches (2 processes x 4)" in result.stdout

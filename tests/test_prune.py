@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,6 +13,7 @@ from compress1img.api import BUNDLED_TEACHER, bundled_teacher
 from compress1img.models import create_model_from_name
 from compress1img.pruning import (PruneConfig, PruningError, count, fold_masks, make_prunable, prune_to_budget,
                                 sparsify, weight_sparsity)
+from cli_run import run_cli
 
 QUIET = RunConfig(progress=False)
 
@@ -196,11 +195,6 @@ def test_prune_cli_refuses_impossible_sparsity_without_writing(tmp_path):
         assert not (tmp_path / "bad").exists()
 
 
-def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compress1img", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
-
-
 def test_unstructured_cli_reports_zeroed_weights_and_no_speed_up(tmp_path):
     out = tmp_path / "u"
     result = run_cli("prune", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--mode", "unstructured", "--sparsity",
@@ -328,3 +322,22 @@ def test_repair_after_the_cut_brings_the_pruned_model_closer_to_the_original(tes
     assert repaired["top1_after_repair"] > repaired["top1_after_cut"] + 10
     with pytest.raises(InputError, match="reconstruct_patches must be"):
         PruneConfig(reconstruct_patches=-1)
+
+
+def test_the_api_takes_an_nn_module_and_gives_the_pruned_module_back(tmp_path):
+    from compress1img import prune
+
+    module = copy.deepcopy(bundled_teacher().module)
+    module.input_size, module.mean, module.std = (3, 32, 32), bundled_teacher().mean, bundled_teacher().std
+    params = sum(p.numel() for p in module.parameters())
+    result = prune(module, "coffee", PruneConfig(sparsity=0.3), heal=None, run=QUIET, measure_latency=False)
+    pruned = result.model.module
+    assert sum(p.numel() for p in pruned.parameters()) == result.report["params_after"] < params
+    assert sum(p.numel() for p in module.parameters()) == params  # the caller's module is left as it was
+    assert result.report["model"] == "CifarResNet (nn.Module)" and result.int8_onnx is None
+
+    with pytest.raises(InputError, match=r"does not declare its input size: set `sequential.input_size"):
+        prune(nn.Sequential(nn.Flatten(), nn.LazyLinear(10)), "coffee", heal=None, run=QUIET)
+    with pytest.raises(InputError, match="save result.model.module yourself"):  # before any work, nothing left
+        prune(module, "coffee", PruneConfig(sparsity=0.3), run=RunConfig(out=tmp_path / "run", progress=False))
+    assert not (tmp_path / "run").exists()

@@ -8,8 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -26,35 +24,16 @@ from compress1img import export_onnx, load_model
 from compress1img.cli import main
 from compress1img.export import ExportError, onnx_model_bytes
 from compress1img.outputs import prepare_out_dir
+from cli_run import Result, run_cli
 
 # One thread per run: the arithmetic is the same in every run, and a 2-core machine shared with
 # other work does not thrash (two OpenMP threads on one free core made healing 40x slower).
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-    peak_mb: float  # the process's peak resident memory
-
-
-def run(*args, cwd: Path | None = None, timeout: float = 300) -> Result:
-    """`compress1img ARGS` as a user runs it, like test_cli.run, but also reporting its peak memory."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "compress1img", *map(str, args)], stdout=out, stderr=err,
-                                cwd=cwd, env=ENV)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)  # wait4, not wait: it also gives the peak memory
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Result(proc.returncode, out.read().decode(), err.read().decode(), usage.ru_maxrss / 1024)
+def run(*args, cwd: Path | None = None, timeout: float = 300):
+    """`compress1img ARGS` as a user runs it, one thread, with its peak memory."""
+    return run_cli(*args, cwd=cwd, timeout=timeout, env=ENV)
 
 
 # --- the corpus --------------------------------------------------------------------------------------------------

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +11,7 @@ from PIL import Image
 from compress1img import InputError
 from compress1img.api import bundled_teacher, score_images
 from compress1img.scoring import PREDICTORS, class_predictors, effective_rank, image_density
+from cli_run import ONE_THREAD, run_cli
 
 
 def test_a_real_picture_outranks_noise_for_the_bundled_teacher():
@@ -68,10 +66,8 @@ def test_density_and_edges_grow_with_detail():
 
 
 def test_cli_ranks_as_json_and_writes_a_labelled_preview_per_image(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "compress1img", "score-image", "noise", "coffee", "--patches", "128",
-                           "--json", "--preview", str(tmp_path / "look.png"), "--device", "cpu"],
-                          capture_output=True, text=True, env=env)
+    proc = run_cli("score-image", "noise", "coffee", "--patches", "128", "--json", "--preview", tmp_path / "look.png",
+                   "--device", "cpu", env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr
     ranking = json.loads(proc.stdout)
     assert [row["image"] for row in ranking] == ["coffee", "noise"]
@@ -84,9 +80,7 @@ def test_cli_ranks_as_json_and_writes_a_labelled_preview_per_image(tmp_path):
 
 
 def test_cli_table_names_every_column():
-    proc = subprocess.run([sys.executable, "-m", "compress1img", "score-image", "chelsea", "--patches", "64",
-                           "--device", "cpu"], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = run_cli("score-image", "chelsea", "--patches", "64", "--device", "cpu", env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr
     header, row = proc.stdout.splitlines()[:2]
     assert header.split() == ["rank", "score", *PREDICTORS, "image"]
