@@ -35,6 +35,7 @@ from .outputs import check_writable, remove_if_empty
 from .patches import PatchConfig
 from .pruning import PruneConfig
 from .quantization import QATConfig, QuantizeConfig
+from .sources import ImageArg
 from .stages import Healing, export, latency, measure, prune_stage, quantize_stage
 from .training import CHECKPOINT_NAME, DistillConfig, TrainingHook, processes_report, run_distillation
 
@@ -57,7 +58,7 @@ class Result:
     int8_onnx: bytes | None = None
 
 
-def prune(model: ModelLike, image: str | Path | None = None, config: PruneConfig = PruneConfig(), *,
+def prune(model: ModelLike, image: ImageArg = None, config: PruneConfig = PruneConfig(), *,
           heal: DistillConfig | None = DistillConfig(), run: RunConfig = RunConfig(), **options) -> Result:
     """Prune `model` to `config.sparsity` and heal it by distillation from the original (`heal=None`: no healing).
 
@@ -67,7 +68,7 @@ def prune(model: ModelLike, image: str | Path | None = None, config: PruneConfig
     return compress(model, image, prune=config, heal=heal, run=run, **options)
 
 
-def quantize(model: ModelLike, image: str | Path | None = None, config: QuantizeConfig = QATConfig(), *,
+def quantize(model: ModelLike, image: ImageArg = None, config: QuantizeConfig = QATConfig(), *,
              run: RunConfig = RunConfig(), **options) -> Result:
     """Quantize `model` to int8 (weights per channel, activations per tensor) by `config`'s method.
 
@@ -78,24 +79,26 @@ def quantize(model: ModelLike, image: str | Path | None = None, config: Quantize
     return compress(model, image, quantize=config, run=run, **options)
 
 
-def compress(model: ModelLike, image: str | Path | None = None, *, prune: PruneConfig | None = None,
+def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | None = None,
              quantize: QuantizeConfig | None = None, heal: DistillConfig | None = DistillConfig(),
              run: RunConfig = RunConfig(), eval_data: str | Path | EvalData | None = None, arch: str | None = None,
              trust_model: bool = False, measure_latency: bool = True, patch_config: PatchConfig | None = None,
-             loss_fn: LossFn | None = None, augment: Augment | None = None,
+             image_mode: str = "auto", loss_fn: LossFn | None = None, augment: Augment | None = None,
              hooks: Sequence[TrainingHook] = ()) -> Result:
     """Prune and/or quantize `model` in one run, both healed against the original; returns one report.
 
     `heal` is the pruning's healing (None: prune only); quantization-aware training takes its
-    settings from the QATConfig. `patch_config` changes the patch pipeline; `loss_fn`, `augment`
-    and `hooks` replace the healing's defaults (training.run_distillation). A run doing both also writes the pruned float model
+    settings from the QATConfig. `image` may be one image, several, or folders of them
+    (sources.py; `image_mode` auto, patches or whole); `patch_config` changes the patch pipeline;
+    `loss_fn`, `augment` and `hooks` replace the healing's defaults (training.run_distillation).
+    A run doing both also writes the pruned float model
     as `pruned.pt`, which `quantize` accepts on its own.
     """
     if prune is None and quantize is None:
         raise ValueError("compress needs a PruneConfig, a QuantizeConfig or both")
     wall_start = time.perf_counter()
-    ctx = open_run(model, image, run, eval_data=eval_data, patch_config=patch_config, arch=arch,
-                   trust_model=trust_model)
+    ctx = open_run(model, image, run, eval_data=eval_data, patch_config=patch_config, image_mode=image_mode,
+                   arch=arch, trust_model=trust_model)
     healing = Healing(heal, loss_fn, augment, hooks) if heal is not None else None
     student, pruned, int8, parts = ctx.student_copy(), None, None, []
     try:
@@ -133,7 +136,7 @@ def compress(model: ModelLike, image: str | Path | None = None, *, prune: PruneC
 def _assemble(ctx: RunContext, prune, quantize, parts: list, wall_start: float) -> dict:
     command = "compress" if prune is not None and quantize is not None else "prune" if prune is not None \
         else "quantize"
-    report = {"command": command, "model": ctx.teacher.source, "image": ctx.image}
+    report = {"command": command, "model": ctx.teacher.source, **ctx.source_report}
     for part in parts:
         report.update(part.report())
     report.update({"device": str(ctx.device), "device_name": device_name(ctx.device),
@@ -158,10 +161,11 @@ def build_student(name: str, teacher: LoadedModel) -> LoadedModel:
                        num_classes=teacher.num_classes, classes=teacher.classes, source=f"{name} (random init)")
 
 
-def distill(teacher: ModelLike, student: str, image: str | Path | None = None, config: DistillConfig = DistillConfig(),
+def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: DistillConfig = DistillConfig(),
             *, run: RunConfig = RunConfig(), eval_data: str | Path | EvalData | None = None,
             patches_file: str | Path | None = None, patch_config: PatchConfig | None = None,
-            arch: str | None = None, trust_model: bool = False, loss_fn: LossFn | None = None,
+            image_mode: str = "auto", arch: str | None = None, trust_model: bool = False,
+            loss_fn: LossFn | None = None,
             augment: Augment | None = None, hooks: Sequence[TrainingHook] = ()) -> Result:
     """Train a randomly initialised `student` (an architecture name) from `teacher` on patches of one image.
 
@@ -171,7 +175,7 @@ def distill(teacher: ModelLike, student: str, image: str | Path | None = None, c
     """
     wall_start = time.perf_counter()
     ctx = open_run(teacher, image, run, eval_data=eval_data, patches_file=patches_file, patch_config=patch_config,
-                   arch=arch, trust_model=trust_model)
+                   image_mode=image_mode, arch=arch, trust_model=trust_model)
     out_dir = ctx.out_dir
     try:
         torch.manual_seed(run.seed)  # the student's initialisation is part of the run's seed
@@ -211,8 +215,8 @@ def distill(teacher: ModelLike, student: str, image: str | Path | None = None, c
 
 
 def _distill_report(ctx: RunContext, student: LoadedModel, result, config: DistillConfig) -> dict:
-    report = {"command": "distill", "teacher": ctx.teacher.source, "student": student.source, "image": ctx.image,
-              "patches_file": str(ctx.patches_file) if ctx.patches_file else None,
+    report = {"command": "distill", "teacher": ctx.teacher.source, "student": student.source,
+              **ctx.source_report, "patches_file": str(ctx.patches_file) if ctx.patches_file else None,
               "patch_size": ctx.teacher.input_size[-1], "device": str(ctx.device),
               "device_name": device_name(ctx.device), "torch_threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine()}

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -25,17 +24,15 @@ from .data import EvalData, check_num_classes, load_eval_data
 from .devices import resolve_device
 from .errors import InputError, first_line
 from .evaluate import predict, top1
-from .images import describe_image, source_picture
 from .models import LoadedModel, load_model
 from .models.registry import IMAGENET_MEAN, IMAGENET_STD
 from .outputs import WORK_DIR, prepare_out_dir, remove_if_empty, write_report
-from .patches import PatchArray, PatchConfig, PatchGenerator
+from .patches import PatchConfig
+from .sources import ImageArg, open_source
 from .training import PatchSource, accuracy_fn
 
 log = logging.getLogger("compress1img")
 
-# The held-out patches come from the same image under a seed training never uses.
-HOLDOUT_SEED_OFFSET = 1_000_003
 # During training, labelled accuracy is tracked on a strided slice this big (the full set at the end).
 TRACKING_EVAL_SIZE = 1000
 
@@ -92,41 +89,6 @@ def tracking_accuracy(labelled: EvalData, model: LoadedModel, device: torch.devi
     return accuracy_fn(labelled.images[::stride], labelled.labels[::stride], model.mean, model.std, device)
 
 
-def patch_source(image: str | Path | None, patch_size: int, seed: int, holdout_size: int,
-                 patches_file: str | Path | None = None, device: str | torch.device = "cpu",
-                 patch_config: PatchConfig | None = None) -> tuple[PatchSource, torch.Tensor]:
-    """(training patches, held-out patches) from an image, or from a pre-made `.npy` patch file.
-
-    `patch_config` changes the paper's patch pipeline (its size is always the model's input).
-    Training batches come out on `device`: on a GPU the image pyramid lives there and every
-    batch is generated there, with no per-patch work on the CPU. Held-out patches are on the CPU.
-    """
-    if patches_file is not None:
-        return _patch_file(Path(patches_file), patch_size, seed, holdout_size, device)
-    picture = source_picture(image, patch_size, seed)
-    config = dataclasses.replace(patch_config or PatchConfig(), size=patch_size)
-    holdout = PatchGenerator(picture, config, seed=seed + HOLDOUT_SEED_OFFSET, device=device).batch(holdout_size, 0)
-    return PatchGenerator(picture, config, seed=seed, device=device), holdout.cpu()
-
-
-def _patch_file(path: Path, patch_size: int, seed: int, holdout_size: int, device) -> tuple[PatchArray, torch.Tensor]:
-    if not path.is_file():
-        raise InputError(f"patch file not found: {path}")
-    try:
-        array = np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as e:
-        raise InputError(f"cannot read patch file {path}: {e}") from None
-    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
-        raise InputError(f"patch file {path} must hold uint8 (N, S, S, 3) patches, not {array.dtype} {array.shape}")
-    if array.shape[1] != patch_size:
-        raise InputError(f"patch file {path} has {array.shape[1]} px patches, the teacher expects {patch_size} px")
-    if len(array) <= holdout_size:
-        raise InputError(f"patch file {path} has {len(array)} patches: need more than the {holdout_size} held out")
-    # The last patches are held out and never trained on.
-    holdout = torch.from_numpy(np.array(array[-holdout_size:])).permute(0, 3, 1, 2).float() / 255
-    return PatchArray(np.asarray(array[:-holdout_size]), seed=seed, device=device), holdout
-
-
 @dataclass
 class RunContext:
     """Everything the stages of one command share; made by `open_run`."""
@@ -138,7 +100,7 @@ class RunContext:
     holdout: torch.Tensor  # float NCHW in [0, 1], on the CPU, never trained on
     teacher_holdout: torch.Tensor  # the teacher's logits on them
     labelled: EvalData | None
-    image: str | None  # what the report says the patches came from
+    source_report: dict  # what the report says the patches came from (sources.Source.describe)
     out_dir: Path | None
     patches_file: Path | None = None  # the pre-made patches the source reads, if any
     eval_fn: Callable[[nn.Module], dict] | None = None
@@ -183,21 +145,21 @@ class RunContext:
             shutil.rmtree(self.out_dir / WORK_DIR, ignore_errors=True)
 
 
-def open_run(model: ModelLike, image: str | Path | None, run: RunConfig, *,
+def open_run(model: ModelLike, image: ImageArg, run: RunConfig, *,
              eval_data: str | Path | EvalData | None = None, patches_file: str | Path | None = None,
-             patch_config: PatchConfig | None = None, arch: str | None = None,
+             patch_config: PatchConfig | None = None, image_mode: str = "auto", arch: str | None = None,
              trust_model: bool = False) -> RunContext:
     """Check and load every input of a run, then create its output folder: bad input fails before any work."""
     device = resolve_device(run.device)
     distributed.init(device)  # under torchrun: decisions are shared between processes from here on
     teacher = as_model(model, arch, trust_model)
     labelled = load_labelled(eval_data, teacher)
-    source, holdout = patch_source(image, teacher.input_size[-1], run.seed, run.holdout_size, patches_file, device,
-                                   patch_config)
+    source = open_source(image, teacher.input_size[-1], run.seed, run.holdout_size, device=device,
+                         patch_config=patch_config, mode=image_mode, patches_file=patches_file)
     out_dir = prepare_out_dir(run.out, overwrite=run.overwrite, resume=run.resume) if run.out is not None else None
     eval_fn = tracking_accuracy(labelled, teacher, device) if labelled is not None else None
-    return RunContext(teacher=teacher, run=run, device=device, source=source, holdout=holdout,
-                      teacher_holdout=predict(teacher.module, holdout, teacher.mean, teacher.std),
-                      labelled=labelled, image=describe_image(image) if patches_file is None else None,
-                      out_dir=out_dir, patches_file=Path(patches_file) if patches_file is not None else None,
+    return RunContext(teacher=teacher, run=run, device=device, source=source.train, holdout=source.holdout,
+                      teacher_holdout=predict(teacher.module, source.holdout, teacher.mean, teacher.std),
+                      labelled=labelled, source_report=source.describe(), out_dir=out_dir,
+                      patches_file=Path(patches_file) if patches_file is not None else None,
                       eval_fn=eval_fn)

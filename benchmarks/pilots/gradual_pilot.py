@@ -21,9 +21,10 @@ import torch
 import torch_pruning as tp
 
 from compress1img import DistillConfig, PruneConfig, RunConfig, TrainingHook, run_distillation
-from compress1img.context import as_model, load_labelled, patch_source, tracking_accuracy
+from compress1img.context import as_model, load_labelled, tracking_accuracy
 from compress1img.evaluate import predict, top1
 from compress1img.pruning import count, make_prunable, make_pruner, protected_layers, prune_to_budget
+from compress1img.sources import open_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: for paths.py
 from paths import ANIMALS, R56  # noqa: E402
@@ -59,7 +60,8 @@ def main() -> None:
     teacher = as_model(str(R56), "cifar_resnet56")
     heal, run = DistillConfig(steps=max(args.heal_steps, 1)), RunConfig(eval_every=250)
     labelled = load_labelled(eval_data, teacher)
-    source, holdout = patch_source(str(ANIMALS), 32, run.seed, run.holdout_size, device=torch.device("cpu"))
+    patches = open_source(str(ANIMALS), 32, run.seed, run.holdout_size)
+    source, holdout = patches.train, patches.holdout
     eval_fn = tracking_accuracy(labelled, teacher, torch.device("cpu"))
     student = copy.deepcopy(teacher.module).requires_grad_(True)
     make_prunable(student)

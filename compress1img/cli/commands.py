@@ -15,11 +15,11 @@ from ..quantization import METHODS, QAT_LR, QAT_STEPS, QATConfig, QuantizeConfig
 from ..scoring import PREDICTORS
 from ..training import DistillConfig
 from .options import (AllocationOpt, AmpOpt, ArchOpt, BatchOpt, CalibrationOpt, ChannelsOpt, CheckpointEveryOpt,
-    CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt, FreezeBnOpt, IgnoreOpt, ImageOpt, Int8Opt,
-    ImportanceOpt, InputSizeOpt, IterationsOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt, ModelArg,
-    NoHealOpt, NprocOpt, OutOpt, OverwriteOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt,
-    RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build, load,
-    read_lines)
+    CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt, FreezeBnOpt, IgnoreOpt, ImageModeOpt,
+    ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt,
+    ModelArg, NoHealOpt, NprocOpt, OutOpt, OverwriteOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt,
+    ResumeOpt, RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build,
+    load, read_lines)
 from .summaries import print_compress_summary, print_distill_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -40,6 +40,7 @@ def distill(
                                                            "name, timm:NAME or tv:NAME.")],
     arch: ArchOpt = None,
     image: ImageOpt = None,
+    image_mode: ImageModeOpt = "auto",
     patches: Annotated[Optional[Path], typer.Option(
         "--patches", help="Train on a pre-made patch file (from `compress1img patches`) instead of generating "
                           "patches on the fly; its last --holdout-size patches are held out.")] = None,
@@ -82,7 +83,8 @@ def distill(
     params = locals()
     config, run = build(DistillConfig, params), build(RunConfig, params)
     teacher_model = load(teacher, arch, trust_model, input_size, mean, std)
-    result = api.distill(teacher_model, student, image, config, run=run, eval_data=eval_data, patches_file=patches)
+    result = api.distill(teacher_model, student, image, config, run=run, eval_data=eval_data, patches_file=patches,
+                         image_mode=image_mode)
     print_distill_summary(result.report, out)
 
 
@@ -116,6 +118,7 @@ def prune(
     no_heal: NoHealOpt = False,
     arch: ArchOpt = None,
     image: ImageOpt = None,
+    image_mode: ImageModeOpt = "auto",
     out: OutOpt = None,
     steps: StepsOpt = 2000,
     batch_size: BatchOpt = DistillConfig.batch_size,
@@ -143,7 +146,7 @@ def prune(
     config, run = _prune_config(params), build(RunConfig, params)
     heal = None if no_heal else build(DistillConfig, params)
     loaded = load(model, arch, trust_model, input_size, mean, std)
-    result = api.prune(loaded, image, config, heal=heal, run=run, eval_data=eval_data)
+    result = api.prune(loaded, image, config, heal=heal, run=run, eval_data=eval_data, image_mode=image_mode)
     print_compress_summary(result.report, out)
 
 
@@ -155,6 +158,7 @@ def quantize(
     calibration_size: CalibrationOpt = 512,
     arch: ArchOpt = None,
     image: ImageOpt = None,
+    image_mode: ImageModeOpt = "auto",
     out: OutOpt = None,
     steps: StepsOpt = QAT_STEPS,
     batch_size: BatchOpt = DistillConfig.batch_size,
@@ -178,7 +182,7 @@ def quantize(
     params = locals()
     config, run = _quantize_config(params, build(DistillConfig, params)), build(RunConfig, params)
     loaded = load(model, arch, trust_model, input_size, mean, std)
-    result = api.quantize(loaded, image, config, run=run, eval_data=eval_data)
+    result = api.quantize(loaded, image, config, run=run, eval_data=eval_data, image_mode=image_mode)
     print_compress_summary(result.report, out)
 
 
@@ -201,6 +205,7 @@ def compress_(
     calibration_size: CalibrationOpt = 512,
     arch: ArchOpt = None,
     image: ImageOpt = None,
+    image_mode: ImageModeOpt = "auto",
     out: OutOpt = None,
     steps: StepsOpt = 2000,
     batch_size: BatchOpt = DistillConfig.batch_size,
@@ -234,7 +239,7 @@ def compress_(
     training = build(DistillConfig, params, {"steps": "--qat-steps", "lr": "--qat-lr"}, steps=qat_steps, lr=qat_lr)
     loaded = load(model, arch, trust_model, input_size, mean, std)
     result = api.compress(loaded, image, prune=prune_config, quantize=_quantize_config(params, training), heal=heal,
-                          run=run, eval_data=eval_data)
+                          run=run, eval_data=eval_data, image_mode=image_mode)
     print_compress_summary(result.report, out)
 
 

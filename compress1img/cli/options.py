@@ -42,13 +42,14 @@ def load_recipe(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, IsADirectoryError) as e:
         raise InputError(f"recipe {value} is not valid TOML: {e}") from None
     recipe = recipe.get(ctx.info_name, recipe)  # a recipe may hold one table per command
-    known = {p.name for p in ctx.command.params}
+    known = {p.name: p for p in ctx.command.params}
     values = {}
     for key, item in recipe.items():
         name = key.replace("-", "_")
         if name not in known or name == "recipe":
             raise InputError(f"recipe {value}: unknown option {key!r} for `{ctx.info_name}`")
-        values[name] = item
+        # A repeatable option (--image, --ignore) may be given one value or a list of them.
+        values[name] = [item] if getattr(known[name], "multiple", False) and isinstance(item, str) else item
     ctx.default_map = {**(ctx.default_map or {}), **values}
     return value
 
@@ -57,9 +58,15 @@ def load_recipe(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
 ArchOpt = Annotated[Optional[str], typer.Option(
     "--arch", help="Architecture of a bare weights file: a registry name (cifar_resnet20/32/44/56, wrn_16_4, "
                    "wrn_40_4), timm:NAME or tv:NAME.")]
-ImageOpt = Annotated[Optional[str], typer.Option(
-    "--image", help="Source image (JPEG/PNG/WebP/TIFF/BMP) or a bundled image name "
-                    "(china [default], astronaut, coffee, chelsea, hubble).")]
+ImageOpt = Annotated[Optional[list[str]], typer.Option(
+    "--image", help="Source image (JPEG/PNG/WebP/TIFF/BMP), a bundled image name (china [default], astronaut, "
+                    "coffee, chelsea, hubble), or a folder of images; repeat it for several: patches are drawn "
+                    "from all of them.")]
+ImageModeOpt = Annotated[str, typer.Option(
+    "--image-mode", help="How the source images are used: patches (the paper's augmented crops), whole (each "
+                         "image resized to the model's input, with flips, shifts and CutMix only: for sets of "
+                         "small images), auto (whole when several images are all too small for the paper's "
+                         "crops, else patches).")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory (report.json, report.md, model.pt, "
                                                               "model.onnx).")]
 StepsOpt = Annotated[int, typer.Option("--steps", help="Training steps (the healing/training budget).")]
@@ -79,7 +86,8 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (cud
                                                          "each process takes the GPU of its local rank).")]
 AmpOpt = Annotated[bool, typer.Option(
     "--amp/--no-amp", help="Train in mixed precision where the hardware has it: bf16 (or fp16) on GPUs, bf16 on "
-                           "CPUs with native bf16 (AVX512-BF16/AMX), with channels_last (docs/benchmarks.md, \"Mixed precision on "
+                           "CPUs with native bf16 (AVX512-BF16/AMX), with channels_last (docs/benchmarks.md, "
+                           "\"Mixed precision on "
                            "the CPU\"); "
                            "other CPUs train in float32. Quantization-aware training always runs in float32.")]
 LrScalingOpt = Annotated[str, typer.Option(
@@ -142,7 +150,8 @@ DropBlocksOpt = Annotated[int, typer.Option(
                           "run faster than narrower ones (see docs/benchmarks.md).")]
 ReconstructOpt = Annotated[Optional[int], typer.Option(
     "--reconstruct-patches", help="After each cut, refit by least squares every layer that lost input channels "
-                                  "but kept its outputs, so that it reproduces the original's outputs on N patches (healing ends "
+                                  "but kept its outputs, so that it reproduces the original's outputs on N patches "
+                                  "(healing ends "
                                   "no better for it: docs/benchmarks.md, \"Against the targets\"). 0: no refit. "
                                   "Default: with --no-heal 1024 for inputs "
                                   "up to 64 px, 256 above; else 0.")]

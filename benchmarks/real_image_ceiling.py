@@ -1,0 +1,141 @@
+"""The real-image ceiling: the default 50% cut of the ResNet-56 healed on unlabeled CIFAR images instead of patches.
+
+    python benchmarks/real_image_ceiling.py SOURCE [--steps 1000] [--image-mode auto] [NAME=VALUE ...]
+    python benchmarks/real_image_ceiling.py --compare A B     # paired test of two runs' predictions
+
+SOURCE is `animals` (or any --image the package takes: a bundled name, a file) for one image's
+patches, or a number N: N images of the EVEN-indexed half of cifar10_test_jpeg75.npz, N/10 per
+class, written as PNG files to a folder and given to `prune --image FOLDER`; their labels are never
+read. Every run is scored on the ODD-indexed half (5,000 images), which no run heals on. Each run
+prints one JSON line (top-1 on the odd half, the teacher's, agreement with the teacher) and keeps
+its predictions in benchmarks/results/ceiling/NAME.npy, so that `--compare` can test two runs
+pairwise (exact McNemar test on the images one gets right and the other wrong).
+NAME=VALUE settings as for benchmarks/pilots/prune_pilot.py (DistillConfig, RunConfig, PruneConfig fields).
+"""
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from compress1img import DistillConfig, PruneConfig, RunConfig, load_eval_data, prune
+from compress1img.evaluate import predict
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paths import ANIMALS, CIFAR_TEST, R56  # noqa: E402
+
+RESULTS = Path("benchmarks/results/ceiling")
+
+
+def halves() -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the even- and odd-indexed halves of the test file (5,000 each, 500 per class)."""
+    index = np.arange(10_000)
+    return index[0::2], index[1::2]
+
+
+def odd_half_file() -> Path:
+    """The odd half as an .npz that --eval-data takes (written once)."""
+    path = RESULTS / "odd_half.npz"
+    if not path.exists():
+        data = np.load(CIFAR_TEST)
+        _, odd = halves()
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        np.savez(path, images=data["images"][odd], labels=data["labels"][odd], classes=data["classes"])
+    return path
+
+
+def even_folder(count: int) -> Path:
+    """`count` even-half images, count/10 per class (the first of each class), as PNG files; labels not kept."""
+    folder = RESULTS / f"even-{count}"
+    if not folder.is_dir() or len(list(folder.glob("*.png"))) != count:
+        data = np.load(CIFAR_TEST)
+        even, _ = halves()
+        labels = data["labels"][even]
+        chosen = np.concatenate([even[labels == c][:count // 10] for c in range(10)])
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.png"):
+            old.unlink()
+        for i in chosen:
+            Image.fromarray(data["images"][i]).save(folder / f"{i:05d}.png")
+    return folder
+
+
+def with_overrides(config, options: dict[str, str]):
+    changes = {}
+    for field in dataclasses.fields(config):
+        if field.name in options:
+            current = getattr(config, field.name)
+            kind = type(current) if current is not None else int
+            value = options.pop(field.name)
+            changes[field.name] = bool(int(value)) if kind is bool else kind(value)
+    return dataclasses.replace(config, **changes)
+
+
+def mcnemar(a_right: np.ndarray, b_right: np.ndarray) -> dict:
+    """Exact two-sided McNemar test: are A and B right on different images more often than chance says?"""
+    only_a, only_b = int((a_right & ~b_right).sum()), int((~a_right & b_right).sum())
+    n, k = only_a + only_b, min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n if n else 1.0
+    return {"only_a_right": only_a, "only_b_right": only_b, "p_value": min(1.0, 2 * tail)}
+
+
+def compare(a: str, b: str) -> None:
+    labels = np.load(odd_half_file())["labels"]
+    pa, pb = np.load(RESULTS / f"{a}.npy"), np.load(RESULTS / f"{b}.npy")
+    right_a, right_b = pa == labels, pb == labels
+    print(json.dumps({"a": a, "b": b, "top1_a": 100 * right_a.mean(), "top1_b": 100 * right_b.mean(),
+                      "difference_pt": 100 * (right_a.mean() - right_b.mean()), "agreement": 100 * (pa == pb).mean(),
+                      **mcnemar(right_a, right_b)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", nargs="?", help="animals, another image, or a number of even-half images")
+    parser.add_argument("overrides", nargs="*", metavar="NAME=VALUE", help="settings to change")
+    parser.add_argument("--steps", type=int, default=1000, help="healing steps")
+    parser.add_argument("--image-mode", default="auto", help="auto, patches or whole (as `prune --image-mode`)")
+    parser.add_argument("--name", help="name of the run's prediction file (default: from the source and mode)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two earlier runs by name")
+    args = parser.parse_args()
+    if args.compare:
+        return compare(*args.compare)
+    if args.source is None:
+        parser.error("give a SOURCE or --compare A B")
+    options = dict(arg.split("=", 1) for arg in args.overrides)
+    heal = with_overrides(DistillConfig(steps=args.steps), options)
+    run = with_overrides(RunConfig(eval_every=250, progress=False), options)
+    config = with_overrides(PruneConfig(sparsity=0.5), options)
+    if options:
+        parser.error(f"unknown settings: {', '.join(options)}")
+    images = str(even_folder(int(args.source))) if args.source.isdigit() else \
+        str(ANIMALS) if args.source == "animals" else args.source
+    name = args.name or f"{Path(args.source).stem}-{args.image_mode}-{args.steps}"
+    odd = odd_half_file()
+
+    started = time.time()
+    result = prune(str(R56), images, config, heal=heal, run=run, arch="cifar_resnet56", eval_data=odd,
+                   measure_latency=False, image_mode=args.image_mode)
+    labelled = load_eval_data(odd)
+    teacher = result.model  # same normalisation as the teacher
+    predictions = predict(result.model.module, labelled.images, teacher.mean, teacher.std).argmax(1).numpy()
+    np.save(RESULTS / f"{name}.npy", predictions)
+    report = result.report
+    print(json.dumps({"name": name, "source": args.source, "image_mode": report["image_mode"],
+                      "images_used": report["images_used"], "steps": args.steps, "options": args.overrides,
+                      "top1": report["final_top1"], "teacher_top1": report["teacher_top1"],
+                      "change_pt": report["top1_change"], "test_agreement": report["test_agreement"],
+                      "holdout_agreement": report["holdout_agreement"],
+                      "top1_after_cut": report["per_iteration"][0].get("top1_after_cut"),
+                      "heal_seconds": report["per_iteration"][0].get("heal_seconds"),
+                      "minutes": (time.time() - started) / 60, "check_top1": 100 * float(
+                          (torch.from_numpy(predictions) == labelled.labels).float().mean())}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Where patches come from: one image as the paper cuts it, several images, a folder, small images used whole."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cli_run import ONE_THREAD, run_cli
+from compress1img import InputError, PatchConfig, PatchGenerator, load_image
+from compress1img.images import min_image_side
+from compress1img.models import BUNDLED_TEACHER
+from compress1img.sources import open_source
+
+
+def folder_of_small_images(path, count: int, side: int = 32):
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path / f"{i:03d}.png")
+    return path
+
+
+def test_one_image_gives_exactly_the_papers_patches_as_before():
+    source = open_source("coffee", 32, 3, 16)
+    same = PatchGenerator(load_image("coffee", min_side=min_image_side(32)), PatchConfig(size=32), seed=3)
+    assert torch.equal(source.train.batch(8, 5), same.batch(8, 5))
+    assert source.holdout.shape == (16, 3, 32, 32) and source.describe()["images_used"] == 1
+
+
+def test_a_folder_of_small_images_is_used_whole_and_every_batch_is_a_pure_function_of_its_index(tmp_path):
+    folder = folder_of_small_images(tmp_path / "small", 10)
+    source = open_source(folder, 32, 0, 24)
+    assert source.mode == "whole" and source.describe() == {
+        "image": "10 images", "images_used": 10, "image_mode": "whole",
+        "images": [str(folder / f"{i:03d}.png") for i in range(10)]}
+    first = source.train.batch(10, 0)  # an epoch: each image once, as it is
+    originals = torch.stack([torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1).float() / 255
+                             for p in sorted(folder.iterdir())])
+    assert sorted(first.flatten(1).sum(1).tolist()) == pytest.approx(sorted(originals.flatten(1).sum(1).tolist()))
+    assert torch.equal(source.train.batch(7, 3), open_source(folder, 32, 0, 24).train.batch(7, 3))
+    assert source.holdout.shape == (24, 3, 32, 32)
+
+
+def test_several_images_share_each_batch_and_every_patch_comes_from_one_of_them(tmp_path):
+    black, white = tmp_path / "black.png", tmp_path / "white.png"
+    Image.new("RGB", (200, 200), (0, 0, 0)).save(black)
+    Image.new("RGB", (200, 200), (255, 255, 255)).save(white)
+    source = open_source([black, white], 32, 0, 8)
+    batch = source.train.batch(64, 2)
+    means = batch.flatten(1).mean(1)
+    from_black = means == 0  # nothing in the pipeline lifts a black image off zero
+    assert from_black.any() and (~from_black).any() and (means[~from_black] > 0.2).all()
+    assert torch.equal(batch, source.train.batch(64, 2)) and not torch.equal(batch, source.train.batch(64, 3))
+    assert source.mode == "patches" and source.describe()["images_used"] == 2
+
+
+def test_bad_image_sets_are_one_line_input_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="image folder .*empty holds no images"):
+        open_source(tmp_path / "empty", 32, 0, 8)
+    with pytest.raises(InputError, match="--image-mode must be one of auto, patches, whole"):
+        open_source("coffee", 32, 0, 8, mode="crops")
+    with pytest.raises(InputError, match="noise cannot be used whole"):
+        open_source("noise", 32, 0, 8, mode="whole")
+
+
+def test_the_cli_takes_a_folder_and_more_images_and_the_report_names_them(tmp_path):
+    folder = folder_of_small_images(tmp_path / "small", 3)
+    out = tmp_path / "run"
+    result = run_cli("prune", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--sparsity", "0.3", "--no-heal",
+                     "--reconstruct-patches", "0", "--image", folder, "--image", "coffee", "--out", out,
+                     env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    assert "3 of the 4 images are smaller than 90 px" in result.stderr  # said once, not per image
+    report = json.loads((out / "report.json").read_text())
+    assert report["images_used"] == 4 and report["image_mode"] == "patches" and report["image"] == "4 images"
+    assert report["images"][-1].endswith("coffee.png")
