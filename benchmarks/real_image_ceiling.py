@@ -13,7 +13,6 @@ pairwise (exact McNemar test on the images one gets right and the other wrong).
 NAME=VALUE settings as for benchmarks/pilots/prune_pilot.py (DistillConfig, RunConfig, PruneConfig fields).
 """
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -29,6 +28,7 @@ from compress1img.evaluate import predict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paths import ANIMALS, CIFAR_TEST, R56  # noqa: E402
+from overrides import parse, with_overrides  # noqa: E402
 
 RESULTS = Path("benchmarks/results/ceiling")
 
@@ -66,17 +66,6 @@ def even_folder(count: int) -> Path:
     return folder
 
 
-def with_overrides(config, options: dict[str, str]):
-    changes = {}
-    for field in dataclasses.fields(config):
-        if field.name in options:
-            current = getattr(config, field.name)
-            kind = type(current) if current is not None else int
-            value = options.pop(field.name)
-            changes[field.name] = bool(int(value)) if kind is bool else kind(value)
-    return dataclasses.replace(config, **changes)
-
-
 def mcnemar(a_right: np.ndarray, b_right: np.ndarray) -> dict:
     """Exact two-sided McNemar test: are A and B right on different images more often than chance says?"""
     only_a, only_b = int((a_right & ~b_right).sum()), int((~a_right & b_right).sum())
@@ -107,7 +96,7 @@ def main() -> None:
         return compare(*args.compare)
     if args.source is None:
         parser.error("give a SOURCE or --compare A B")
-    options = dict(arg.split("=", 1) for arg in args.overrides)
+    options = parse(args.overrides)
     heal = with_overrides(DistillConfig(steps=args.steps), options)
     run = with_overrides(RunConfig(eval_every=250, progress=False), options)
     config = with_overrides(PruneConfig(sparsity=0.5), options)

@@ -14,6 +14,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 INDEX = BENCHMARKS / "README.md"
 # The only files that may name the data folder: everything else takes its paths from them.
 PATH_FILES = {"paths.py", "paths.sh"}
+# Modules the scripts import (no command line of their own).
+HELPERS = {"paths.py", "overrides.py"}
 
 
 def scripts(*suffixes: str) -> list[str]:
@@ -24,7 +26,7 @@ def scripts(*suffixes: str) -> list[str]:
 
 
 def python_scripts() -> list[str]:
-    return [s for s in scripts(".py") if s != "paths.py"]
+    return [s for s in scripts(".py") if s not in HELPERS]
 
 
 def indexed_scripts() -> set[str]:

@@ -31,6 +31,7 @@ from compress1img.losses import kl_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: for paths.py
 from paths import ANIMALS, R56  # noqa: E402
+from overrides import parse, with_overrides  # noqa: E402
 
 
 def blocks(model: nn.Module) -> dict[str, nn.Module]:
@@ -71,25 +72,13 @@ def feature_matching_loss(heal: DistillConfig, outputs: BlockOutputs, weight: fl
     return loss_fn
 
 
-def with_overrides(config, options: dict[str, str]):
-    """`config` with the NAME=VALUE options that name its fields (taken out of `options`)."""
-    changes = {}
-    for field in dataclasses.fields(config):
-        if field.name in options:
-            current = getattr(config, field.name)
-            kind = type(current) if current is not None else int
-            value = options.pop(field.name)
-            changes[field.name] = bool(int(value)) if kind is bool else kind(value)
-    return dataclasses.replace(config, **changes)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="base | taylor | iterK | feat")
     parser.add_argument("steps", type=int, help="healing steps")
     parser.add_argument("overrides", nargs="*", metavar="NAME=VALUE", help="settings to change (see above)")
     args = parser.parse_args()
-    options = dict(arg.split("=", 1) for arg in args.overrides)
+    options = parse(args.overrides)
     given = dict(options)
     feature_weight = float(options.pop("feature_weight", 1.0))
     eval_data = options.pop("eval_data", "/tmp/slice1k.npz")

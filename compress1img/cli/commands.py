@@ -279,7 +279,7 @@ def score_image(
     arch: ArchOpt = None,
     patches: Annotated[Optional[int], typer.Option(
         "--patches", help="Patches per image. Default: 2048 for inputs up to 64 px, 512 above (a 224 px teacher "
-                          "costs ~50x more per patch).")] = None,
+                          "costs far more per patch: docs/choosing-an-image.md).")] = None,
     preview: Annotated[Optional[Path], typer.Option(
         "--preview", help="Write a PNG grid of 64 patches with the teacher's top-1 class under each; with several "
                           "images, one file per image named PREVIEW-<image name>.png.")] = None,
@@ -352,7 +352,7 @@ def patches(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("compress1img-demo"),
-    steps: Annotated[int, typer.Option("--steps", help="Healing steps (a few minutes on 2 CPU cores).")] = 300,
+    steps: Annotated[int, typer.Option("--steps", help="Healing steps.")] = 300,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
