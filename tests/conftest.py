@@ -38,3 +38,27 @@ def tiny_teacher(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
     save_model(model, path)
     return path
+
+
+@pytest.fixture
+def cli(capsys):
+    """`compress1img ARGS` in this process (to monkeypatch it, and without a new interpreter's start-up):
+    (exit code, stderr lines). Restores what main() changes in logging, and runs torch on one thread like
+    the subprocesses do."""
+    import logging
+
+    from compress1img.cli import main
+
+    logger = logging.getLogger("compress1img")
+    saved = logger.handlers[:], logger.propagate, logger.level
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def call(*args) -> tuple[int, list[str]]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in args])
+        return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+
+    yield call
+    logger.handlers[:], logger.propagate, logger.level = saved
+    torch.set_num_threads(threads)

@@ -13,7 +13,6 @@ import torch
 
 import ddp_job
 from compress1img import InputError
-from compress1img.cli import main
 from compress1img.devices import autocast_dtype
 from compress1img.training import CHECKPOINT_NAME, batch_index
 from cli_run import run_cli
@@ -87,23 +86,6 @@ def test_nproc_distill_writes_one_set_of_outputs_and_states_the_batch_and_lr(tmp
     precision = "bfloat16" if autocast_dtype(torch.device("cpu")) is not None else "float32"
     assert report["processes"] == {"world_size": 2, "backend": "gloo", "batch_per_process": 4, "global_batch": 8,
                                    "lr_given": 1e-3, "lr_used": 2e-3, "lr_scaling": "linear", "precision": precision}
-
-
-@pytest.fixture
-def cli(capsys):
-    """`compress1img ARGS` in this process: (exit code, stderr lines); restores what main() changes in logging."""
-    import logging
-
-    logger = logging.getLogger("compress1img")
-    saved = logger.handlers[:], logger.propagate, logger.level
-
-    def call(*args) -> tuple[int, list[str]]:
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(a) for a in args])
-        return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
-
-    yield call
-    logger.handlers[:], logger.propagate, logger.level = saved
 
 
 @pytest.mark.parametrize("args,message", [

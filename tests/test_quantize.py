@@ -185,18 +185,18 @@ def test_a_model_torch_export_cannot_capture_is_a_clear_error():
     assert "\n" not in str(excinfo.value)
 
 
-def test_bad_quantize_settings_are_refused_in_the_api_and_under_their_option_names_in_the_cli(tmp_path):
+def test_bad_quantize_settings_are_refused_in_the_api_and_under_their_option_names_in_the_cli(tmp_path, cli):
     with pytest.raises(InputError, match=r"^PTQConfig\.calibration_size must be a positive number"):
         PTQConfig(calibration_size=0)
     with pytest.raises(InputError, match=r"^QATConfig\.training must be a DistillConfig"):
         QATConfig(training={"steps": 3})
-    bad = run_cli("quantize", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--method", "fp8", "--out", tmp_path / "a")
-    assert bad.returncode == 2 and "--method must be one of qat, ptq (got 'fp8')" in bad.stderr
-    bad = run_cli("quantize", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--calibration-size", "0",
-                  "--out", tmp_path / "b")
-    assert bad.returncode == 2 and "--calibration-size must be a positive number of patches (got 0)" in bad.stderr
-    bad = run_cli("compress", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--qat-steps", "0", "--out", tmp_path / "c")
-    assert bad.returncode == 2 and "--qat-steps must be at least 1 (got 0)" in bad.stderr
+    model = (BUNDLED_TEACHER, "--arch", "cifar_resnet20")
+    assert cli("quantize", *model, "--method", "fp8", "--out", tmp_path / "a") == (
+        2, ["error: --method must be one of qat, ptq (got 'fp8')"])
+    assert cli("quantize", *model, "--calibration-size", "0", "--out", tmp_path / "b") == (
+        2, ["error: --calibration-size must be a positive number of patches (got 0)"])
+    assert cli("compress", *model, "--qat-steps", "0", "--out", tmp_path / "c") == (
+        2, ["error: --qat-steps must be at least 1 (got 0)"])
     assert not any(tmp_path.iterdir())
 
 

@@ -2,7 +2,6 @@
 out-of-memory advice and the ONNX parity check. docs/reliability.md tabulates what each case shows."""
 from __future__ import annotations
 
-import logging
 import os
 import re
 import signal
@@ -21,7 +20,6 @@ from PIL import Image
 from torch import nn
 
 from compress1img import export_onnx, load_model
-from compress1img.cli import main
 from compress1img.export import ExportError, onnx_model_bytes
 from compress1img.outputs import prepare_out_dir
 from cli_run import Result, run_cli
@@ -410,25 +408,6 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_teacher
 
 
 # --- resources and numerical checks, in-process -----------------------------------------------------------------------
-
-@pytest.fixture
-def cli(capsys):
-    """`compress1img ARGS` in this process (to monkeypatch it): (exit code, stderr lines). Restores what main()
-    changes in logging, and runs torch on one thread like the subprocesses."""
-    logger = logging.getLogger("compress1img")
-    saved = logger.handlers[:], logger.propagate, logger.level
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-
-    def call(*args) -> tuple[int, list[str]]:
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(a) for a in args])
-        return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
-
-    yield call
-    logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("error", [
     RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "

@@ -75,6 +75,7 @@ def test_the_cli_takes_a_folder_and_more_images_and_the_report_names_them(tmp_pa
                      env=ONE_THREAD)
     assert result.returncode == 0, result.stderr
     assert "3 of the 4 images are smaller than 90 px" in result.stderr  # said once, not per image
+    assert "source: 4 images, cut into patches" in result.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["images_used"] == 4 and report["image_mode"] == "patches" and report["image"] == "4 images"
     assert report["images"][-1].endswith("coffee.png")

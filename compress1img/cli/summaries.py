@@ -9,7 +9,7 @@ from .. import distributed
 def print_compress_summary(report: dict, out: Path | None) -> None:
     if not distributed.is_main():  # rank 0 speaks for the run
         return
-    lines = [f"{report['command']}: {report['model']}"]
+    lines = [f"{report['command']}: {report['model']}"] + _source(report)
     if "weight_sparsity" in report:  # unstructured: nothing is removed, weights are zeroed
         lines.append(f"  {100 * report['weight_sparsity']:.1f}% of the conv/linear weights zeroed "
                      f"({report['requested_sparsity'] * 100:.0f}% asked); parameter and MAC counts unchanged")
@@ -49,7 +49,7 @@ def print_distill_summary(report: dict, out: Path | None) -> None:
     processes = report["processes"]
     batch = (f"{report['batch_size']} patches" if processes["world_size"] == 1 else
              f"{processes['global_batch']} patches ({processes['world_size']} processes x {report['batch_size']})")
-    lines = [f"{report['command']}: {report['student']} from {report['teacher']}",
+    lines = [f"{report['command']}: {report['student']} from {report['teacher']}", *_source(report),
              f"  {report['steps']} steps x {batch} in {report['train_seconds']:.0f} s "
              f"({report['patches_per_second']:.0f} patches/s)",
              f"  agreement with the teacher on {report['holdout_patches']} held-out patches: "
@@ -63,3 +63,11 @@ def print_distill_summary(report: dict, out: Path | None) -> None:
     print("\n".join(lines))
 
 
+
+
+def _source(report: dict) -> list[str]:
+    """A line on the source images when there were several (one image is in report.md)."""
+    if report.get("images_used", 1) <= 1:
+        return []
+    how = "used whole" if report["image_mode"] == "whole" else "cut into patches"
+    return [f"  source: {report['images_used']} images, {how}"]
