@@ -11,6 +11,9 @@ prints one JSON line (top-1 on the odd half, the teacher's, agreement with the t
 its predictions in benchmarks/results/ceiling/NAME.npy, so that `--compare` can test two runs
 pairwise (exact McNemar test on the images one gets right and the other wrong).
 NAME=VALUE settings as for benchmarks/pilots/prune_pilot.py (DistillConfig, RunConfig, PruneConfig fields).
+`--ema DECAY` heals with an exponential moving average of the weights (buffers too, as timm's ModelEmaV2
+does; the decay warms up as min(DECAY, (1 + t) / (10 + t))) and scores the averaged model: a healing
+variant that is not part of the package, put in through a TrainingHook.
 """
 import argparse
 import json
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from compress1img import DistillConfig, PruneConfig, RunConfig, load_eval_data, prune
+from compress1img import DistillConfig, PruneConfig, RunConfig, TrainingHook, load_eval_data, prune
 from compress1img.evaluate import predict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,6 +69,29 @@ def even_folder(count: int) -> Path:
     return folder
 
 
+class WeightAverage(TrainingHook):
+    """An exponential moving average of the student's weights and buffers, put into the student at the end."""
+
+    def __init__(self, decay: float):
+        self.decay, self.average = decay, {}
+
+    def on_start(self, teacher, student):
+        self.average = {k: v.detach().float().clone() for k, v in student.state_dict().items()}
+
+    @torch.no_grad()
+    def after_step(self, step, student, loss):
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for key, value in student.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.average[key].mul_(decay).add_(value.detach().float(), alpha=1 - decay)
+            else:
+                self.average[key].copy_(value)
+
+    def on_end(self, student):
+        state = student.state_dict()
+        student.load_state_dict({k: v.to(state[k].dtype) for k, v in self.average.items()})
+
+
 def mcnemar(a_right: np.ndarray, b_right: np.ndarray) -> dict:
     """Exact two-sided McNemar test: are A and B right on different images more often than chance says?"""
     only_a, only_b = int((a_right & ~b_right).sum()), int((~a_right & b_right).sum())
@@ -90,6 +116,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="healing steps")
     parser.add_argument("--image-mode", default="auto", help="auto, patches or whole (as `prune --image-mode`)")
     parser.add_argument("--name", help="name of the run's prediction file (default: from the source and mode)")
+    parser.add_argument("--ema", type=float, help="heal with a moving average of the weights (decay, e.g. 0.998)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two earlier runs by name")
     args = parser.parse_args()
     if args.compare:
@@ -104,18 +131,20 @@ def main() -> None:
         parser.error(f"unknown settings: {', '.join(options)}")
     images = str(even_folder(int(args.source))) if args.source.isdigit() else \
         str(ANIMALS) if args.source == "animals" else args.source
-    name = args.name or f"{Path(args.source).stem}-{args.image_mode}-{args.steps}"
+    name = args.name or f"{Path(args.source).stem}-{args.image_mode}-{args.steps}" + (f"-ema{args.ema}" if args.ema
+                                                                                         else "")
+    hooks = [WeightAverage(args.ema)] if args.ema else []
     odd = odd_half_file()
 
     started = time.time()
     result = prune(str(R56), images, config, heal=heal, run=run, arch="cifar_resnet56", eval_data=odd,
-                   measure_latency=False, image_mode=args.image_mode)
+                   measure_latency=False, image_mode=args.image_mode, hooks=hooks)
     labelled = load_eval_data(odd)
     teacher = result.model  # same normalisation as the teacher
     predictions = predict(result.model.module, labelled.images, teacher.mean, teacher.std).argmax(1).numpy()
     np.save(RESULTS / f"{name}.npy", predictions)
     report = result.report
-    print(json.dumps({"name": name, "source": args.source, "image_mode": report["image_mode"],
+    print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "image_mode": report["image_mode"],
                       "images_used": report["images_used"], "steps": args.steps, "options": args.overrides,
                       "top1": report["final_top1"], "teacher_top1": report["teacher_top1"],
                       "change_pt": report["top1_change"], "test_agreement": report["test_agreement"],
