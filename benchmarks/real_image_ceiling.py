@@ -13,7 +13,9 @@ pairwise (exact McNemar test on the images one gets right and the other wrong).
 NAME=VALUE settings as for benchmarks/pilots/prune_pilot.py (DistillConfig, RunConfig, PruneConfig fields).
 `--ema DECAY` heals with an exponential moving average of the weights (buffers too, as timm's ModelEmaV2
 does; the decay warms up as min(DECAY, (1 + t) / (10 + t))) and scores the averaged model: a healing
-variant that is not part of the package, put in through a TrainingHook.
+variant that is not part of the package, put in through a TrainingHook. `--balance K` draws K times
+the batch of patches and keeps a class-balanced batch by the teacher's top-1 (the most confident patches of
+each class in turn): teacher-guided selection, put in as a patch source of the script's own.
 """
 import argparse
 import json
@@ -27,7 +29,9 @@ import torch
 from PIL import Image
 
 from compress1img import DistillConfig, PruneConfig, RunConfig, TrainingHook, load_eval_data, prune
-from compress1img.evaluate import predict
+from compress1img.evaluate import normalize, predict
+from compress1img.models import load_model
+from compress1img.sources import open_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paths import ANIMALS, CIFAR_TEST, R56  # noqa: E402
@@ -92,6 +96,29 @@ class WeightAverage(TrainingHook):
         student.load_state_dict({k: v.to(state[k].dtype) for k, v in self.average.items()})
 
 
+class ClassBalanced:
+    """Batch `index` of `inner`, `factor` times larger, cut down to a batch whose teacher top-1 classes are as
+    even as the candidates allow: round-robin over the classes, each giving its most confident patch next."""
+
+    def __init__(self, inner, teacher, factor: int):
+        self.inner, self.teacher, self.factor = inner, teacher, factor
+        self.size = inner.size
+
+    @torch.no_grad()
+    def batch(self, n: int, index: int) -> torch.Tensor:
+        candidates = self.inner.batch(n * self.factor, index)
+        probs = self.teacher.module(normalize(candidates, self.teacher.mean, self.teacher.std)).softmax(1)
+        confidence, label = probs.max(1)
+        queues = [sorted((i for i in range(len(label)) if label[i] == c), key=lambda i: -confidence[i])
+                  for c in range(probs.shape[1])]
+        chosen: list[int] = []
+        while len(chosen) < n:
+            for queue in queues:
+                if queue and len(chosen) < n:
+                    chosen.append(queue.pop(0))
+        return candidates[torch.tensor(chosen)]
+
+
 def mcnemar(a_right: np.ndarray, b_right: np.ndarray) -> dict:
     """Exact two-sided McNemar test: are A and B right on different images more often than chance says?"""
     only_a, only_b = int((a_right & ~b_right).sum()), int((~a_right & b_right).sum())
@@ -117,6 +144,7 @@ def main() -> None:
     parser.add_argument("--image-mode", default="auto", help="auto, patches or whole (as `prune --image-mode`)")
     parser.add_argument("--name", help="name of the run's prediction file (default: from the source and mode)")
     parser.add_argument("--ema", type=float, help="heal with a moving average of the weights (decay, e.g. 0.998)")
+    parser.add_argument("--balance", type=int, help="draw this many times the batch and keep a class-balanced one")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two earlier runs by name")
     args = parser.parse_args()
     if args.compare:
@@ -134,6 +162,11 @@ def main() -> None:
     name = args.name or f"{Path(args.source).stem}-{args.image_mode}-{args.steps}" + (f"-ema{args.ema}" if args.ema
                                                                                          else "")
     hooks = [WeightAverage(args.ema)] if args.ema else []
+    if args.balance:
+        name += f"-balance{args.balance}"
+        teacher = load_model(R56, "cifar_resnet56")
+        images = ClassBalanced(open_source(images, 32, run.seed, 1, mode=args.image_mode).train, teacher,
+                               args.balance)
     odd = odd_half_file()
 
     started = time.time()
@@ -144,7 +177,8 @@ def main() -> None:
     predictions = predict(result.model.module, labelled.images, teacher.mean, teacher.std).argmax(1).numpy()
     np.save(RESULTS / f"{name}.npy", predictions)
     report = result.report
-    print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "image_mode": report["image_mode"],
+    print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance,
+                      "image_mode": report["image_mode"],
                       "images_used": report["images_used"], "steps": args.steps, "options": args.overrides,
                       "top1": report["final_top1"], "teacher_top1": report["teacher_top1"],
                       "change_pt": report["top1_change"], "test_agreement": report["test_agreement"],

@@ -1,4 +1,5 @@
-"""Where the training patches come from: one image, several images, a folder of them, or a pre-made `.npy`.
+"""Where the training patches come from: one image, several images, a folder of them, a pre-made `.npy`,
+or any object with `.size` and `.batch(n, index)` (a patch source of the caller's own).
 
 Every source gives batch `index` of `n` patches as a pure function of (seed, index, n), so
 resume and per-rank batches work the same whatever the source. Two ways to use an image:
@@ -29,15 +30,18 @@ from .errors import InputError
 from .images import DEFAULT_IMAGE, NOISE_IMAGE, describe_image, load_image, min_image_side, resolve_image, \
     source_picture
 from .patches import PatchArray, PatchConfig, PatchGenerator, mix_seed
+from .training import PatchSource
 
 log = logging.getLogger("compress1img")
 
-# The held-out patches come from the same images under a seed training never uses.
+# The held-out patches come from the same images under a seed training never uses; from a caller's own
+# patch source, as a batch beyond any index training reaches.
 HOLDOUT_SEED_OFFSET = 1_000_003
+HOLDOUT_INDEX = 2**42
 IMAGE_MODES = ("auto", "patches", "whole")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm"}
 
-ImageArg = str | Path | Sequence[str | Path] | None
+ImageArg = str | Path | Sequence[str | Path] | PatchSource | None
 
 
 @dataclass
@@ -112,6 +116,10 @@ def open_source(images: ImageArg, patch_size: int, seed: int, holdout_size: int,
     if patches_file is not None:
         train, holdout = _patch_file(Path(patches_file), patch_size, seed, holdout_size, device)
         return Source(train, holdout, [], "patch file")
+    if hasattr(images, "batch") and hasattr(images, "size"):  # a patch source of the caller's own
+        if images.size != patch_size:
+            raise InputError(f"the patch source gives {images.size} px patches, the model expects {patch_size} px")
+        return Source(images, images.batch(holdout_size, HOLDOUT_INDEX).cpu(), [type(images).__name__], "source")
     files = image_files(images)
     config = dataclasses.replace(patch_config or PatchConfig(), size=patch_size)
     if mode == "whole" or (mode == "auto" and len(files) > 1 and all(_too_small(f, patch_size) for f in files)):
