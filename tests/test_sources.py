@@ -79,3 +79,20 @@ def test_the_cli_takes_a_folder_and_more_images_and_the_report_names_them(tmp_pa
     report = json.loads((out / "report.json").read_text())
     assert report["images_used"] == 4 and report["image_mode"] == "patches" and report["image"] == "4 images"
     assert report["images"][-1].endswith("coffee.png")
+
+
+def test_a_patch_source_of_ones_own_is_taken_as_it_is_and_its_held_out_batch_is_one_training_never_reaches():
+    class Stripes:
+        size = 32
+        asked: list = []
+
+        def batch(self, n, index):
+            self.asked.append(index)
+            return torch.full((n, 3, 32, 32), (index % 7) / 7)
+
+    own = Stripes()
+    source = open_source(own, 32, 0, 4)
+    assert source.train is own and source.describe()["image_mode"] == "source"
+    assert own.asked == [2**42] and source.holdout.shape == (4, 3, 32, 32)
+    with pytest.raises(InputError, match="gives 32 px patches, the model expects 64 px"):
+        open_source(own, 64, 0, 4)
