@@ -121,13 +121,17 @@ def open_source(images: ImageArg, patch_size: int, seed: int, holdout_size: int,
             raise InputError(f"the patch source gives {images.size} px patches, the model expects {patch_size} px")
         return Source(images, images.batch(holdout_size, HOLDOUT_INDEX).cpu(), [type(images).__name__], "source")
     files = image_files(images)
-    config = dataclasses.replace(patch_config or PatchConfig(), size=patch_size)
-    if mode == "whole" or (mode == "auto" and len(files) > 1 and all(_too_small(f, patch_size) for f in files)):
-        return _whole(files, patch_size, seed, holdout_size, device)
-    # Images too small for the first crop are upscaled (one image: always, as the paper cuts it).
-    pictures = ([source_picture(files[0], patch_size, seed)] if len(files) == 1
-                else _pictures_for_patches(files, patch_size, seed))
     names = [describe_image(f) for f in files]
+    config = dataclasses.replace(patch_config or PatchConfig(), size=patch_size)
+    if len(files) == 1 and mode != "whole":  # the paper's pipeline, small images upscaled as it cuts them
+        pictures = [source_picture(files[0], patch_size, seed)]
+    else:
+        pictures = [source_picture(f, patch_size, seed) if f == NOISE_IMAGE else load_image(f) for f in files]
+        side = min_image_side(patch_size)
+        small = [not isinstance(p, torch.Tensor) and min(p.size) < side for p in pictures]
+        if mode == "whole" or (mode == "auto" and all(small)):
+            return _whole(pictures, names, patch_size, seed, holdout_size, device)
+        pictures = _upscaled(pictures, small, side)
     generators = [PatchGenerator(p, config, seed=seed, device=device) for p in pictures]
     held = [PatchGenerator(p, config, seed=seed + HOLDOUT_SEED_OFFSET, device=device) for p in pictures]
     if len(generators) == 1:
@@ -136,38 +140,29 @@ def open_source(images: ImageArg, patch_size: int, seed: int, holdout_size: int,
                   .batch(holdout_size, 0).cpu(), names, "patches")
 
 
-def _pictures_for_patches(files: list, patch_size: int, seed: int) -> list:
-    """Each image big enough for the paper's crops: the small ones upscaled (bicubic), with one warning for all."""
-    side, pictures, small = min_image_side(patch_size), [], 0
-    for image in files:
-        picture = source_picture(image, patch_size, seed) if image == NOISE_IMAGE else load_image(image)
-        if not isinstance(picture, torch.Tensor) and min(picture.size) < side:
-            small += 1
+def _upscaled(pictures: list, small: list[bool], side: int) -> list:
+    """The small pictures upscaled (bicubic) so the paper's first crop fits, with one warning for all."""
+    for i, picture in enumerate(pictures):
+        if small[i]:
             w, h = picture.size
             factor = side / min(w, h)
-            picture = picture.resize((max(side, round(w * factor)), max(side, round(h * factor))),
-                                     Image.Resampling.BICUBIC)
-        pictures.append(picture)
-    if small:
+            pictures[i] = picture.resize((max(side, round(w * factor)), max(side, round(h * factor))),
+                                         Image.Resampling.BICUBIC)
+    if any(small):
         log.warning("%d of the %d images are smaller than %d px on a side; upscaled for the patches (blurry): "
-                    "--image-mode whole uses small images as they are", small, len(files), side)
+                    "--image-mode whole uses small images as they are", sum(small), len(pictures), side)
     return pictures
 
 
-def _too_small(image: str | Path, patch_size: int) -> bool:
-    """Too small for the paper's first crop (noise has whatever size it needs)."""
-    return image != NOISE_IMAGE and min(load_image(image).size) < min_image_side(patch_size)
-
-
-def _whole(files: list, patch_size: int, seed: int, holdout_size: int, device) -> Source:
-    if NOISE_IMAGE in files:
+def _whole(pictures: list, names: list[str], patch_size: int, seed: int, holdout_size: int, device) -> Source:
+    if any(isinstance(p, torch.Tensor) for p in pictures):
         raise InputError("--image noise cannot be used whole: it has no size of its own (use --image-mode patches)")
-    array = np.stack([_fit(load_image(f), patch_size) for f in files])
+    array = np.stack([_fit(p, patch_size) for p in pictures])
     train = PatchArray(array, seed=seed, device=device)
     # Held out: the same images under another seed's order, flips and shifts (a set this small has no others).
     views = PatchArray(array, seed=seed + HOLDOUT_SEED_OFFSET).batch(holdout_size, 0)
     holdout = flip_and_shift(views, torch.Generator().manual_seed(seed + HOLDOUT_SEED_OFFSET))
-    return Source(train, holdout, [describe_image(f) for f in files], "whole")
+    return Source(train, holdout, names, "whole")
 
 
 def _fit(image: Image.Image, size: int) -> np.ndarray:
