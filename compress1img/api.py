@@ -10,6 +10,7 @@ stages (stages.py) and assembles its report from what they return.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import time
@@ -33,10 +34,11 @@ from .losses import LossFn
 from .models import BUNDLED_TEACHER, LoadedModel, bundled_teacher, create_model_from_name, save_model
 from .outputs import check_writable, remove_if_empty
 from .patches import PatchConfig
-from .pruning import PruneConfig
+from .pruning import PruneConfig, count
 from .quantization import QATConfig, QuantizeConfig
+from .report import provenance, quality_warnings, settings
 from .sources import ImageArg
-from .stages import Healing, export, latency, measure, prune_stage, quantize_stage
+from .stages import CALIBRATION_BATCH_INDEX, Healing, export, latency, measure, prune_stage, quantize_stage
 from .training import CHECKPOINT_NAME, DistillConfig, TrainingHook, processes_report, run_distillation
 
 log = logging.getLogger("compress1img")
@@ -99,6 +101,10 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
     wall_start = time.perf_counter()
     ctx = open_run(model, image, run, eval_data=eval_data, patch_config=patch_config, image_mode=image_mode,
                    arch=arch, trust_model=trust_model)
+    seconds = {"setup": time.perf_counter() - wall_start}  # each stage's wall time, for the report
+    config = settings(run=run, prune=prune, heal=heal if prune is not None else None, quantize=quantize,
+                      **_inputs(ctx, image, image_mode, patch_config, eval_data, loss_fn, augment, hooks),
+                      measure_latency=measure_latency)
     healing = Healing(heal, loss_fn, augment, hooks) if heal is not None else None
     student, pruned, int8, parts = ctx.student_copy(), None, None, []
     try:
@@ -108,24 +114,26 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
                              f"pruned models of its registry, timm and torchvision architectures only; run without "
                              f"an output folder and save result.model.module yourself")
         if prune is not None:
-            pruned = prune_stage(ctx, student, prune, healing)
+            pruned = _timed(seconds, "prune", prune_stage, ctx, student, prune, healing)
             student = pruned.student
             parts.append(pruned)
         if quantize is not None:
-            int8 = quantize_stage(ctx, student, quantize)
+            int8 = _timed(seconds, "quantize", quantize_stage, ctx, student, quantize)
             parts.append(int8)
         if not distributed.is_main():  # the other ranks only helped train: rank 0 measures and writes
-            return Result(student, _assemble(ctx, prune, quantize, [p for p in parts if p is not None], wall_start))
-        parts.append(measure(ctx, student, int8))
+            return Result(student, _assemble(ctx, prune, quantize, [p for p in parts if p is not None], seconds,
+                                             wall_start, config))
+        parts.append(_timed(seconds, "measure", measure, ctx, student, int8))
         if ctx.out_dir is not None:
-            parts.append(export(ctx, student, int8, pruned is not None))
+            parts.append(_timed(seconds, "export", export, ctx, student, int8, pruned is not None))
         if measure_latency:
-            parts.append(latency(ctx, student, int8, pruned is not None))
+            parts.append(_timed(seconds, "latency", latency, ctx, student, int8, pruned is not None))
     except BaseException:
         ctx.abandon()
         raise
-    report = _assemble(ctx, prune, quantize, parts, wall_start)
-    ctx.write_report(report, f"compress1img {report['command']}")
+    report = _assemble(ctx, prune, quantize, parts, seconds, wall_start, config)
+    _warn(report)
+    ctx.write_report(report, f"compress1img {report['command']}", learnt_from=_learnt_from(prune, heal, quantize))
     final = student
     if int8 is not None and int8.reference is not None:
         final = LoadedModel(int8.reference, None, student.input_size, student.mean, student.std, student.num_classes,
@@ -133,15 +141,68 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
     return Result(final, report, int8.onnx_bytes if int8 is not None else None)
 
 
-def _assemble(ctx: RunContext, prune, quantize, parts: list, wall_start: float) -> dict:
+def _assemble(ctx: RunContext, prune, quantize, parts: list, seconds: dict, wall_start: float, config: dict) -> dict:
     command = "compress" if prune is not None and quantize is not None else "prune" if prune is not None \
         else "quantize"
-    report = {"command": command, "model": ctx.teacher.source, **ctx.source_report}
+    report = {"command": command, "model": ctx.teacher.source, **ctx.source_report,
+              "holdout_patches": len(ctx.holdout)}
+    if prune is None:  # pruning counts before and after; int8 keeps the parameters, one byte each
+        report["params"], report["macs"] = _params_and_macs(ctx.teacher)
     for part in parts:
         report.update(part.report())
-    report.update({"device": str(ctx.device), "device_name": device_name(ctx.device),
-                   "wall_seconds": time.perf_counter() - wall_start})
+    wall = time.perf_counter() - wall_start
+    report.update({"device": str(ctx.device), "device_name": device_name(ctx.device), "wall_seconds": wall,
+                   "stage_seconds": {**seconds, "total": wall}, **provenance(command, ctx.run.seed, config)})
+    report["warnings"] = quality_warnings(report) + ([report["speed_warning"]] if "speed_warning" in report else [])
     return report
+
+
+def _timed(seconds: dict, name: str, stage, *args):
+    """`stage(*args)`, its wall time recorded as seconds[name]."""
+    started = time.perf_counter()
+    try:
+        return stage(*args)
+    finally:
+        seconds[name] = time.perf_counter() - started
+
+
+def _params_and_macs(model: LoadedModel) -> tuple[int, int]:
+    macs, params = count(model.module.cpu().eval(), torch.zeros(1, *model.input_size))
+    return params, macs
+
+
+def _inputs(ctx: RunContext, image: ImageArg, image_mode: str, patch_config: PatchConfig | None, eval_data,
+            loss_fn, augment, hooks) -> dict:
+    """The settings of a run besides the settings classes: what it learnt from, and the code it was given."""
+    images = [str(i) for i in image] if isinstance(image, (list, tuple)) else \
+        str(image) if image is None or isinstance(image, (str, Path)) else type(image).__name__
+    return {"image": images, "image_mode": image_mode,
+            "patches": dataclasses.replace(patch_config or PatchConfig(), size=ctx.teacher.input_size[-1]),
+            "eval_data": str(eval_data) if isinstance(eval_data, (str, Path)) else
+            ctx.labelled.source if ctx.labelled is not None else None,
+            "loss_fn": _name(loss_fn), "augment": _name(augment), "hooks": [_name(h) for h in hooks]}
+
+
+def _name(code) -> str | None:
+    return None if code is None else getattr(code, "__qualname__", type(code).__qualname__)
+
+
+def _learnt_from(prune, heal, quantize) -> tuple[int, int] | None:
+    """The patches the model learnt from, for patches.png: (batch size, batch index)."""
+    if prune is not None and heal is not None:
+        return heal.batch_size, 0
+    if isinstance(quantize, QATConfig):
+        return quantize.training.batch_size, 0
+    if quantize is not None:
+        return quantize.calibration_size, CALIBRATION_BATCH_INDEX
+    return None  # pruned without healing or quantizing: nothing was learnt from patches
+
+
+def _warn(report: dict) -> None:
+    """Every warning of the report, on the console too (the CLI prints them as `warning: ...` lines)."""
+    if distributed.is_main():
+        for warning in report["warnings"]:
+            log.warning(warning)
 
 
 def build_student(name: str, teacher: LoadedModel) -> LoadedModel:
@@ -176,6 +237,7 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
     wall_start = time.perf_counter()
     ctx = open_run(teacher, image, run, eval_data=eval_data, patches_file=patches_file, patch_config=patch_config,
                    image_mode=image_mode, arch=arch, trust_model=trust_model)
+    seconds = {"setup": time.perf_counter() - wall_start}
     out_dir = ctx.out_dir
     try:
         torch.manual_seed(run.seed)  # the student's initialisation is part of the run's seed
@@ -185,10 +247,10 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
                 raise InputError(f"the run in {out_dir} already finished (no checkpoint to resume); "
                                  f"use --overwrite to run it again")
             log.warning(f"no checkpoint in {out_dir}: starting from step 0")
-        result = run_distillation(ctx.teacher.module, student_model.module, ctx.source, config, run,
-                                  mean=ctx.teacher.mean, std=ctx.teacher.std, holdout=ctx.holdout,
-                                  checkpoint_dir=out_dir, loss_fn=loss_fn, augment=augment,
-                                  eval_fn=ctx.eval_fn if distributed.is_main() else None, hooks=hooks)
+        result = _timed(seconds, "train", lambda: run_distillation(
+            ctx.teacher.module, student_model.module, ctx.source, config, run, mean=ctx.teacher.mean,
+            std=ctx.teacher.std, holdout=ctx.holdout, checkpoint_dir=out_dir, loss_fn=loss_fn, augment=augment,
+            eval_fn=ctx.eval_fn if distributed.is_main() else None, hooks=hooks))
     except BaseException:
         ctx.abandon()
         raise
@@ -196,20 +258,30 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
     report = _distill_report(ctx, student_model, result, config)
     if not distributed.is_main():
         return Result(student_model, report)  # the other ranks only helped train: rank 0 measures and writes
+    started = time.perf_counter()
+    for who, loaded in (("teacher", ctx.teacher), ("student", student_model)):
+        report[f"{who}_params"], report[f"{who}_macs"] = _params_and_macs(loaded)
     if ctx.labelled is not None:
         student_logits = ctx.predict(student_model.module, ctx.labelled.images)
         report["student_top1"] = top1(student_logits, ctx.labelled.labels)
         report["test_agreement"] = top1(student_logits, ctx.teacher_labelled_logits().argmax(1))
+    seconds["measure"] = time.perf_counter() - started
     if out_dir is not None:
         save_model(student_model, out_dir / "model.pt")
-        exported = export_onnx(student_model.module, out_dir / "model.onnx", input_size=ctx.teacher.input_size,
-                               mean=ctx.teacher.mean, std=ctx.teacher.std, classes=ctx.teacher.classes,
-                               check_inputs=normalize(ctx.holdout[:64], ctx.teacher.mean, ctx.teacher.std))
+        exported = _timed(seconds, "export", lambda: export_onnx(
+            student_model.module, out_dir / "model.onnx", input_size=ctx.teacher.input_size, mean=ctx.teacher.mean,
+            std=ctx.teacher.std, classes=ctx.teacher.classes,
+            check_inputs=normalize(ctx.holdout[:64], ctx.teacher.mean, ctx.teacher.std)))
         report.update({"onnx_max_abs_diff": exported.max_abs_diff, "onnx_bytes": exported.size_bytes})
-    report.update({"wall_seconds": time.perf_counter() - wall_start,
-                   "config": {"distill": result.config, "run": _plain(run)}, "history": result.history})
+    wall = time.perf_counter() - wall_start
+    config_report = settings(run=run, distill=config, **_inputs(ctx, image, image_mode, patch_config, eval_data,
+                                                                loss_fn, augment, hooks), patches_file=patches_file)
+    report.update({"wall_seconds": wall, "stage_seconds": {**seconds, "total": wall},
+                   **provenance("distill", run.seed, config_report), "history": result.history})
+    report["warnings"] = quality_warnings(report)
+    _warn(report)
     if out_dir is not None:
-        ctx.write_report(report, "compress1img distill")
+        ctx.write_report(report, "compress1img distill", learnt_from=(config.batch_size, 0))
         (out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
     return Result(student_model, report)
 
@@ -230,10 +302,6 @@ def _distill_report(ctx: RunContext, student: LoadedModel, result, config: Disti
                    "holdout_patches": len(ctx.holdout), "holdout_agreement": result.holdout_agreement,
                    "holdout_kl": result.holdout_kl, "processes": processes_report(result)})
     return report
-
-
-def _plain(run: RunConfig) -> dict:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in run.__dict__.items()}
 
 
 def evaluate_model(model: ModelLike, data: str | Path | EvalData, *, arch: str | None = None,

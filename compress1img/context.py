@@ -26,8 +26,9 @@ from .errors import InputError, first_line
 from .evaluate import predict, top1
 from .models import LoadedModel, load_model
 from .models.registry import IMAGENET_MEAN, IMAGENET_STD
-from .outputs import WORK_DIR, prepare_out_dir, remove_if_empty, write_report
-from .patches import PatchConfig
+from .outputs import WORK_DIR, prepare_out_dir, remove_if_empty
+from .patches import PatchConfig, save_preview
+from .report import PATCHES_PNG, write_report
 from .sources import ImageArg, open_source
 from .training import PatchSource, accuracy_fn
 
@@ -35,6 +36,8 @@ log = logging.getLogger("compress1img")
 
 # During training, labelled accuracy is tracked on a strided slice this big (the full set at the end).
 TRACKING_EVAL_SIZE = 1000
+# Patches shown in patches.png, as the preview of score-image shows them: 8 rows of 8.
+PATCH_GRID_SIZE = 64
 
 ModelLike = LoadedModel | nn.Module | str | Path
 
@@ -138,10 +141,23 @@ class RunContext:
         if self.out_dir is not None:
             remove_if_empty(self.out_dir)
 
-    def write_report(self, report: dict, title: str) -> None:
-        """The report goes last: once it is there, the run is complete and its work folder can go."""
+    def save_patch_grid(self, path: Path, batch_size: int, index: int) -> None:
+        """The first patches of batch `index` of `batch_size` (what a stage learnt from, before the loop's flips,
+        shifts and mixing) as a PNG grid, each labelled with the teacher's top-1 class."""
+        shown = self.source.batch(batch_size, index)[:PATCH_GRID_SIZE].cpu()
+        # Labelled data names the teacher's classes too: its labels are the teacher's output indices.
+        names = self.teacher.classes or (self.labelled.classes if self.labelled is not None else None) or \
+            [f"class {i}" for i in range(self.teacher.num_classes)]
+        labels = [names[i] for i in self.predict(self.teacher.module, shown).argmax(1).tolist()]
+        save_preview(shown, path, ncol=8, labels=labels, scale=max(1, 64 // shown.shape[-1]))
+
+    def write_report(self, report: dict, title: str, learnt_from: tuple[int, int] | None = None) -> None:
+        """The report goes last: once it is there, the run is complete and its work folder can go.
+        `learnt_from` (batch size, batch index): the batch of patches to show in patches.png."""
         if self.out_dir is not None:
-            write_report(self.out_dir, report, title)
+            if learnt_from is not None:
+                self.save_patch_grid(self.out_dir / PATCHES_PNG, *learnt_from)
+            write_report(self.out_dir, report, title, patch_grid=learnt_from is not None)
             shutil.rmtree(self.out_dir / WORK_DIR, ignore_errors=True)
 
 

@@ -38,8 +38,8 @@ def predict(model: nn.Module | Logits, images: torch.Tensor, mean: Sequence[floa
 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy in percent."""
-    return 100.0 * (logits.argmax(1) == labels).float().mean().item() if len(labels) else float("nan")
+    """Top-1 accuracy in percent, from the count of hits (exact: 83 of 100 is 83.0, not float32's 82.99999...)."""
+    return 100.0 * int((logits.argmax(1) == labels).sum()) / len(labels) if len(labels) else float("nan")
 
 
 def agreement(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> float:

@@ -1,13 +1,10 @@
-"""What a run leaves in `--out`: the directory itself, reports, and atomic writes.
+"""What a run leaves in `--out`: the directory itself, and atomic writes (the reports' content: report.py).
 
-`report.json` is for machines, `report.md` for people. Every file is written
-under a temporary name and renamed once complete, so a crash leaves either the
-previous file or none.
+Every file is written under a temporary name and renamed once complete, so a crash
+leaves either the previous file or none.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
 import tempfile
@@ -18,8 +15,8 @@ from typing import BinaryIO
 from .errors import InputError
 
 # Files a run may leave in --out; --overwrite removes exactly these and nothing of the user's.
-RUN_FILES = ("report.json", "report.md", "model.onnx", "model.pt", "model.pt2", "pruned.pt", "checkpoint.pt",
-             "preview.png")
+RUN_FILES = ("report.json", "report.md", "healing.png", "patches.png", "model.onnx", "model.pt", "model.pt2",
+             "pruned.pt", "checkpoint.pt", "preview.png")
 # Where compress keeps its checkpoints; an earlier run's must not be resumed into a new one.
 WORK_DIR = ".work"
 
@@ -85,48 +82,3 @@ def _umask() -> int:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` as UTF-8 with `atomic_write`."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def _clean(value):
-    """JSON has no NaN/Inf: report them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_cell(v) for v in value)
-    return str(value)
-
-
-def render_markdown(title: str, report: dict) -> str:
-    """Scalars as a two-column table, a `history` list as its own table, other dicts as sections."""
-    lines = [f"# {title}", ""]
-    scalars = {k: v for k, v in report.items() if not isinstance(v, (dict, list)) or
-               (isinstance(v, list) and not (v and isinstance(v[0], dict)))}
-    if scalars:
-        lines += ["| | |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in scalars.items()] + [""]
-    for key, value in report.items():
-        if isinstance(value, dict):
-            lines += [f"## {key}", "", "| | |", "|---|---|"]
-            lines += [f"| {k} | {_cell(v)} |" for k, v in value.items()] + [""]
-        elif isinstance(value, list) and value and isinstance(value[0], dict):
-            columns = list(dict.fromkeys(c for row in value for c in row))
-            lines += [f"## {key}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-            lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in value] + [""]
-    return "\n".join(lines)
-
-
-def write_report(out_dir: str | Path, report: dict, title: str) -> None:
-    out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "report.json", json.dumps(_clean(report), indent=2) + "\n")
-    atomic_write_text(out_dir / "report.md", render_markdown(title, report))

@@ -157,7 +157,7 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
             result = healing.run(ctx, student.module, dataclasses.replace(heal, steps=steps), f"heal-{k}",
                                  seed=ctx.run.seed + k - 1)
             row.update({"heal_steps": steps, "heal_seconds": result.seconds,
-                        "holdout_agreement_after_heal": result.holdout_agreement})
+                        "holdout_agreement_after_heal": result.holdout_agreement, "heal_history": result.history})
             heal_processes = processes_report(result)
         if not structured:
             fold_masks(student.module)
@@ -368,12 +368,13 @@ def export(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None, p
 @dataclass
 class Latency:
     timing: dict  # model name -> {"b1_ms", "b32_ms"}
-    dense_onnx_bytes: int
+    onnx_bytes: dict  # model name -> the size of the ONNX graph timed
     int8: bool
 
     def report(self) -> dict:
         final = list(self.timing)[-1]
-        report = {"latency_ms": self.timing, "dense_onnx_bytes": self.dense_onnx_bytes}
+        report = {"latency_ms": self.timing, "dense_onnx_bytes": self.onnx_bytes["dense"],
+                  "onnx_bytes_by_model": self.onnx_bytes}
         for batch in ("b1", "b32"):
             report[f"speedup_{batch}"] = self.timing["dense"][f"{batch}_ms"] / self.timing[final][f"{batch}_ms"]
             if self.int8:  # int8 against the float model it was made from
@@ -396,4 +397,5 @@ def latency(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None, 
         models["pruned"] = onnx_model_bytes(student.module.cpu().eval(), ctx.teacher.input_size)
     if int8 is not None:
         models["int8"] = int8.onnx_bytes
-    return Latency(compare_latency(models, ctx.teacher.input_size), len(models["dense"]), int8 is not None)
+    sizes = {name: len(graph) for name, graph in models.items()}
+    return Latency(compare_latency(models, ctx.teacher.input_size), sizes, int8 is not None)

@@ -412,8 +412,9 @@ class _Progress:
         self.seen += patches
         self.loss = loss if math.isnan(self.loss) else 0.9 * self.loss + 0.1 * loss
         self.bar.update(1)
-        self.bar.set_postfix(refresh=False, loss=f"{self.loss:.3f}",
-                             agree=f"{agreement(teacher_logits.float(), student_logits.detach().float()):.0f}%",
+        # On the batch being trained on: the held-out agreement is in the evaluation lines and the report.
+        batch_agreement = agreement(teacher_logits.float(), student_logits.detach().float())
+        self.bar.set_postfix(refresh=False, loss=f"{self.loss:.3f}", batch_agree=f"{batch_agreement:.0f}%",
                              patches_s=f"{self.seen / (self.seconds - self.earlier_seconds):.0f}")
 
     @contextlib.contextmanager

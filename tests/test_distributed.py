@@ -79,7 +79,8 @@ def test_nproc_distill_writes_one_set_of_outputs_and_states_the_batch_and_lr(tmp
                      "2", "--batch-size", "4", "--holdout-size", "16", "--eval-every", "2", "--lr-scaling", "linear",
                      "--out", out, timeout=300, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.pt", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["healing.png", "model.onnx", "model.pt", "patches.png",
+                                                     "report.json", "report.md"]
     assert result.stdout.count("distill: ") == 1 and "8 patches (2 processes x 4)" in result.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["batch_size"] == 4 and report["patches_seen"] == 2 * 8

@@ -79,7 +79,7 @@ def test_ptq_quantizes_a_tiny_model_end_to_end(tmp_path, test_slice):
     assert runtime_ops(result.int8_onnx).get("QLinearConv") == 19  # the int8 graph comes back too
     assert report["quantization"]["float_convs"] == 0 and report["quantization"]["int8_convs"] == 19
     assert report["test_agreement"] >= 90 and report["onnx_top1_agreement_vs_pytorch"] >= 80
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "patches.png", "report.json", "report.md"]
 
 
 def test_a_ptq_model_that_disagrees_with_the_float_model_is_not_written(tmp_path, monkeypatch):

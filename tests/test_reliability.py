@@ -337,8 +337,8 @@ def test_overwrite_replaces_the_earlier_run_and_keeps_the_users_files(straight):
     assert not (straight / "pruned.pt").exists() and not (straight / "model.pt2").exists()
     assert not (straight / ".work").exists()
     assert '"heal_steps": 100' in (straight / "report.json").read_text()
-    assert sorted(p.name for p in straight.iterdir()) == ["model.onnx", "model.pt", "my-notes.txt", "report.json",
-                                                         "report.md"]
+    assert sorted(p.name for p in straight.iterdir()) == ["healing.png", "model.onnx", "model.pt", "my-notes.txt",
+                                                         "patches.png", "report.json", "report.md"]
 
 
 def test_overwrite_never_leaves_an_earlier_runs_checkpoints_to_resume(tmp_path):

@@ -16,6 +16,7 @@ import typer
 
 from .. import distributed
 from ..errors import Compress1imgError, InputError, first_line
+from ..report import command_line
 from ..training import TrainingInterrupted
 from .commands import app
 
@@ -60,6 +61,7 @@ def _say(message: str, every_rank: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    typed = ["compress1img", *argv]  # what the report records
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     handler = logging.StreamHandler(sys.stderr)
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
                                  f"{name or 'no command'}")
             sys.exit(distributed.launch(nproc, argv + ["--debug"] * debug, quiet=not debug))
         distributed.check_command(name)
-        command.main(args=argv, prog_name="compress1img", standalone_mode=False)
+        with command_line(typed):
+            command.main(args=argv, prog_name="compress1img", standalone_mode=False)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt, TrainingInterrupted) as e:

@@ -1,6 +1,7 @@
 """One function per command: its options, then parse -> settings -> API call -> summary."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -27,8 +28,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Compress or distil a pretrained image model using one image instead of its training data.")
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        try:
+            version = importlib.metadata.version("compress1img")
+        except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+            from .. import __version__ as version
+        print(f"compress1img {version}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: DebugOpt = False, nproc: NprocOpt = 1) -> None:  # both taken out of argv by main(); here for --help
+def _root(debug: DebugOpt = False, nproc: NprocOpt = 1,  # both taken out of argv by main(); here for --help
+          version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print the version of compress1img and exit.")] = False) -> None:
     """Compress or distil a pretrained image model using one image instead of its training data."""
 
 

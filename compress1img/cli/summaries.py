@@ -26,7 +26,8 @@ def print_compress_summary(report: dict, out: Path | None) -> None:
             f"calibrated on {q['calibration_patches']} patches (ptq)"
         lines.append(f"  int8, {how}; ONNX Runtime runs {q['int8_convs']} convs and {q['int8_adds']} adds in int8, "
                      f"{q['float_convs']} convs in float")
-    lines.append(f"  agreement with the original on held-out patches: {report['holdout_agreement']:.1f}%")
+    lines.append(f"  agreement with the original on {report['holdout_patches']:,} held-out patches (never trained on): "
+                 f"{report['holdout_agreement']:.1f}%")
     if "final_top1" in report:
         lines.append(f"  top-1 on {report['eval_data']}: {report['final_top1']:.2f}%, original "
                      f"{report['teacher_top1']:.2f}% ({report['top1_change']:+.2f} pt)")
@@ -35,8 +36,6 @@ def print_compress_summary(report: dict, out: Path | None) -> None:
                      f"{report['speedup_b32']:.2f}x at batch 32")
     if "speedup_note" in report:
         lines.append(f"  note: {report['speedup_note']}")
-    if "speed_warning" in report:
-        lines.append(f"  warning: {report['speed_warning']}")
     if out is not None:
         files = sorted(p.name for p in Path(out).iterdir() if p.is_file())
         lines.append(f"  wrote {', '.join(files)} in {out}")
@@ -52,14 +51,15 @@ def print_distill_summary(report: dict, out: Path | None) -> None:
     lines = [f"{report['command']}: {report['student']} from {report['teacher']}", *_source(report),
              f"  {report['steps']} steps x {batch} in {report['train_seconds']:.0f} s "
              f"({report['patches_per_second']:.0f} patches/s)",
-             f"  agreement with the teacher on {report['holdout_patches']} held-out patches: "
+             f"  agreement with the teacher on {report['holdout_patches']:,} held-out patches (never trained on): "
              f"{report['holdout_agreement']:.1f}% (KL {report['holdout_kl']:.3f})"]
     if "student_top1" in report:
         lines.append(f"  top-1 on {report['eval_data']}: student {report['student_top1']:.2f}%, "
                      f"teacher {report['teacher_top1']:.2f}%")
     if out is not None:
         lines.append(f"  wrote {out}/model.pt, {out}/model.onnx (ONNX Runtime max abs diff "
-                     f"{report['onnx_max_abs_diff']:.1e}), {out}/report.md")
+                     f"{report['onnx_max_abs_diff']:.1e}), {out}/report.md (with healing.png, patches.png), "
+                     f"{out}/report.json")
     print("\n".join(lines))
 
 
