@@ -95,7 +95,7 @@ def save_line_chart(chart: Chart, path: str | Path) -> None:
         colour = COLOURS[i % len(COLOURS)]
         points = [px(x, y) for x, y in series.points]
         if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
+            draw.line(points, fill=colour, width=2, joint="curve")
         for qx, qy in points:
             draw.ellipse([qx - 3, qy - 3, qx + 3, qy + 3], fill=colour)
     x = left
