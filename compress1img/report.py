@@ -108,14 +108,14 @@ def for_json(value, exact: bool = False):
 
 def quality_warnings(report: dict) -> list[str]:
     """One line naming what is far from the original and what to try, or nothing."""
-    problems = []
+    problems, original = [], _original(report)
     agreement = report.get("holdout_agreement")
     if agreement is not None and math.isfinite(agreement) and agreement < MIN_HOLDOUT_AGREEMENT:
-        problems.append(f"it picks the original's class on {agreement:.1f}% of the held-out patches "
+        problems.append(f"it picks the {original}'s class on {agreement:.1f}% of the held-out patches "
                         f"(under {MIN_HOLDOUT_AGREEMENT:.0f}%)")
     final, teacher = report.get("final_top1", report.get("student_top1")), report.get("teacher_top1")
     if final is not None and teacher is not None and teacher - final > MAX_TOP1_DROP:
-        problems.append(f"its top-1 on {report['eval_data']} is {final:.1f}% against the original's {teacher:.1f}% "
+        problems.append(f"its top-1 on {report['eval_data']} is {final:.1f}% against the {original}'s {teacher:.1f}% "
                         f"({final - teacher:+.1f} points, more than {MAX_TOP1_DROP:.0f} below)")
     if not problems:
         return []
@@ -125,8 +125,13 @@ def quality_warnings(report: dict) -> list[str]:
         tries.append(f"a lower --sparsity (this run: {report['requested_sparsity']:g})")
     if report.get("quantization", {}).get("method") == "ptq":
         tries.append("--method qat")
-    return [f"the {'student' if report['command'] == 'distill' else 'compressed model'} is far from the original: "
+    return [f"the {'student' if report['command'] == 'distill' else 'compressed model'} is far from the {original}: "
             f"{'; '.join(problems)}; try {', '.join(tries[:-1])} or {tries[-1]}"]
+
+
+def _original(report: dict) -> str:
+    """What the report calls the model it started from."""
+    return "teacher" if report["command"] == "distill" else "original"
 
 
 def _trained_steps(report: dict) -> int:
@@ -194,10 +199,12 @@ def healing_chart(report: dict) -> Chart | None:
         agreement.append((step, row["holdout_agreement"]))
         if "accuracy" in row:
             accuracy.append((step, row["accuracy"]))
-    series = [Series(f"held-out agreement with the original ({_count(report['holdout_patches'])} patches)", agreement)]
+    series = [Series(f"held-out agreement with the {_original(report)} ({_count(report['holdout_patches'])} patches)",
+                     agreement)]
     if accuracy:
         series.append(Series(f"top-1 on {Path(report['eval_data'].split(' (')[0]).name}", accuracy))
-    references = [("original's top-1", report["teacher_top1"])] if "teacher_top1" in report and accuracy else []
+    references = [(f"{_original(report)}'s top-1", report["teacher_top1"])] if "teacher_top1" in report and accuracy \
+        else []
     return Chart(title=f"compress1img {report['command']}: {_model_name(report)}", x_label="training step",
                  y_label="percent", series=series, references=references, marks=marks)
 
@@ -243,7 +250,7 @@ def _what_was_done(report: dict) -> str:
 
 
 def _summary(report: dict) -> list[str]:
-    columns = _columns(report)
+    columns, original_name = _columns(report), _original(report)
     names = [name for name, _ in columns]
     (_, original), (_, final) = columns[0], columns[-1]
     rows = [("parameters", "params", _count, _relative), ("MACs per image", "macs", _si, _relative),
@@ -251,13 +258,15 @@ def _summary(report: dict) -> list[str]:
     if "teacher_top1" in report:
         rows.append((f"top-1 on {report['eval_data']}", "top1", _percent,
                      lambda a, b: f"{b - a:+.1f} pt"))
-        rows.append((f"agreement with the original on {report['eval_data']}", "test_agreement", _percent, None))
-    rows.append((f"agreement with the original on {_count(report['holdout_patches'])} held-out patches",
+        rows.append((f"agreement with the {original_name} on {report['eval_data']}", "test_agreement", _percent,
+                     None))
+    rows.append((f"agreement with the {original_name} on {_count(report['holdout_patches'])} held-out patches",
                  "holdout", _percent, None))
     for batch in ("b1", "b32"):
         rows.append((f"latency at batch {batch[1:]} (ONNX Runtime, this machine)", batch, _ms,
                      lambda a, b: f"{a / b:.2f}x {'faster' if a >= b else 'slower'}"))
-    lines = ["## Original vs compressed", "", "| | " + " | ".join(names) + " | change |",
+    heading = "Teacher vs student" if report["command"] == "distill" else "Original vs compressed"
+    lines = [f"## {heading}", "", "| | " + " | ".join(names) + " | change |",
              "|---|" + "---|" * (len(names) + 1)]
     for label, key, show, change in rows:
         if all(figures.get(key) is None for _, figures in columns[1:]):
@@ -266,9 +275,9 @@ def _summary(report: dict) -> list[str]:
         delta = change(original[key], final[key]) if change and original.get(key) and final.get(key) is not None \
             else ""
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {delta} |")
-    lines += ["", "Held-out agreement: how often the model picks the original's top-1 class on patches cut from the "
-              "image with another seed and never trained on (the progress bar's `batch_agree` is the same on the "
-              "current training batch, which the model is learning from)."]
+    lines += ["", f"Held-out agreement: how often the model picks the {original_name}'s top-1 class on patches cut "
+              "from the image with another seed and never trained on (the progress bar's `batch_agree` is the same "
+              "on the current training batch, which the model is learning from)."]
     if "speedup_note" in report:
         lines += ["", f"Note: {report['speedup_note']}."]
     return lines + [""]
@@ -288,8 +297,8 @@ def _columns(report: dict) -> list[tuple[str, dict]]:
     def model(name: str, **figures) -> dict:
         return {"onnx": sizes.get(name), **{b: timing.get(name, {}).get(f"{b}_ms") for b in ("b1", "b32")}, **figures}
 
-    columns = [("original", model("dense", params=report.get("params_before"), macs=report.get("macs_before"),
-                                  top1=report.get("teacher_top1")))]
+    columns = [("original", model("dense", params=report.get("params_before", report.get("params")),
+                                  macs=report.get("macs_before", report.get("macs")), top1=report.get("teacher_top1")))]
     if "params_after" in report:
         columns.append(("pruned", model("pruned", params=report["params_after"], macs=report["macs_after"],
                                         top1=report.get("pruned_top1"),
@@ -309,7 +318,7 @@ def _healing(report: dict, figures: dict) -> list[str]:
     iterations = report.get("per_iteration", [])
     if not rows and not iterations:
         return []
-    lines = ["## Healing", ""]
+    lines = ["## Training" if report["command"] == "distill" else "## Healing", ""]
     if "healing" in figures:
         lines += [f"![held-out agreement during training]({figures['healing']})", ""]
     if iterations:

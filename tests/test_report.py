@@ -140,6 +140,7 @@ def test_a_calibrated_model_shows_its_calibration_patches_and_no_healing_curve(t
     assert (out / "patches.png").is_file() and not (out / "healing.png").exists()
     text = (out / "report.md").read_text()
     assert "| | original | int8 | change |" in text and "calibrated on" in text and "## Healing" not in text
+    assert f"| parameters | {report['params']:,} | {report['params']:,} | +0.0% |" in text
 
 
 def test_distill_report_has_its_settings_history_and_both_models_sizes(tmp_path, tiny_teacher, test_slice):
@@ -150,7 +151,8 @@ def test_distill_report_has_its_settings_history_and_both_models_sizes(tmp_path,
     assert report["api_function"] == "compress1img.distill" and [row["step"] for row in report["history"]] == [1, 2]
     assert report["teacher_params"] == report["student_params"] > 0
     text = (out / "report.md").read_text()
-    assert "| | teacher | student | change |" in text and "](healing.png)" in text
+    assert "## Teacher vs student" in text and "| | teacher | student | change |" in text
+    assert "## Training" in text and "](healing.png)" in text
     assert (out / "healing.png").is_file() and (out / "patches.png").is_file()
 
 
