@@ -36,8 +36,10 @@ log = logging.getLogger("compress1img")
 
 # During training, labelled accuracy is tracked on a strided slice this big (the full set at the end).
 TRACKING_EVAL_SIZE = 1000
-# Patches shown in patches.png, as the preview of score-image shows them: 8 rows of 8.
+# Patches shown in patches.png, as the preview of score-image shows them: 8 rows of 8, each at most this many
+# pixels wide (64 patches of 224 px at full size would make a PNG of several megabytes).
 PATCH_GRID_SIZE = 64
+PATCH_GRID_MAX_SIDE = 112
 
 ModelLike = LoadedModel | nn.Module | str | Path
 
@@ -149,6 +151,8 @@ class RunContext:
         names = self.teacher.classes or (self.labelled.classes if self.labelled is not None else None) or \
             [f"class {i}" for i in range(self.teacher.num_classes)]
         labels = [names[i] for i in self.predict(self.teacher.module, shown).argmax(1).tolist()]
+        if shown.shape[-1] > PATCH_GRID_MAX_SIDE:
+            shown = torch.nn.functional.interpolate(shown, size=PATCH_GRID_MAX_SIDE, mode="area")
         save_preview(shown, path, ncol=8, labels=labels, scale=max(1, 64 // shown.shape[-1]))
 
     def write_report(self, report: dict, title: str, learnt_from: tuple[int, int] | None = None) -> None:

@@ -361,15 +361,16 @@ def _timings(report: dict) -> list[str]:
 
 
 def _details(report: dict) -> list[str]:
-    scalars = {k: v for k, v in report.items() if k not in _SECTIONED and not isinstance(v, (dict, list))
-               or isinstance(v, list) and k not in _SECTIONED and not any(isinstance(x, (dict, list)) for x in v)}
-    lines = ["## Details", "", "| | |", "|---|---|"] + [f"| {k} | {_human(k, v)} |" for k, v in scalars.items()]
+    def flat(value) -> bool:  # what fits in a cell: a scalar or a list of scalars
+        items = value if isinstance(value, list) else [value]
+        return not isinstance(value, dict) and not any(isinstance(x, (dict, list)) for x in items)
+
+    lines = ["## Details", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {_human(k, v)} |" for k, v in report.items() if k not in _SECTIONED and flat(v)]
     for key, value in report.items():
-        if key in _SECTIONED or not isinstance(value, dict):
-            continue
-        shown = {k: v for k, v in value.items() if not isinstance(v, (dict, list)) or
-                 isinstance(v, list) and not any(isinstance(x, (dict, list)) for x in v)}
-        lines += ["", f"### {key}", "", "| | |", "|---|---|"] + [f"| {k} | {_human(k, v)} |" for k, v in shown.items()]
+        if key not in _SECTIONED and isinstance(value, dict):
+            lines += ["", f"### {key}", "", "| | |", "|---|---|"]
+            lines += [f"| {k} | {_human(k, v)} |" for k, v in value.items() if flat(v)]
     if "latency_ms" in report:
         lines += ["", "### latency (ONNX Runtime, median ms per forward pass)", "", "| model | batch 1 | batch 32 |",
                   "|---|---|---|"]
