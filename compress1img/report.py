@@ -318,7 +318,7 @@ def _healing(report: dict, figures: dict) -> list[str]:
     iterations = report.get("per_iteration", [])
     if not rows and not iterations:
         return []
-    lines = ["## Training" if report["command"] == "distill" else "## Healing", ""]
+    lines = ["## Healing" if iterations else "## Training", ""]  # pruning heals; QAT and distillation train
     if "healing" in figures:
         lines += [f"![held-out agreement during training]({figures['healing']})", ""]
     if iterations:
