@@ -62,8 +62,8 @@ def rebuild(record: dict, num_classes: int) -> nn.Module:
     elif library == "timm" and isinstance(config, dict):
         import timm
 
-        module = timm.create_model(config["architecture"], pretrained=False, num_classes=num_classes,
-                                   **config.get("model_args", {}))
+        model_args = {**config.get("model_args", {}), "num_classes": num_classes}
+        module = timm.create_model(config["architecture"], pretrained=False, **model_args)
         setattr(module, REBUILD_ATTR, record)
     else:
         raise InputError(f"unknown hub model record {library!r}: made by a newer compress1img?")
@@ -93,8 +93,8 @@ def _create_transformers(name: str, num_classes: int | None, pretrained: bool) -
         relabel = num_classes is not None and num_classes != config.num_labels
         if pretrained:
             extra = {"num_labels": num_classes, "ignore_mismatched_sizes": True} if relabel else {}
-            model = transformers.AutoModelForImageClassification.from_pretrained(
-                folder, local_files_only=True, dtype=torch.float32, **extra)
+            model = transformers.AutoModelForImageClassification.from_pretrained(folder, local_files_only=True,
+                                                                                 **extra)
         else:
             if relabel:
                 config.num_labels = num_classes
@@ -102,7 +102,7 @@ def _create_transformers(name: str, num_classes: int | None, pretrained: bool) -
     except (OSError, ValueError, KeyError) as e:  # a missing or foreign config, not an image classifier, ...
         raise InputError(f"cannot load {name} as a Hugging Face image classifier: {first_line(e, limit=200)}") \
             from None
-    module = HFClassifier(model.float().eval())
+    module = HFClassifier(model.float().eval())  # in float32 whatever the weights were saved in
     cfg = {"arch": name, "num_classes": model.config.num_labels, **_hf_preprocessing(folder, model.config, name)}
     labels = [model.config.id2label.get(i, f"LABEL_{i}") for i in range(model.config.num_labels)]
     if pretrained and labels != [f"LABEL_{i}" for i in range(len(labels))]:  # transformers' placeholder names
@@ -201,15 +201,17 @@ def cached_snapshot(repo: str, what: str) -> Path:
     """The local snapshot folder of hub repository `repo` ("ORG/NAME" or "ORG/NAME@REVISION"), never
     downloading."""
     from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     repo_id, _, revision = repo.partition("@")
     try:
         return Path(snapshot_download(repo_id, revision=revision or None, local_files_only=True))
-    except Exception as e:  # not cached (LocalEntryNotFoundError), a malformed id (HFValidationError), ...
-        raise InputError(f"{what} is not in the local Hugging Face cache {constants.HF_HUB_CACHE} "
-                         f"({first_line(e, limit=120)}): download it where there is network "
-                         f"(hf download {repo_id}) or point HF_HOME / HF_HUB_CACHE at a cache that has it") \
-            from None
+    except LocalEntryNotFoundError:
+        raise InputError(f"{what} is not in the local Hugging Face cache {constants.HF_HUB_CACHE}: download it "
+                         f"where there is network (hf download {repo_id}) or point HF_HOME / HF_HUB_CACHE at a "
+                         "cache that has it") from None
+    except Exception as e:  # a malformed id (HFValidationError), an incomplete snapshot, ...
+        raise InputError(f"{what}: {first_line(e, limit=200)}") from None
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
