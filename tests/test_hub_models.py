@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -109,23 +110,33 @@ def test_a_folder_that_is_no_hf_model_is_a_one_line_error(tmp_path):
 
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face cache in tmp_path, and a function putting a timm model in it the way
-    huggingface_hub lays one out: models--ORG--NAME/snapshots/REVISION/ and refs/main."""
+    """An empty Hugging Face cache in tmp_path, and a function giving the snapshot folder of a repository
+    in it, laid out the way huggingface_hub does: models--ORG--NAME/snapshots/REVISION/ and refs/main."""
     import huggingface_hub.constants as hf
-    from timm.models import save_for_hf
 
     cache = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(cache))
 
-    def put(model, repo: str):
+    def snapshot(repo: str):
         revision = "0123456789abcdef0123456789abcdef01234567"
         repo_dir = cache / f"models--{repo.replace('/', '--')}"
-        save_for_hf(model, repo_dir / "snapshots" / revision, safe_serialization=True)
-        (repo_dir / "refs").mkdir()
+        (repo_dir / "refs").mkdir(parents=True)
         (repo_dir / "refs" / "main").write_text(revision)
+        return repo_dir / "snapshots" / revision
 
-    return put
+    return snapshot
+
+
+def test_hf_hub_name_is_read_from_the_local_cache(hf_folder, hub_cache, monkeypatch):
+    shutil.copytree(hf_folder, hub_cache("someone/tiny-resnet"))
+    loaded = load_model("hf:someone/tiny-resnet")
+    assert (loaded.arch, loaded.input_size, loaded.classes) == ("hf:someone/tiny-resnet", (3, 40, 40), CLASSES)
+    with pytest.raises(InputError, match="hf:someone/other is not in the local Hugging Face cache"):
+        load_model("hf:someone/other")
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
+    with pytest.raises(InputError, match=r"install transformers: pip install 'compress1img\[hf\]'"):
+        load_model("hf:someone/tiny-resnet")
 
 
 def tiny_timm_model():
@@ -137,8 +148,10 @@ def tiny_timm_model():
 
 
 def test_timm_hub_name_loads_from_the_local_cache_with_its_preprocessing(hub_cache, tmp_path):
+    from timm.models import save_for_hf
+
     model = tiny_timm_model()
-    hub_cache(model, "timm/test_resnet.tiny")
+    save_for_hf(model, hub_cache("timm/test_resnet.tiny"), safe_serialization=True)
     loaded = load_model("timm:hf-hub:timm/test_resnet.tiny")
     assert (loaded.arch, loaded.input_size, loaded.num_classes) == ("timm:hf-hub:timm/test_resnet.tiny", (3, 64, 64), 3)
     assert (loaded.interpolation, loaded.crop_pct) == ("bicubic", 0.95)
@@ -156,11 +169,13 @@ def test_timm_hub_name_loads_from_the_local_cache_with_its_preprocessing(hub_cac
 
 
 def test_folder_evaluation_resizes_and_crops_as_the_model_says(hub_cache, tmp_path):
+    from timm.models import save_for_hf
+
     img = noise_images(1)[0]
     timm_way, default = fit_image(img, 64, "bicubic", 0.95), fit_image(img, 64)
     assert timm_way.shape == default.shape == (64, 64, 3) and not np.array_equal(timm_way, default)
     assert np.array_equal(default, fit_image(img, 64, "bilinear", 0.875))  # what a model that says nothing gets
-    hub_cache(tiny_timm_model(), "timm/test_resnet.tiny")
+    save_for_hf(tiny_timm_model(), hub_cache("timm/test_resnet.tiny"), safe_serialization=True)
     loaded = load_model("timm:hf-hub:timm/test_resnet.tiny")
     (tmp_path / "data" / "a").mkdir(parents=True)
     img.save(tmp_path / "data" / "a" / "0.png")
