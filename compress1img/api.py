@@ -137,7 +137,8 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
     final = student
     if int8 is not None and int8.reference is not None:
         final = LoadedModel(int8.reference, None, student.input_size, student.mean, student.std, student.num_classes,
-                            student.classes, f"{student.source}, int8")
+                            student.classes, f"{student.source}, int8", interpolation=student.interpolation,
+                            crop_pct=student.crop_pct)
     return Result(final, report, int8.onnx_bytes if int8 is not None else None)
 
 
@@ -219,7 +220,8 @@ def build_student(name: str, teacher: LoadedModel) -> LoadedModel:
         raise InputError(f"student {name} gives outputs of shape {tuple(out.shape)[1:]}, "
                          f"the teacher has {teacher.num_classes} classes")
     return LoadedModel(module=module, arch=name, input_size=teacher.input_size, mean=teacher.mean, std=teacher.std,
-                       num_classes=teacher.num_classes, classes=teacher.classes, source=f"{name} (random init)")
+                       num_classes=teacher.num_classes, classes=teacher.classes, source=f"{name} (random init)",
+                       interpolation=teacher.interpolation, crop_pct=teacher.crop_pct)
 
 
 def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: DistillConfig = DistillConfig(),

@@ -83,7 +83,8 @@ def as_model(model: ModelLike, arch: str | None = None, trust_model: bool = Fals
 def load_labelled(eval_data: str | Path | EvalData | None, model: LoadedModel) -> EvalData | None:
     if eval_data is None or isinstance(eval_data, EvalData):
         return eval_data
-    data = load_eval_data(eval_data, image_size=model.input_size[-1])
+    data = load_eval_data(eval_data, image_size=model.input_size[-1], interpolation=model.interpolation,
+                          crop_pct=model.crop_pct)
     check_num_classes(data, model.num_classes)
     return data
 

@@ -11,8 +11,12 @@ from PIL import Image
 from .errors import InputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
-# Standard ImageNet evaluation: resize the shorter side to size / 0.875 (256 for 224), then centre-crop.
+# Standard ImageNet evaluation: resize the shorter side to size / 0.875 (256 for 224), then centre-crop;
+# what a model that records no preprocessing of its own gets (timm and Hugging Face models record theirs).
 CROP_FRACTION = 0.875
+INTERPOLATION = "bilinear"
+_PIL_FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+                "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
 
 @dataclass
@@ -24,13 +28,17 @@ class EvalData:
 
 
 def load_eval_data(path: str | Path, image_size: int | None = None, *, limit: int | None = None,
-                   stride: int = 1) -> EvalData:
-    """Load images[::stride][:limit] with their labels; `image_size` is the model's (square) input side."""
+                   stride: int = 1, interpolation: str | None = None, crop_pct: float | None = None) -> EvalData:
+    """Load images[::stride][:limit] with their labels; `image_size` is the model's (square) input side.
+
+    A folder's images are resized and cropped by `fit_image` with `interpolation` and `crop_pct`, the
+    model's own preprocessing where it records one (LoadedModel.interpolation, .crop_pct).
+    """
     path = Path(path)
     if stride < 1 or (limit is not None and limit < 1):
         raise InputError(f"eval data {path}: stride and limit must be at least 1 (got {stride}, {limit})")
     if path.is_dir():
-        images, labels, classes, total = _load_folder(path, image_size, limit, stride)
+        images, labels, classes, total = _load_folder(path, image_size, limit, stride, interpolation, crop_pct)
     elif not path.exists():
         raise InputError(f"eval data {path} not found")
     elif path.suffix.lower() == ".npz":
@@ -91,8 +99,30 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     return images, labels, classes
 
 
-def _load_folder(root: Path, image_size: int | None, limit: int | None,
-                 stride: int) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+def fit_image(img: Image.Image, size: int, interpolation: str | None = None,
+              crop_pct: float | None = None) -> np.ndarray:
+    """`img` as a size x size uint8 RGB array, the way models are evaluated: the shorter side resized to
+    size / crop_pct, then centre-cropped. Without a crop_pct, models under 64 px (CIFAR) get the whole
+    picture, squashed if need be, and bigger ones the standard 0.875."""
+    if interpolation is not None and interpolation not in _PIL_FILTERS:
+        raise InputError(f"unknown interpolation {interpolation!r}: use one of {', '.join(_PIL_FILTERS)}")
+    if crop_pct is not None and not 0 < crop_pct <= 1:
+        raise InputError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    resample = _PIL_FILTERS[interpolation or INTERPOLATION]
+    img = img.convert("RGB")
+    if crop_pct is None and size < 64:
+        return np.asarray(img.resize((size, size), resample))
+    short = int(size / (crop_pct or CROP_FRACTION))
+    width, height = img.size
+    scale = short / min(width, height)
+    img = img.resize((max(short, round(width * scale)), max(short, round(height * scale))), resample)
+    width, height = img.size
+    left, top = int(round((width - size) / 2)), int(round((height - size) / 2))
+    return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+def _load_folder(root: Path, image_size: int | None, limit: int | None, stride: int, interpolation: str | None,
+                 crop_pct: float | None) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     if image_size is None:
         raise InputError(f"eval data {root} is a folder: its images need the model's input size to be resized")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -103,22 +133,14 @@ def _load_folder(root: Path, image_size: int | None, limit: int | None,
     if not files:
         raise InputError(f"eval data {root} has no images in its class sub-folders")
     picked = files[::stride][:limit]  # before decoding: a slice of a big folder loads quickly
-    images = np.stack([_read_image(f, image_size) for f, _ in picked])
+    images = np.stack([_read_image(f, image_size, interpolation, crop_pct) for f, _ in picked])
     return images, np.array([label for _, label in picked], dtype=np.int64), classes, len(files)
 
 
-def _read_image(path: Path, size: int) -> np.ndarray:
+def _read_image(path: Path, size: int, interpolation: str | None, crop_pct: float | None) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img = img.convert("RGB")
     except Exception as e:
         raise InputError(f"cannot read image {path}: {type(e).__name__}") from None
-    if size < 64:  # CIFAR-sized models: the whole picture, squashed if need be
-        return np.asarray(img.resize((size, size), Image.BILINEAR))
-    short = int(size / CROP_FRACTION)
-    width, height = img.size
-    scale = short / min(width, height)
-    img = img.resize((max(short, round(width * scale)), max(short, round(height * scale))), Image.BILINEAR)
-    width, height = img.size
-    left, top = int(round((width - size) / 2)), int(round((height - size) / 2))
-    return np.asarray(img.crop((left, top, left + size, top + size)))
+    return fit_image(img, size, interpolation, crop_pct)

@@ -113,12 +113,14 @@ def test_akamaster_file_into_wrong_arch_names_first_key(shared_data):
 def test_timm_and_torchvision_names():
     model, cfg = create_model_from_name("timm:resnet18", num_classes=10)
     assert cfg == {"arch": "timm:resnet18", "input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406),
-                   "std": (0.229, 0.224, 0.225), "num_classes": 10}
+                   "std": (0.229, 0.224, 0.225), "num_classes": 10, "interpolation": "bicubic", "crop_pct": 0.95}
     loaded = load_model("tv:mobilenet_v3_small", pretrained=False)
     assert (loaded.arch, loaded.input_size, loaded.num_classes) == ("tv:mobilenet_v3_small", (3, 224, 224), 1000)
+    assert (loaded.interpolation, loaded.crop_pct) == ("bilinear", 0.875)  # 224 of 256, as torchvision evaluates
     assert loaded.mean == pytest.approx((0.485, 0.456, 0.406)) and loaded.std == pytest.approx((0.229, 0.224, 0.225))
     small = load_model("resnet18", pretrained=False, num_classes=10, input_size=32)  # bare timm name
     assert (small.arch, small.input_size, small.num_classes) == ("timm:resnet18", (3, 32, 32), 10)
+    assert (small.interpolation, small.crop_pct) == ("bicubic", None)  # its crop fraction was for 224 px
     with pytest.raises(InputError, match="unknown torchvision"):
         create_model_from_name("tv:no_such_net")
 

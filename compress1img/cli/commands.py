@@ -50,7 +50,7 @@ def distill(
     teacher: Annotated[str, typer.Option("--teacher", help="Teacher: weights file (+ --arch), compress1img model.pt, "
                                                            "TorchScript / torch.export file, or a model name.")],
     student: Annotated[str, typer.Option("--student", help="Student architecture, randomly initialised: a registry "
-                                                           "name, timm:NAME or tv:NAME.")],
+                                                           "name, timm:NAME, tv:NAME or hf:FOLDER.")],
     arch: ArchOpt = None,
     image: ImageOpt = None,
     image_mode: ImageModeOpt = "auto",
@@ -379,7 +379,8 @@ def demo(
 
 @app.command("models")
 def list_models_() -> None:
-    """List the architectures of compress1img's own registry (timm:NAME and tv:NAME work too)."""
+    """List the architectures of compress1img's own registry (timm:NAME, tv:NAME, hf:FOLDER and
+    timm:hf-hub:ORG/NAME work too)."""
     from ..models import get_entry, list_models
 
     for name in list_models():

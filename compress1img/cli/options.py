@@ -57,7 +57,7 @@ def load_recipe(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
 # Options shared by the commands, declared once so every command explains them the same way.
 ArchOpt = Annotated[Optional[str], typer.Option(
     "--arch", help="Architecture of a bare weights file: a registry name (cifar_resnet20/32/44/56, wrn_16_4, "
-                   "wrn_40_4), timm:NAME or tv:NAME.")]
+                   "wrn_40_4), timm:NAME, tv:NAME, hf:FOLDER or hf:ORG/NAME (Hugging Face; see README).")]
 ImageOpt = Annotated[Optional[list[str]], typer.Option(
     "--image", help="Source image (JPEG/PNG/WebP/TIFF/BMP), a bundled image name (china [default], astronaut, "
                     "coffee, chelsea, hubble), or a folder of images; repeat it for several: patches are drawn "

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import InputError, first_line
 from ..outputs import atomic_write
+from . import hub
 from .registry import (
     _REGISTRY,
     IMAGENET_MEAN,
@@ -51,6 +52,9 @@ class LoadedModel:
     classes: list[str] | None = None
     source: str = ""           # human description for reports
     transforms: list[str] = field(default_factory=list)  # structural changes to replay on reload (pruning)
+    # How evaluation on an image folder resizes and crops (data.py): None for the defaults there.
+    interpolation: str | None = None
+    crop_pct: float | None = None
 
 
 def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool = False,
@@ -65,8 +69,11 @@ def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool 
         module, cfg = create_model_from_name(str(model), num_classes, pretrained=pretrained)
         how = "pretrained" if pretrained else "random init"
         loaded = LoadedModel(module, cfg["arch"], cfg["input_size"], cfg["mean"], cfg["std"], cfg["num_classes"],
-                             cfg.get("classes"), source=f"{cfg['arch']} ({how})")
+                             cfg.get("classes"), source=f"{cfg['arch']} ({how})",
+                             interpolation=cfg.get("interpolation"), crop_pct=cfg.get("crop_pct"))
     if size is not None:
+        if size != loaded.input_size:  # the model's crop fraction was chosen for its own size
+            loaded.crop_pct = None
         loaded.input_size = size
     if mean is not None:
         loaded.mean = _triple(mean, "mean")
@@ -91,11 +98,14 @@ def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool 
 
 def create_model_from_name(name: str, num_classes: int | None = None, *,
                            pretrained: bool = False) -> tuple[nn.Module, dict]:
-    """Build a registry model, "timm:NAME" or "tv:NAME" (bare timm names too, after the registry).
+    """Build a registry model, "timm:NAME", "tv:NAME" (bare timm names too, after the registry), or a
+    Hugging Face model from disk: "hf:FOLDER", "hf:ORG/NAME", "timm:hf-hub:ORG/NAME" (models/hub.py).
 
-    The dict has arch (the name to rebuild it with), input_size, mean, std, num_classes and, for pretrained
-    torchvision models, classes.
+    The dict has arch (the name to rebuild it with), input_size, mean, std, num_classes, for timm,
+    torchvision and hub models interpolation and crop_pct, and for pretrained torchvision models, classes.
     """
+    if hub.is_hub_name(name):
+        return hub.create_from_hub(name, num_classes, pretrained)
     if name.startswith("timm:"):
         return _create_timm(name[len("timm:"):], num_classes, pretrained)
     if name.startswith("tv:"):
@@ -127,8 +137,11 @@ def save_model(loaded: LoadedModel, path: str | Path, extra: dict | None = None)
         "input_size": list(loaded.input_size), "mean": list(loaded.mean), "std": list(loaded.std),
         "classes": None if loaded.classes is None else list(loaded.classes),
         "transforms": list(loaded.transforms),
+        "interpolation": loaded.interpolation, "crop_pct": loaded.crop_pct,
         "state_dict": {k: v.detach().cpu() for k, v in loaded.module.state_dict().items()},
     }
+    if hub.rebuild_record(loaded.module) is not None:  # Hugging Face models: their architecture's config
+        checkpoint["hub"] = hub.rebuild_record(loaded.module)
     clash = sorted(set(extra or {}) & set(checkpoint))
     if clash:
         raise ValueError(f"extra keys {clash} would overwrite the checkpoint's own")
@@ -145,7 +158,8 @@ def save_program(loaded: LoadedModel, path: str | Path) -> None:
                                   dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
     metadata = {"format": FORMAT, "input_size": list(loaded.input_size), "mean": list(loaded.mean),
                 "std": list(loaded.std), "num_classes": loaded.num_classes,
-                "classes": None if loaded.classes is None else list(loaded.classes), "source": loaded.source}
+                "classes": None if loaded.classes is None else list(loaded.classes), "source": loaded.source,
+                "interpolation": loaded.interpolation, "crop_pct": loaded.crop_pct}
     atomic_write(path, lambda f: torch.export.save(program, f, extra_files={PROGRAM_METADATA: json.dumps(metadata)}))
 
 
@@ -159,7 +173,8 @@ def ignore_mode_switches(graph: nn.Module) -> None:
 def _from_program_metadata(module: nn.Module, path: Path, metadata: dict) -> LoadedModel:
     return LoadedModel(module, None, tuple(metadata["input_size"]), tuple(metadata["mean"]), tuple(metadata["std"]),
                        int(metadata["num_classes"]), metadata.get("classes"),
-                       source=f"{path.name} {_RECORDED_PROGRAM}")
+                       source=f"{path.name} {_RECORDED_PROGRAM}", interpolation=metadata.get("interpolation"),
+                       crop_pct=metadata.get("crop_pct"))
 
 
 # --- names ---------------------------------------------------------------------------------------------------
@@ -182,7 +197,8 @@ def _create_timm(name: str, num_classes: int | None, pretrained: bool) -> tuple[
         raise InputError(f"could not get pretrained weights for timm:{name}: {first_line(e, limit=200)}") from None
     cfg = module.pretrained_cfg
     return module, {"arch": f"timm:{name}", "input_size": tuple(cfg["input_size"]), "mean": tuple(cfg["mean"]),
-                    "std": tuple(cfg["std"]), "num_classes": module.num_classes}
+                    "std": tuple(cfg["std"]), "num_classes": module.num_classes,
+                    "interpolation": cfg.get("interpolation"), "crop_pct": cfg.get("crop_pct")}
 
 
 def _create_torchvision(name: str, num_classes: int | None, pretrained: bool) -> tuple[nn.Module, dict]:
@@ -208,7 +224,9 @@ def _create_torchvision(name: str, num_classes: int | None, pretrained: bool) ->
     categories = weights.meta.get("categories")
     cfg = {"arch": f"tv:{name}", "input_size": (3, preprocess.crop_size[0], preprocess.crop_size[0]),
            "mean": tuple(preprocess.mean), "std": tuple(preprocess.std),
-           "num_classes": len(categories) if num_classes is None else num_classes}
+           "num_classes": len(categories) if num_classes is None else num_classes,
+           "interpolation": preprocess.interpolation.value,
+           "crop_pct": preprocess.crop_size[0] / preprocess.resize_size[0]}
     if pretrained and categories:
         cfg["classes"] = list(categories)
     return module, cfg
@@ -220,7 +238,7 @@ def _is_file_argument(model: str | Path) -> bool:
     if isinstance(model, Path) or os.path.exists(model):
         return True
     text = str(model)
-    if text.startswith(("timm:", "tv:")):
+    if text.startswith(("timm:", "tv:", hub.HF_PREFIX)):
         return False
     return "/" in text or os.sep in text or Path(text).suffix.lower() in _MODEL_SUFFIXES
 
@@ -279,7 +297,8 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
             module, cfg = create_model_from_name(arch, found)
     _load_strict(module, state, path, cfg["arch"])
     return LoadedModel(module, cfg["arch"], cfg["input_size"], cfg["mean"], cfg["std"], cfg["num_classes"],
-                       source=f"{path.name} (state dict, arch {cfg['arch']})")
+                       source=f"{path.name} (state dict, arch {cfg['arch']})",
+                       interpolation=cfg.get("interpolation"), crop_pct=cfg.get("crop_pct"))
 
 
 def _archive_kind(path: Path) -> str | None:
@@ -374,7 +393,10 @@ def _from_checkpoint(checkpoint: dict, path: Path, arch: str | None) -> LoadedMo
         raise InputError(f"{path} is a damaged compress1img checkpoint: no {', '.join(missing)}")
     if arch is not None and arch != checkpoint["arch"]:
         raise InputError(f"{path} holds a {checkpoint['arch']} but --arch says {arch}: leave --arch out")
-    module, cfg = create_model_from_name(checkpoint["arch"], checkpoint["num_classes"])
+    if "hub" in checkpoint:  # a Hugging Face model: rebuilt from its recorded config, not from the hub
+        module, cfg = hub.rebuild(checkpoint["hub"], checkpoint["num_classes"]), {"arch": checkpoint["arch"]}
+    else:
+        module, cfg = create_model_from_name(checkpoint["arch"], checkpoint["num_classes"])
     # A pruned model: replay its structural transforms and take the saved (smaller) layer shapes.
     transforms = list(checkpoint.get("transforms", []))
     apply_transforms(module, transforms)
@@ -384,7 +406,8 @@ def _from_checkpoint(checkpoint: dict, path: Path, arch: str | None) -> LoadedMo
     return LoadedModel(module, cfg["arch"], _parse_input_size(checkpoint["input_size"]),
                        _triple(checkpoint["mean"], "mean"), _triple(checkpoint["std"], "std"),
                        checkpoint["num_classes"], None if classes is None else list(classes),
-                       source=f"{path.name} (compress1img, arch {cfg['arch']})", transforms=transforms)
+                       source=f"{path.name} (compress1img, arch {cfg['arch']})", transforms=transforms,
+                       interpolation=checkpoint.get("interpolation"), crop_pct=checkpoint.get("crop_pct"))
 
 
 def _program(module: nn.Module, path: Path, kind: str, arch: str | None, num_classes: int | None,
