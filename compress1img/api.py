@@ -36,7 +36,7 @@ from .patches import PatchConfig
 from .pruning import PruneConfig
 from .quantization import QATConfig, QuantizeConfig
 from .sources import ImageArg
-from .stages import Healing, export, latency, measure, prune_stage, quantize_stage
+from .stages import Healing, export, latency, measure, prune_stage, quantize_stage, save_float_model
 from .training import CHECKPOINT_NAME, DistillConfig, TrainingHook, processes_report, run_distillation
 
 log = logging.getLogger("compress1img")
@@ -144,9 +144,10 @@ def _assemble(ctx: RunContext, prune, quantize, parts: list, wall_start: float) 
     return report
 
 
-def build_student(name: str, teacher: LoadedModel) -> LoadedModel:
-    """A randomly initialised `name` with the teacher's classes, input size and normalisation."""
-    module, _ = create_model_from_name(name, num_classes=teacher.num_classes, pretrained=False)
+def build_student(name: str, teacher: LoadedModel, args: dict | None = None) -> LoadedModel:
+    """A randomly initialised `name` with the teacher's classes, input size and normalisation (`args`: the
+    keyword arguments of a class of one's own)."""
+    module, cfg = create_model_from_name(name, num_classes=teacher.num_classes, pretrained=False, arch_args=args)
     module.eval()
     try:
         with torch.no_grad():
@@ -157,17 +158,19 @@ def build_student(name: str, teacher: LoadedModel) -> LoadedModel:
     if tuple(out.shape) != (2, teacher.num_classes):
         raise InputError(f"student {name} gives outputs of shape {tuple(out.shape)[1:]}, "
                          f"the teacher has {teacher.num_classes} classes")
-    return LoadedModel(module=module, arch=name, input_size=teacher.input_size, mean=teacher.mean, std=teacher.std,
-                       num_classes=teacher.num_classes, classes=teacher.classes, source=f"{name} (random init)")
+    return LoadedModel(module=module, arch=cfg["arch"], input_size=teacher.input_size, mean=teacher.mean,
+                       std=teacher.std, num_classes=teacher.num_classes, classes=teacher.classes,
+                       source=f"{name} (random init)", arch_args=cfg.get("arch_args"))
 
 
 def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: DistillConfig = DistillConfig(),
             *, run: RunConfig = RunConfig(), eval_data: str | Path | EvalData | None = None,
             patches_file: str | Path | None = None, patch_config: PatchConfig | None = None,
             image_mode: str = "auto", arch: str | None = None, trust_model: bool = False,
-            loss_fn: LossFn | None = None,
-            augment: Augment | None = None, hooks: Sequence[TrainingHook] = ()) -> Result:
-    """Train a randomly initialised `student` (an architecture name) from `teacher` on patches of one image.
+            loss_fn: LossFn | None = None, augment: Augment | None = None, hooks: Sequence[TrainingHook] = (),
+            student_args: dict | None = None) -> Result:
+    """Train a randomly initialised `student` (an architecture name, or a class of one's own "FILE.py:CLASS" built
+    with `student_args`) from `teacher` on patches of one image.
 
     With `run.out`, writes `model.pt` (reloadable with `load_model`), `model.onnx`
     (verified against PyTorch), `report.json` and `report.md` there, and keeps a
@@ -179,7 +182,7 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
     out_dir = ctx.out_dir
     try:
         torch.manual_seed(run.seed)  # the student's initialisation is part of the run's seed
-        student_model = build_student(student, ctx.teacher)
+        student_model = build_student(student, ctx.teacher, student_args)
         if run.resume and out_dir is not None and not (out_dir / CHECKPOINT_NAME).exists():
             if (out_dir / "report.json").exists():
                 raise InputError(f"the run in {out_dir} already finished (no checkpoint to resume); "
@@ -201,7 +204,7 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
         report["student_top1"] = top1(student_logits, ctx.labelled.labels)
         report["test_agreement"] = top1(student_logits, ctx.teacher_labelled_logits().argmax(1))
     if out_dir is not None:
-        save_model(student_model, out_dir / "model.pt")
+        save_float_model(student_model, out_dir, "model")
         exported = export_onnx(student_model.module, out_dir / "model.onnx", input_size=ctx.teacher.input_size,
                                mean=ctx.teacher.mean, std=ctx.teacher.std, classes=ctx.teacher.classes,
                                check_inputs=normalize(ctx.holdout[:64], ctx.teacher.mean, ctx.teacher.std))

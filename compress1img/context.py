@@ -25,6 +25,7 @@ from .devices import resolve_device
 from .errors import InputError, first_line
 from .evaluate import predict, top1
 from .models import LoadedModel, load_model
+from .models.loading import declared_preprocessing
 from .models.registry import IMAGENET_MEAN, IMAGENET_STD
 from .outputs import WORK_DIR, prepare_out_dir, remove_if_empty, write_report
 from .patches import PatchConfig
@@ -50,10 +51,7 @@ def as_model(model: ModelLike, arch: str | None = None, trust_model: bool = Fals
         return model
     if not isinstance(model, nn.Module):
         return load_model(model, arch, trust_model=trust_model)
-    declared = dict(getattr(model, "pretrained_cfg", None) or {})
-    for name in ("input_size", "mean", "std"):
-        if getattr(model, name, None) is not None:
-            declared[name] = getattr(model, name)
+    declared = declared_preprocessing(model)
     name = type(model).__name__
     size = tuple(declared.get("input_size") or ())
     if len(size) != 3:

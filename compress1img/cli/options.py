@@ -56,8 +56,15 @@ def load_recipe(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
 
 # Options shared by the commands, declared once so every command explains them the same way.
 ArchOpt = Annotated[Optional[str], typer.Option(
-    "--arch", help="Architecture of a bare weights file: a registry name (cifar_resnet20/32/44/56, wrn_16_4, "
-                   "wrn_40_4), timm:NAME or tv:NAME.")]
+    "--arch", help="Architecture of a bare weights file (a state dict or a checkpoint dict): a registry name "
+                   "(cifar_resnet20/32/44/56, wrn_16_4, wrn_40_4), timm:NAME, tv:NAME, or a class of your own as "
+                   "FILE.py:CLASS or package.module:CLASS (its input size, mean and std from --input-size/--mean/"
+                   "--std or its input_size/mean/std attributes). Outputs of a class of your own reload with the "
+                   "same --arch, or code-free from model.pt2.")]
+ArchArgsOpt = Annotated[Optional[str], typer.Option(
+    "--arch-args", help="Keyword arguments of the --arch class of your own, as a JSON object, e.g. "
+                        "'{\"num_classes\": 100}' (num_classes is filled in from the weights where the "
+                        "constructor takes it).")]
 ImageOpt = Annotated[Optional[list[str]], typer.Option(
     "--image", help="Source image (JPEG/PNG/WebP/TIFF/BMP), a bundled image name (china [default], astronaut, "
                     "coffee, chelsea, hubble), or a folder of images; repeat it for several: patches are drawn "
@@ -179,11 +186,12 @@ QatLrOpt = Annotated[float, typer.Option("--qat-lr", help=QAT_LR_HELP)]
 
 
 def load(model: str, arch: str | None, trust_model: bool, input_size: int | None, mean: str | None,
-         std: str | None):
+         std: str | None, arch_args: str | None = None):
     from ..models import load_model
+    from ..models.user import parse_args
 
     return load_model(model, arch, trust_model=trust_model, input_size=input_size, mean=floats(mean, "--mean"),
-                      std=floats(std, "--std"))
+                      std=floats(std, "--std"), arch_args=parse_args(arch_args, "--arch-args"))
 
 
 def read_lines(path: Path, option: str) -> list[str]:

@@ -28,11 +28,12 @@ from .registry import (
     list_models,
 )
 from .transforms import apply_transforms, resize_to_state_dict
+from . import user
 
 log = logging.getLogger("compress1img")
 
 FORMAT = "compress1img"
-FORMAT_VERSION = 2  # 2: + transforms, pruned layer shapes
+FORMAT_VERSION = 3  # 2: + transforms, pruned layer shapes; 3: + the user's own classes (arch_args)
 # Suffixes that make a missing MODEL argument a missing file rather than an unknown model name.
 # Preprocessing saved beside a torch.export program by `save_program`.
 PROGRAM_METADATA = "compress1img.json"
@@ -51,16 +52,25 @@ class LoadedModel:
     classes: list[str] | None = None
     source: str = ""           # human description for reports
     transforms: list[str] = field(default_factory=list)  # structural changes to replay on reload (pruning)
+    arch_args: dict | None = None  # a class of the user's own (arch "FILE.py:CLASS"): its constructor arguments
+    assumed_normalisation: bool = field(default=False, repr=False)  # mean/std are ImageNet's by assumption
 
 
 def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool = False,
                num_classes: int | None = None, input_size: int | Sequence[int] | None = None,
                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-               pretrained: bool = True) -> LoadedModel:
-    """Load MODEL (a file or a name) for inference on the CPU; arguments override what the file records."""
+               pretrained: bool = True, arch_args: dict | None = None) -> LoadedModel:
+    """Load MODEL (a file or a name) for inference on the CPU; arguments override what the file records.
+
+    `arch` may be a class of the caller's own, "FILE.py:CLASS" or "package.module:CLASS", built with
+    `arch_args` (keyword arguments); its input size, mean and std come from the arguments here or from
+    the attributes it declares (`input_size`, `mean`, `std`), its number of classes from its output.
+    """
     size = _parse_input_size(input_size)
+    if arch_args is not None and not user.is_class_spec(arch):
+        raise InputError("--arch-args is for a class of your own (--arch FILE.py:CLASS or package.module:CLASS)")
     if arch is not None or _is_file_argument(model):  # --arch only makes sense with a weights file
-        loaded = _load_file(Path(model), arch, trust_model, num_classes, size)
+        loaded = _load_file(Path(model), arch, trust_model, num_classes, size, arch_args)
     else:
         module, cfg = create_model_from_name(str(model), num_classes, pretrained=pretrained)
         how = "pretrained" if pretrained else "random init"
@@ -74,7 +84,9 @@ def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool 
         loaded.std = _triple(std, "std")
         if min(loaded.std) <= 0:
             raise InputError(f"std must be positive, got {loaded.std}")
-    if loaded.arch is None and not loaded.source.endswith(_RECORDED_PROGRAM) and (mean is None or std is None):
+    if mean is not None and std is not None:
+        loaded.assumed_normalisation = False
+    if loaded.assumed_normalisation:
         log.warning("%s records no normalisation: assuming the ImageNet mean/std where --mean/--std are not given",
                     model)
     try:
@@ -89,13 +101,21 @@ def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool 
     return loaded
 
 
-def create_model_from_name(name: str, num_classes: int | None = None, *,
-                           pretrained: bool = False) -> tuple[nn.Module, dict]:
-    """Build a registry model, "timm:NAME" or "tv:NAME" (bare timm names too, after the registry).
+def create_model_from_name(name: str, num_classes: int | None = None, *, pretrained: bool = False,
+                           arch_args: dict | None = None) -> tuple[nn.Module, dict]:
+    """Build a registry model, "timm:NAME" or "tv:NAME" (bare timm names too, after the registry), or a class
+    of the caller's own ("FILE.py:CLASS", "package.module:CLASS", with `arch_args`).
 
     The dict has arch (the name to rebuild it with), input_size, mean, std, num_classes and, for pretrained
-    torchvision models, classes.
+    torchvision models, classes; for a class of one's own, arch_args and what the class declares (input_size,
+    mean, std: None where it declares nothing; num_classes None: its output tells).
     """
+    if user.is_class_spec(name):
+        if pretrained:
+            raise InputError(f"{name} is a class of your own: pass its weights file and --arch {name}")
+        module, kwargs = user.build(name, arch_args, num_classes)
+        return module, {"arch": user.canonical_spec(name), "arch_args": kwargs, "num_classes": None,
+                        **declared_preprocessing(module)}
     if name.startswith("timm:"):
         return _create_timm(name[len("timm:"):], num_classes, pretrained)
     if name.startswith("tv:"):
@@ -121,9 +141,12 @@ def save_model(loaded: LoadedModel, path: str | Path, extra: dict | None = None)
     path = Path(path)
     if loaded.arch is None:
         raise InputError(f"cannot save {loaded.source or 'this model'} as a compress1img checkpoint: "
-                         "its architecture is unknown (TorchScript, torch.export or pickled module)")
+                         "its architecture is unknown (TorchScript, torch.export or pickled module): "
+                         "save_program writes it as a torch.export program")
+    own = user.is_class_spec(loaded.arch)
     checkpoint: dict[str, Any] = {
-        "format": FORMAT, "version": FORMAT_VERSION, "arch": loaded.arch, "num_classes": loaded.num_classes,
+        "format": FORMAT, "version": FORMAT_VERSION if own else 2, "arch": loaded.arch,
+        **({"arch_args": dict(loaded.arch_args or {})} if own else {}), "num_classes": loaded.num_classes,
         "input_size": list(loaded.input_size), "mean": list(loaded.mean), "std": list(loaded.std),
         "classes": None if loaded.classes is None else list(loaded.classes),
         "transforms": list(loaded.transforms),
@@ -226,7 +249,7 @@ def _is_file_argument(model: str | Path) -> bool:
 
 
 def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int | None,
-               input_size: tuple[int, int, int] | None) -> LoadedModel:
+               input_size: tuple[int, int, int] | None, arch_args: dict | None = None) -> LoadedModel:
     if path.is_dir():
         raise InputError(f"{path} is a directory, not a model file")
     if not path.exists():
@@ -260,7 +283,7 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
 
     obj = _torch_load(path, trust_model)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return _from_checkpoint(obj, path, arch)
+        return _from_checkpoint(obj, path, arch, trust_model)
     state = _find_state_dict(obj)
     if isinstance(state, nn.Module):
         return _program(state, path, "pickled module", arch, num_classes, input_size)
@@ -272,14 +295,39 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
     if arch is None:
         raise InputError(f"{path} holds only weights (a state dict): pass --arch to say which model they belong "
                          "to, e.g. --arch cifar_resnet20, --arch timm:resnet18 or --arch tv:resnet18")
-    module, cfg = create_model_from_name(arch, num_classes)
+    module, cfg = create_model_from_name(arch, num_classes, arch_args=arch_args)
     if num_classes is None:
         found = _classifier_outputs(module, state)
-        if found is not None and found != cfg["num_classes"]:
-            module, cfg = create_model_from_name(arch, found)
+        # (A class of one's own is rebuilt for the file's classes if its constructor takes num_classes.)
+        if found is not None and found != _classifier_outputs(module, module.state_dict()):
+            module, cfg = create_model_from_name(arch, found, arch_args=arch_args)
     _load_strict(module, state, path, cfg["arch"])
+    if user.is_class_spec(arch):
+        return _own_class(module, cfg, input_size, f"{path.name} (state dict, class {arch})")
     return LoadedModel(module, cfg["arch"], cfg["input_size"], cfg["mean"], cfg["std"], cfg["num_classes"],
                        source=f"{path.name} (state dict, arch {cfg['arch']})")
+
+
+def _own_class(module: nn.Module, cfg: dict, input_size: tuple[int, int, int] | None, source: str) -> LoadedModel:
+    """A LoadedModel of a class of the user's own; its number of classes comes from the probe in load_model."""
+    size = input_size or cfg["input_size"]
+    if size is None:
+        raise InputError(f"{cfg['arch']} does not declare its input size: pass --input-size (e.g. 32 for CIFAR, "
+                         f"224 for ImageNet) or set self.input_size = (3, H, W) in the class")
+    return LoadedModel(module, cfg["arch"], _parse_input_size(size), tuple(cfg["mean"] or IMAGENET_MEAN),
+                       tuple(cfg["std"] or IMAGENET_STD), 0, source=source, arch_args=cfg["arch_args"],
+                       assumed_normalisation=cfg["mean"] is None or cfg["std"] is None)
+
+
+def declared_preprocessing(module: nn.Module) -> dict:
+    """What a module declares of its input: `input_size`, `mean`, `std` attributes (or timm's pretrained_cfg);
+    None where it declares nothing."""
+    declared = dict(getattr(module, "pretrained_cfg", None) or {})
+    for name in ("input_size", "mean", "std"):
+        if getattr(module, name, None) is not None:
+            declared[name] = getattr(module, name)
+    return {name: tuple(declared[name]) if declared.get(name) is not None else None
+            for name in ("input_size", "mean", "std")}
 
 
 def _archive_kind(path: Path) -> str | None:
@@ -364,7 +412,7 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path, 
     module.load_state_dict(state, strict=True)
 
 
-def _from_checkpoint(checkpoint: dict, path: Path, arch: str | None) -> LoadedModel:
+def _from_checkpoint(checkpoint: dict, path: Path, arch: str | None, trust_model: bool = False) -> LoadedModel:
     version = checkpoint.get("version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise InputError(f"{path} is compress1img format version {version}; this compress1img reads up to "
@@ -372,9 +420,16 @@ def _from_checkpoint(checkpoint: dict, path: Path, arch: str | None) -> LoadedMo
     missing = [k for k in ("arch", "num_classes", "input_size", "mean", "std", "state_dict") if k not in checkpoint]
     if missing:
         raise InputError(f"{path} is a damaged compress1img checkpoint: no {', '.join(missing)}")
-    if arch is not None and arch != checkpoint["arch"]:
+    own = user.is_class_spec(checkpoint["arch"])
+    same = arch is not None and (user.canonical_spec(arch) if user.is_class_spec(arch) else arch) == checkpoint["arch"]
+    if arch is not None and not same:
         raise InputError(f"{path} holds a {checkpoint['arch']} but --arch says {arch}: leave --arch out")
-    module, cfg = create_model_from_name(checkpoint["arch"], checkpoint["num_classes"])
+    if own and not (same or trust_model):
+        raise InputError(f"{path} is built by code of your own ({checkpoint['arch']}), which loading it runs: pass "
+                         f"--arch {checkpoint['arch']} (or --trust-model) to allow it, or load the code-free "
+                         f"model.pt2 beside it")
+    module, cfg = create_model_from_name(checkpoint["arch"], checkpoint["num_classes"],
+                                         arch_args=checkpoint.get("arch_args") if own else None)
     # A pruned model: replay its structural transforms and take the saved (smaller) layer shapes.
     transforms = list(checkpoint.get("transforms", []))
     apply_transforms(module, transforms)
@@ -384,7 +439,8 @@ def _from_checkpoint(checkpoint: dict, path: Path, arch: str | None) -> LoadedMo
     return LoadedModel(module, cfg["arch"], _parse_input_size(checkpoint["input_size"]),
                        _triple(checkpoint["mean"], "mean"), _triple(checkpoint["std"], "std"),
                        checkpoint["num_classes"], None if classes is None else list(classes),
-                       source=f"{path.name} (compress1img, arch {cfg['arch']})", transforms=transforms)
+                       source=f"{path.name} (compress1img, arch {cfg['arch']})", transforms=transforms,
+                       arch_args=cfg.get("arch_args"))
 
 
 def _program(module: nn.Module, path: Path, kind: str, arch: str | None, num_classes: int | None,
@@ -396,7 +452,7 @@ def _program(module: nn.Module, path: Path, kind: str, arch: str | None, num_cla
         raise InputError(f"{path} is a {kind} that does not record its input size: pass --input-size "
                          "(e.g. --input-size 32 for CIFAR, 224 for ImageNet)")
     return LoadedModel(module, None, input_size, IMAGENET_MEAN, IMAGENET_STD, num_classes or 0,
-                       source=f"{path.name} ({kind})")
+                       source=f"{path.name} ({kind})", assumed_normalisation=True)
 
 
 def _example_input_size(program: Any) -> tuple[int, int, int] | None:

@@ -1,0 +1,198 @@
+"""Bring your own model: a class of your own (--arch FILE.py:CLASS), a pickled module of it, TorchScript,
+torch.export and ONNX files, and the bundled teacher by name, through every command."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from compress1img import load_model
+from compress1img.errors import InputError
+
+MYNET = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+
+    class Block(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(width)
+            self.relu = nn.ReLU()
+            self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(width)
+            self.out = nn.ReLU()
+
+        def forward(self, x):
+            return self.out(x + self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+
+
+    class MyNet(nn.Module):
+        input_size = (3, 16, 16)
+
+        def __init__(self, num_classes=10, width=16):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+            self.layer1 = nn.Sequential(*(Block(width) for _ in range(3)))
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(width, num_classes)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.pool(self.layer1(self.stem(x))), 1))
+''')
+TINY = ["--steps", "2", "--batch-size", "4", "--image", "coffee", "--device", "cpu"]
+
+
+@pytest.fixture
+def mynet(tmp_path, monkeypatch):
+    """mynet.py (the class) and mynet.pth (a DataParallel-style checkpoint dict of its weights, 10 classes)
+    in a folder of their own, which is also the working directory."""
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "mynet.py").write_text(MYNET)
+    monkeypatch.chdir(folder)
+    namespace: dict = {}
+    exec(compile(MYNET, str(folder / "mynet.py"), "exec"), namespace)
+    torch.manual_seed(0)
+    model = namespace["MyNet"](width=16).eval()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3},
+               folder / "mynet.pth")
+    return folder
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, images=rng.integers(0, 256, (24, 16, 16, 3), dtype=np.uint8), labels=np.arange(24) % 10)
+    return path
+
+
+@pytest.fixture
+def run(cli, capsys):
+    """`compress1img ARGS` in this process (as the `cli` fixture, which it sets up): (exit code, stderr lines,
+    stdout), 0 when the command returns."""
+    from compress1img.cli import main
+
+    def call(*args) -> tuple[int, list[str], str]:
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+        else:
+            code = 0
+        captured = capsys.readouterr()
+        return code, captured.err.strip().splitlines(), captured.out
+    return call
+
+
+def eval_json(run, *args) -> dict:
+    code, err, out = run("eval", *args, "--json", "--device", "cpu")
+    assert code == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# --- a class of your own -----------------------------------------------------------------------------------
+
+def test_a_state_dict_loads_into_your_own_class_from_a_file_or_a_module(mynet, monkeypatch):
+    by_file = load_model("mynet.pth", "mynet.py:MyNet")
+    assert (by_file.input_size, by_file.num_classes, by_file.arch_args) == ((3, 16, 16), 10, {})
+    monkeypatch.syspath_prepend(str(mynet))
+    by_module = load_model("mynet.pth", "mynet:MyNet", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(by_file.module(x), by_module.module(x)) and by_module.std == (0.25, 0.25, 0.25)
+
+
+def test_arch_args_build_your_class_and_num_classes_follows_the_weights(mynet):
+    torch.manual_seed(1)
+    wide = load_model("mynet.pth", "mynet.py:MyNet").module.__class__(num_classes=5, width=8)
+    torch.save(wide.state_dict(), mynet / "wide.pth")
+    with pytest.raises(InputError, match="does not fit"):
+        load_model("wide.pth", "mynet.py:MyNet")
+    loaded = load_model("wide.pth", "mynet.py:MyNet", arch_args={"width": 8})
+    assert (loaded.num_classes, loaded.arch_args) == (5, {"width": 8, "num_classes": 5})
+
+
+@pytest.mark.parametrize("arch, args, message", [
+    ("nothere.py:MyNet", None, "nothere.py: file not found"),
+    ("mynet.py:YourNet", None, "has no such name for YourNet"),
+    ("no_such_package.models:MyNet", None, "cannot import no_such_package.models.*PYTHONPATH"),
+    ("mynet.py:MyNet", {"depth": 3}, r"MyNet\(\{\"depth\": 3\}\) failed.*--arch-args"),
+])
+def test_a_class_that_cannot_be_built_is_a_one_line_error(mynet, arch, args, message):
+    with pytest.raises(InputError, match=message) as excinfo:
+        load_model("mynet.pth", arch, arch_args=args)
+    assert "\n" not in str(excinfo.value)
+
+
+def test_bad_arch_args_are_refused_before_any_work(mynet, cli, tmp_path):
+    code, err = cli("prune", "mynet.pth", "--arch", "mynet.py:MyNet", "--arch-args", "[1]", "--out", tmp_path / "o")
+    assert code == 2 and "--arch-args must be a JSON object" in err[-1]
+    code, err = cli("prune", "mynet.pth", "--arch", "cifar_resnet20", "--arch-args", "{}", "--out", tmp_path / "o")
+    assert code == 2 and "--arch-args is for a class of your own" in err[-1]
+    assert not (tmp_path / "o").exists()
+
+
+def test_prune_of_your_own_class_writes_a_model_that_reloads_with_its_class_or_without_code(mynet, run, tmp_path):
+    out = tmp_path / "p"
+    code, err, _ = run("prune", "mynet.pth", "--arch", "mynet.py:MyNet", "--drop-blocks", "1", "--sparsity", "0.5",
+                    *TINY, "--out", out)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["dropped_blocks"] and {"model.pt", "model.pt2", "model.onnx"} <= {p.name for p in out.iterdir()}
+    with pytest.raises(InputError, match="code of your own.*--arch .*mynet.py:MyNet.*model.pt2"):
+        load_model(out / "model.pt")  # a weights-only file must not be able to name code to run
+    rebuilt = load_model(out / "model.pt", "mynet.py:MyNet")
+    program = load_model(out / "model.pt2")
+    assert sum(p.numel() for p in rebuilt.module.parameters()) == report["params_after"]
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.module(x), program.module(x), atol=1e-5)
+    assert (program.input_size, program.num_classes) == ((3, 16, 16), 10)
+
+
+def test_unstructured_pruning_and_eval_of_your_own_class(mynet, run, tmp_path, tiny_data):
+    out = tmp_path / "u"
+    code, err, _ = run("prune", "mynet.pth", "--arch", "mynet.py:MyNet", "--mode", "unstructured", *TINY, "--out", out)
+    assert code == 0, err
+    result = eval_json(run, out / "model.pt", "--arch", "mynet.py:MyNet", "--data", tiny_data)
+    assert result["n"] == 24 and result["top1"] == eval_json(run, out / "model.pt2", "--data", tiny_data)["top1"]
+
+
+@pytest.mark.parametrize("method", ["qat", "ptq"])
+def test_quantize_of_your_own_class(mynet, run, tmp_path, method):
+    out = tmp_path / method
+    code, err, _ = run("quantize", "mynet.pth", "--arch", "mynet.py:MyNet", "--method", method,
+                    "--calibration-size", "16", *TINY, "--out", out)
+    assert code == 0, err
+    assert json.loads((out / "report.json").read_text())["quantization"]["method"] == method
+    assert (out / "model.pt2").exists() == (method == "qat")
+
+
+def test_compress_of_your_own_class_writes_a_pruned_model_that_reloads(mynet, run, tmp_path):
+    out = tmp_path / "c"
+    code, err, _ = run("compress", "mynet.pth", "--arch", "mynet.py:MyNet", "--qat-steps", "2",
+                    "--calibration-size", "16", *TINY, "--out", out)
+    assert code == 0, err
+    assert load_model(out / "pruned.pt", "mynet.py:MyNet").num_classes == 10
+    assert load_model(out / "pruned.pt2").num_classes == 10
+
+
+def test_distill_from_and_into_your_own_class(mynet, run, tmp_path):
+    out = tmp_path / "d"
+    code, err, _ = run("distill", "--teacher", "mynet.pth", "--arch", "mynet.py:MyNet", "--student", "mynet.py:MyNet",
+                    "--student-args", '{"width": 8}', *TINY, "--out", out)
+    assert code == 0, err
+    student = load_model(out / "model.pt", "mynet.py:MyNet")
+    assert student.arch_args == {"width": 8, "num_classes": 10} and student.module.fc.in_features == 8
+
+
+def test_score_image_with_your_own_class_as_teacher(mynet, run):
+    code, err, out = run("score-image", "coffee", "--teacher", "mynet.pth", "--arch", "mynet.py:MyNet", "--patches", "8",
+                    "--json", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])[0]["image"] == "coffee"
