@@ -102,11 +102,6 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
     healing = Healing(heal, loss_fn, augment, hooks) if heal is not None else None
     student, pruned, int8, parts = ctx.student_copy(), None, None, []
     try:
-        if prune is not None and ctx.out_dir is not None and ctx.teacher.arch is None:
-            # Said now, not after the healing: model.pt records the architecture to rebuild it from.
-            raise InputError(f"cannot write the pruned {ctx.teacher.source} to {ctx.out_dir}: compress1img can save "
-                             f"pruned models of its registry, timm and torchvision architectures only; run without "
-                             f"an output folder and save result.model.module yourself")
         if prune is not None:
             pruned = prune_stage(ctx, student, prune, healing)
             student = pruned.student

@@ -26,6 +26,7 @@ from .errors import InputError, first_line
 from .evaluate import predict, top1
 from .models import LoadedModel, load_model
 from .models.loading import declared_preprocessing
+from .models.user import rebuilt_spec
 from .models.registry import IMAGENET_MEAN, IMAGENET_STD
 from .outputs import WORK_DIR, prepare_out_dir, remove_if_empty, write_report
 from .patches import PatchConfig
@@ -68,9 +69,11 @@ def as_model(model: ModelLike, arch: str | None = None, trust_model: bool = Fals
                          f"{first_line(e)}") from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise InputError(f"{name} returns {type(out).__name__} for a batch of images, not (batch, classes) logits")
-    return LoadedModel(module=module, arch=None, input_size=size, mean=tuple(declared.get("mean") or IMAGENET_MEAN),
+    # Recorded where its class rebuilds it: what a command makes of it then saves as model.pt too.
+    spec, args = rebuilt_spec(module) or (None, None)
+    return LoadedModel(module=module, arch=spec, input_size=size, mean=tuple(declared.get("mean") or IMAGENET_MEAN),
                        std=tuple(declared.get("std") or IMAGENET_STD), num_classes=int(out.shape[1]),
-                       source=f"{name} (nn.Module)")
+                       source=f"{name} (nn.Module)", arch_args=args)
 
 
 def load_labelled(eval_data: str | Path | EvalData | None, model: LoadedModel) -> EvalData | None:

@@ -2,7 +2,9 @@
 torch.export and ONNX files, and the bundled teacher by name, through every command."""
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 import textwrap
 
 import numpy as np
@@ -163,21 +165,21 @@ def test_unstructured_pruning_and_eval_of_your_own_class(mynet, run, tmp_path, t
     assert result["n"] == 24 and result["top1"] == eval_json(run, out / "model.pt2", "--data", tiny_data)["top1"]
 
 
-@pytest.mark.parametrize("method", ["qat", "ptq"])
-def test_quantize_of_your_own_class(mynet, run, tmp_path, method):
-    out = tmp_path / method
-    code, err, _ = run("quantize", "mynet.pth", "--arch", "mynet.py:MyNet", "--method", method,
-                    "--calibration-size", "16", *TINY, "--out", out)
+def test_quantize_ptq_of_your_own_class(mynet, run, tmp_path):
+    out = tmp_path / "ptq"
+    code, err, _ = run("quantize", "mynet.pth", "--arch", "mynet.py:MyNet", "--method", "ptq",
+                       "--calibration-size", "16", *TINY, "--out", out)
     assert code == 0, err
-    assert json.loads((out / "report.json").read_text())["quantization"]["method"] == method
-    assert (out / "model.pt2").exists() == (method == "qat")
+    assert json.loads((out / "report.json").read_text())["quantization"]["method"] == "ptq"
 
 
-def test_compress_of_your_own_class_writes_a_pruned_model_that_reloads(mynet, run, tmp_path):
+def test_compress_of_your_own_class_trains_it_in_int8_and_writes_a_pruned_model_that_reloads(mynet, run, tmp_path):
     out = tmp_path / "c"
     code, err, _ = run("compress", "mynet.pth", "--arch", "mynet.py:MyNet", "--qat-steps", "2",
                     "--calibration-size", "16", *TINY, "--out", out)
     assert code == 0, err
+    assert json.loads((out / "report.json").read_text())["quantization"]["method"] == "qat"
+    assert load_model(out / "model.pt2").num_classes == 10  # the int8 program
     assert load_model(out / "pruned.pt", "mynet.py:MyNet").num_classes == 10
     assert load_model(out / "pruned.pt2").num_classes == 10
 
@@ -196,3 +198,52 @@ def test_score_image_with_your_own_class_as_teacher(mynet, run):
                     "--json", "--device", "cpu")
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])[0]["image"] == "coffee"
+
+
+# --- pickled modules (--trust-model) ---------------------------------------------------------------------------
+
+@pytest.fixture
+def pickled(mynet, monkeypatch, tmp_path):
+    """mynet_pickled.pth: a whole MyNet(num_classes=7) pickled beside mynet.py; the working directory is elsewhere
+    and `mynet` is not imported (the unpickler has to find it)."""
+    monkeypatch.delitem(sys.modules, "mynet", raising=False)
+    sys.path.insert(0, str(mynet))
+    try:
+        torch.save(importlib.import_module("mynet").MyNet(num_classes=7), mynet / "mynet_pickled.pth")
+    finally:
+        sys.path.remove(str(mynet))
+        del sys.modules["mynet"]
+    monkeypatch.chdir(tmp_path)
+    return mynet / "mynet_pickled.pth"
+
+
+def test_a_pickled_module_is_found_beside_its_file_and_prune_saves_it_to_reload(pickled, run, tmp_path):
+    out = tmp_path / "p"
+    code, err, _ = run("prune", pickled, "--trust-model", *TINY, "--out", out)
+    assert code == 0, err
+    assert load_model(out / "model.pt", str(pickled.parent / "mynet.py") + ":MyNet").num_classes == 7
+    assert load_model(out / "model.pt2").num_classes == 7
+    assert not (out / ".work").exists()
+
+
+def test_a_pickled_module_whose_code_is_missing_names_the_module_and_where_it_was_looked_for(pickled, tmp_path):
+    moved = tmp_path / "elsewhere" / "mynet_pickled.pth"
+    moved.parent.mkdir()
+    pickled.rename(moved)
+    with pytest.raises(InputError, match=r"in module 'mynet', found neither beside it \(.*elsewhere\) nor in the "
+                                         r"working directory .* add the folder holding mynet.py .*PYTHONPATH"):
+        load_model(moved, trust_model=True)
+
+
+def test_a_pickled_module_its_class_cannot_rebuild_is_saved_as_a_program(mynet, run, tmp_path, monkeypatch):
+    (mynet / "fixed.py").write_text(MYNET + textwrap.dedent('''
+        class Fixed(MyNet):
+            def __init__(self, width):  # an argument nothing records
+                super().__init__(width=width)
+    '''))
+    monkeypatch.syspath_prepend(str(mynet))
+    torch.save(importlib.import_module("fixed").Fixed(16), mynet / "fixed.pth")
+    out = tmp_path / "f"
+    code, err, _ = run("prune", "fixed.pth", "--trust-model", *TINY, "--out", out)
+    assert code == 0, err
+    assert not (out / "model.pt").exists() and load_model(out / "model.pt2").num_classes == 10

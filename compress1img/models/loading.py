@@ -7,6 +7,7 @@ import logging
 import os
 import pickle
 import re
+import sys
 import types
 import warnings
 import zipfile
@@ -286,7 +287,7 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
         return _from_checkpoint(obj, path, arch, trust_model)
     state = _find_state_dict(obj)
     if isinstance(state, nn.Module):
-        return _program(state, path, "pickled module", arch, num_classes, input_size)
+        return _pickled_module(state, path, arch, num_classes, input_size)
     if state is None:
         what = f"a {type(obj).__name__}"
         if isinstance(obj, dict):
@@ -358,10 +359,21 @@ def _torch_load(path: Path, trust_model: bool) -> Any:
         raise InputError(f"{path} is not a PyTorch model file (cannot unpickle it)") from None
     except Exception as e:
         raise InputError(f"{path} is not a PyTorch model file ({first_line(e, limit=200)})") from None
+    # The pickle names its classes' modules: look for them beside the file and in the working directory too.
+    folders = [str(path.resolve().parent), os.getcwd()]
+    sys.path[:0] = folders
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as e:
+        raise InputError(f"cannot load {path} even with --trust-model: its classes are in module {e.name!r}, "
+                         f"found neither beside it ({folders[0]}) nor in the working directory ({folders[1]}) "
+                         f"nor on PYTHONPATH: add the folder holding {e.name.replace('.', '/')}.py (or the "
+                         f"package) to PYTHONPATH") from None
     except Exception as e:
         raise InputError(f"cannot load {path} even with --trust-model: {first_line(e, limit=200)}") from None
+    finally:
+        for folder in folders:
+            sys.path.remove(folder)
 
 
 def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | nn.Module | None:
@@ -453,6 +465,19 @@ def _program(module: nn.Module, path: Path, kind: str, arch: str | None, num_cla
                          "(e.g. --input-size 32 for CIFAR, 224 for ImageNet)")
     return LoadedModel(module, None, input_size, IMAGENET_MEAN, IMAGENET_STD, num_classes or 0,
                        source=f"{path.name} ({kind})", assumed_normalisation=True)
+
+
+def _pickled_module(module: nn.Module, path: Path, arch: str | None, num_classes: int | None,
+                    input_size: tuple[int, int, int] | None) -> LoadedModel:
+    """A pickled module: its input from the attributes it declares; its class recorded (for model.pt) where it
+    rebuilds it (a constructor without arguments), else only a torch.export program can hold what it becomes."""
+    declared = declared_preprocessing(module)
+    loaded = _program(module, path, "pickled module", arch, num_classes,
+                      input_size or _parse_input_size(declared["input_size"]))
+    if declared["mean"] is not None and declared["std"] is not None:
+        loaded.mean, loaded.std, loaded.assumed_normalisation = declared["mean"], declared["std"], False
+    loaded.arch, loaded.arch_args = user.rebuilt_spec(module) or (None, None)
+    return loaded
 
 
 def _example_input_size(program: Any) -> tuple[int, int, int] | None:

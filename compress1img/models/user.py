@@ -96,6 +96,25 @@ def spec_of(module: nn.Module) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+def rebuilt_spec(module: nn.Module) -> tuple[str, dict] | None:
+    """The spec and arguments that rebuild `module` (a pickled module, an nn.Module handed to the API): its
+    class, where that builds without arguments (but num_classes, from its last linear layer, where the
+    constructor takes it) into a model of the same layout; None otherwise."""
+    cls = type(module)
+    if "<locals>" in cls.__qualname__ or cls.__module__ == "__main__":  # no name to import it by again
+        return None
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    kwargs = {"num_classes": linears[-1].out_features} if linears and _takes(cls, "num_classes") else {}
+    try:
+        fresh = cls(**kwargs)
+    except Exception:  # a constructor that needs arguments: they are not recorded anywhere
+        return None
+    own, built = module.state_dict(), fresh.state_dict()
+    if own.keys() != built.keys() or any(own[k].shape != built[k].shape for k in own):
+        return None
+    return spec_of(module), kwargs
+
+
 def _import_file(path: Path):
     if not path.is_file():
         raise InputError(f"--arch {path}: file not found")
