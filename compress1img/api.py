@@ -97,8 +97,9 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
     if prune is None and quantize is None:
         raise ValueError("compress needs a PruneConfig, a QuantizeConfig or both")
     wall_start = time.perf_counter()
-    ctx = open_run(model, image, run, eval_data=eval_data, patch_config=patch_config, image_mode=image_mode,
-                   arch=arch, trust_model=trust_model)
+    model = as_model(model, arch, trust_model)
+    _check_changeable(model, prune, quantize)  # before open_run makes the output folder
+    ctx = open_run(model, image, run, eval_data=eval_data, patch_config=patch_config, image_mode=image_mode)
     healing = Healing(heal, loss_fn, augment, hooks) if heal is not None else None
     student, pruned, int8, parts = ctx.student_copy(), None, None, []
     try:
@@ -126,6 +127,24 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
         final = LoadedModel(int8.reference, None, student.input_size, student.mean, student.std, student.num_classes,
                             student.classes, f"{student.source}, int8")
     return Result(final, report, int8.onnx_bytes if int8 is not None else None)
+
+
+def _check_changeable(model: LoadedModel, prune: PruneConfig | None, quantize: QuantizeConfig | None) -> None:
+    """A compiled program (TorchScript, torch.export, ONNX) runs, but has no layers to prune or train."""
+    if model.program is None:
+        return
+    instead = "pass its weights with --arch (a state dict), or the nn.Module itself"
+    if prune is not None:
+        raise InputError(f"cannot prune {model.source}: a {model.program} program runs but has no layers to "
+                         f"remove channels from; {instead}")
+    if isinstance(quantize, QATConfig):
+        raise InputError(f"cannot train {model.source} in int8: a {model.program} program runs but has no layers "
+                         f"for quantization-aware training; use --method ptq, or {instead}")
+    batch = getattr(model.module, "static_batch", None)
+    if quantize is not None and batch is not None:
+        raise InputError(f"cannot quantize {model.source}: it was exported for batches of exactly {batch}, and the "
+                         f"int8 model is made and checked on other batch sizes; export it with a dynamic batch "
+                         f"axis, or {instead}")
 
 
 def _assemble(ctx: RunContext, prune, quantize, parts: list, wall_start: float) -> dict:

@@ -1,7 +1,11 @@
-"""ONNX Runtime sessions, made one way: on the CPU, from a file or bytes."""
+"""ONNX Runtime sessions, made one way: on the CPU, from a file or bytes; and running graphs made for one batch
+size on any."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
+
+import torch
 
 
 def ort_session(model: str | Path | bytes, *, threads: int | None = None,
@@ -25,3 +29,16 @@ def ort_session(model: str | Path | bytes, *, threads: int | None = None,
         options.optimized_model_filepath = str(optimized_model_path)
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def in_batches_of(batch: int, run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """`run(x)` for a graph exported for batches of exactly `batch` (a static batch axis): in chunks of that
+    size, the last one padded with zeros and its padding's outputs dropped."""
+    outputs = []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        real = len(chunk)
+        if real < batch:
+            chunk = torch.cat([chunk, chunk.new_zeros(batch - real, *chunk.shape[1:])])
+        outputs.append(run(chunk)[:real])
+    return torch.cat(outputs)

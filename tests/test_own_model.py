@@ -247,3 +247,52 @@ def test_a_pickled_module_its_class_cannot_rebuild_is_saved_as_a_program(mynet, 
     code, err, _ = run("prune", "fixed.pth", "--trust-model", *TINY, "--out", out)
     assert code == 0, err
     assert not (out / "model.pt").exists() and load_model(out / "model.pt2").num_classes == 10
+
+
+# --- TorchScript and torch.export files --------------------------------------------------------------------------
+
+@pytest.fixture
+def programs(mynet):
+    """MyNet as TorchScript (mynet.ts), as torch.export programs with a dynamic (dynamic.pt2) and a static batch
+    of 2 (static.pt2), and the same network as an nn.Module."""
+    model = load_model("mynet.pth", "mynet.py:MyNet").module
+    x = torch.zeros(2, 3, 16, 16)
+    with pytest.warns(FutureWarning):  # torch's deprecation of TorchScript
+        torch.jit.save(torch.jit.script(model), mynet / "mynet.ts")
+    torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)),
+                      mynet / "dynamic.pt2")
+    torch.export.save(torch.export.export(model, (x,)), mynet / "static.pt2")
+    return model
+
+
+@pytest.mark.parametrize("command", [["prune"], ["compress"], ["quantize", "--method", "qat"]])
+def test_a_program_is_refused_by_what_changes_its_layers_in_one_line_before_any_work(programs, cli, tmp_path,
+                                                                                    command):
+    for program in ("mynet.ts", "dynamic.pt2"):
+        code, err = cli(*command, program, "--input-size", "16", "--out", tmp_path / "o")
+        assert code == 2 and err[-1].startswith("error: cannot ") and "pass its weights with --arch" in err[-1]
+        assert not (tmp_path / "o").exists()
+
+
+def test_a_torchscript_teacher_distills_and_a_torch_export_program_quantizes_by_ptq(programs, run, tmp_path):
+    code, err, _ = run("distill", "--teacher", "mynet.ts", "--input-size", "16", "--student", "mynet.py:MyNet",
+                       *TINY, "--out", tmp_path / "d")
+    assert code == 0, err
+    code, err, _ = run("quantize", "dynamic.pt2", "--method", "ptq", "--calibration-size", "16", *TINY,
+                       "--out", tmp_path / "q")
+    assert code == 0, err
+    assert json.loads((tmp_path / "q" / "report.json").read_text())["holdout_agreement"] > 50
+
+
+def test_a_static_batch_program_runs_in_chunks_of_its_batch(programs, run, cli, tmp_path, tiny_data):
+    static = load_model("static.pt2")
+    x = torch.randn(5, 3, 16, 16)  # two full chunks and a padded one
+    with torch.no_grad():
+        assert torch.allclose(static.module(x), programs(x), atol=1e-5)
+    assert eval_json(run, "static.pt2", "--data", tiny_data, "--batch-size", "7") == {
+        **eval_json(run, "dynamic.pt2", "--data", tiny_data), "model": "static.pt2 (torch.export program)"}
+    code, err, _ = run("distill", "--teacher", "static.pt2", "--student", "mynet.py:MyNet", *TINY, "--batch-size",
+                       "5", "--out", tmp_path / "d")
+    assert code == 0, err
+    code, err = cli("quantize", "static.pt2", "--method", "ptq", "--out", tmp_path / "q")
+    assert code == 2 and "exported for batches of exactly 2" in err[-1] and not (tmp_path / "q").exists()

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import InputError, first_line
 from ..outputs import atomic_write
+from ..runtime import in_batches_of
 from .registry import (
     _REGISTRY,
     IMAGENET_MEAN,
@@ -55,6 +56,7 @@ class LoadedModel:
     transforms: list[str] = field(default_factory=list)  # structural changes to replay on reload (pruning)
     arch_args: dict | None = None  # a class of the user's own (arch "FILE.py:CLASS"): its constructor arguments
     assumed_normalisation: bool = field(default=False, repr=False)  # mean/std are ImageNet's by assumption
+    program: str | None = None  # "TorchScript", "torch.export", "ONNX": a graph that runs but has no layers to change
 
 
 def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool = False,
@@ -267,7 +269,9 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
                 module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
             raise InputError(f"cannot load TorchScript file {path}: {first_line(e, limit=200)}") from None
-        return _program(module, path, "TorchScript model", arch, num_classes, input_size)
+        loaded = _program(module, path, "TorchScript model", arch, num_classes, input_size)
+        loaded.program = "TorchScript"
+        return loaded
     if kind == "export":
         extra = {PROGRAM_METADATA: ""}
         try:
@@ -276,11 +280,16 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
         except Exception as e:
             raise InputError(f"cannot load torch.export file {path}: {first_line(e, limit=200)}") from None
         ignore_mode_switches(module)
+        batch = _static_batch(program)
+        if batch is not None:
+            module = FixedBatch(module, batch)
         if extra[PROGRAM_METADATA]:
-            return _from_program_metadata(module, path, json.loads(extra[PROGRAM_METADATA]))
-        if input_size is None:
-            input_size = _example_input_size(program)
-        return _program(module, path, "torch.export program", arch, num_classes, input_size)
+            loaded = _from_program_metadata(module, path, json.loads(extra[PROGRAM_METADATA]))
+        else:
+            loaded = _program(module, path, "torch.export program", arch, num_classes,
+                              input_size or _example_input_size(program))
+        loaded.program = "torch.export"
+        return loaded
 
     obj = _torch_load(path, trust_model)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
@@ -478,6 +487,27 @@ def _pickled_module(module: nn.Module, path: Path, arch: str | None, num_classes
         loaded.mean, loaded.std, loaded.assumed_normalisation = declared["mean"], declared["std"], False
     loaded.arch, loaded.arch_args = user.rebuilt_spec(module) or (None, None)
     return loaded
+
+
+class FixedBatch(nn.Module):
+    """A program exported for one batch size, run on any (in chunks of that size, the last one padded)."""
+
+    def __init__(self, program: nn.Module, batch: int) -> None:
+        super().__init__()
+        self.program, self.static_batch = program, batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return in_batches_of(self.static_batch, self.program, x)
+
+
+def _static_batch(program: Any) -> int | None:
+    """The batch size a torch.export program was exported for, if its batch axis is static."""
+    inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph_module.graph.nodes:
+        value = node.meta.get("val")
+        if node.op == "placeholder" and node.name in inputs and isinstance(value, torch.Tensor) and value.ndim == 4:
+            return value.shape[0] if isinstance(value.shape[0], int) else None
+    return None
 
 
 def _example_input_size(program: Any) -> tuple[int, int, int] | None:
