@@ -26,7 +26,7 @@ from .context import ModelLike, RunContext, as_model, load_labelled, open_run
 from .data import EvalData, check_num_classes, load_eval_data
 from .devices import device_name, resolve_device
 from .errors import InputError, first_line
-from .evaluate import OnnxModel, normalize, predict, top1
+from .evaluate import normalize, predict, top1
 from .export import export_onnx
 from .images import DEFAULT_IMAGE, NOISE_IMAGE, load_image, min_image_side, resolve_image
 from .losses import LossFn
@@ -135,10 +135,10 @@ def _check_changeable(model: LoadedModel, prune: PruneConfig | None, quantize: Q
         return
     instead = "pass its weights with --arch (a state dict), or the nn.Module itself"
     if prune is not None:
-        raise InputError(f"cannot prune {model.source}: a {model.program} program runs but has no layers to "
+        raise InputError(f"cannot prune {model.source}: {model.program} models run but have no layers to "
                          f"remove channels from; {instead}")
     if isinstance(quantize, QATConfig):
-        raise InputError(f"cannot train {model.source} in int8: a {model.program} program runs but has no layers "
+        raise InputError(f"cannot train {model.source} in int8: {model.program} models run but have no layers "
                          f"for quantization-aware training; use --method ptq, or {instead}")
     batch = getattr(model.module, "static_batch", None)
     if quantize is not None and batch is not None:
@@ -255,18 +255,13 @@ def _plain(run: RunConfig) -> dict:
 
 def evaluate_model(model: ModelLike, data: str | Path | EvalData, *, arch: str | None = None,
                    trust_model: bool = False, batch_size: int = 256, device: str = "auto") -> dict:
-    """Top-1 accuracy of a PyTorch or ONNX model on labelled data."""
-    if isinstance(model, (str, Path)) and str(model).lower().endswith(".onnx"):
-        onnx_model = OnnxModel.load(model)
-        labelled = data if isinstance(data, EvalData) else load_eval_data(data, image_size=onnx_model.input_size[-1])
-        logits = predict(onnx_model, labelled.images, onnx_model.mean, onnx_model.std, batch_size=batch_size)
-        num_classes, source = logits.shape[1], str(model)
-    else:
-        loaded = as_model(model, arch, trust_model)
-        labelled = load_labelled(data, loaded)
-        logits = predict(loaded.module, labelled.images, loaded.mean, loaded.std, batch_size=batch_size,
-                         device=resolve_device(device))
-        num_classes, source = loaded.num_classes, loaded.source
+    """Top-1 accuracy of a PyTorch or ONNX model on labelled data (`model` as for every command: a path, a
+    LoadedModel, an nn.Module)."""
+    loaded = as_model(model, arch, trust_model)
+    labelled = load_labelled(data, loaded)
+    logits = predict(loaded.module, labelled.images, loaded.mean, loaded.std, batch_size=batch_size,
+                     device=resolve_device(device))
+    num_classes, source = loaded.num_classes, loaded.source
     check_num_classes(labelled, num_classes)
     correct = int((logits.argmax(1) == labelled.labels).sum())
     return {"top1": 100.0 * correct / len(labelled.labels), "n": len(labelled.labels), "correct": correct,

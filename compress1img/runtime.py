@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
+from torch import nn
 
 
 def ort_session(model: str | Path | bytes, *, threads: int | None = None,
@@ -42,3 +44,33 @@ def in_batches_of(batch: int, run: Callable[[torch.Tensor], torch.Tensor], x: to
             chunk = torch.cat([chunk, chunk.new_zeros(batch - real, *chunk.shape[1:])])
         outputs.append(run(chunk)[:real])
     return torch.cat(outputs)
+
+
+class OnnxModule(nn.Module):
+    """An ONNX model run by ONNX Runtime as a frozen module (no gradients): a teacher, a model to evaluate or
+    to quantize by PTQ. Takes and returns float32 NCHW tensors on the caller's device; a graph with a static
+    batch axis runs in chunks of its batch."""
+
+    def __init__(self, onnx_bytes: bytes, session=None) -> None:
+        super().__init__()
+        self.onnx_bytes = onnx_bytes
+        self.session = session or ort_session(onnx_bytes)
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.input_shape = [d if isinstance(d, int) else None for d in first.shape]
+        self.static_batch = self.input_shape[0] if self.input_shape else None
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.static_batch is not None:
+            return in_batches_of(self.static_batch, self._run, x)
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0]).to(x.device)
+
+    def __deepcopy__(self, memo) -> "OnnxModule":
+        return OnnxModule(self.onnx_bytes, self.session)  # a session only runs: copies can share it

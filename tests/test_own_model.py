@@ -6,6 +6,7 @@ import importlib
 import json
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -296,3 +297,80 @@ def test_a_static_batch_program_runs_in_chunks_of_its_batch(programs, run, cli, 
     assert code == 0, err
     code, err = cli("quantize", "static.pt2", "--method", "ptq", "--out", tmp_path / "q")
     assert code == 2 and "exported for batches of exactly 2" in err[-1] and not (tmp_path / "q").exists()
+
+
+# --- ONNX files ----------------------------------------------------------------------------------------------------
+
+class Linear16(torch.nn.Module):
+    """A linear model of the raw pixels: its predictions follow the normalisation closely."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3 * 16 * 16, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def export_plain_onnx(model, path, batch: int | None):
+    """torch.onnx.export without our metadata; a static batch axis of `batch`, or a dynamic one (None)."""
+    dynamic = None if batch is not None else {"x": {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.zeros(batch or 2, 3, 16, 16),), str(path), input_names=["x"],
+                          dynamic_axes=dynamic, dynamo=False)
+
+
+def test_onnx_eval_honours_mean_and_std_and_says_what_it_assumed(tmp_path, run):
+    torch.manual_seed(0)
+    model = Linear16()
+    export_plain_onnx(model, tmp_path / "b1.onnx", batch=1)  # a static batch of 1, no metadata
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 16, 16, 3), dtype=np.uint8)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1)
+    with torch.no_grad():  # labelled with what the model predicts in the ImageNet normalisation
+        np.savez(tmp_path / "own.npz", images=images, labels=model((x - mean) / std).argmax(1).numpy())
+    code, err, out = run("eval", tmp_path / "b1.onnx", "--data", tmp_path / "own.npz", "--json")
+    assert code == 0 and json.loads(out.splitlines()[-1])["top1"] == 100.0
+    assert any("b1.onnx records no normalisation: assuming the ImageNet mean/std" in line for line in err)
+    code, err, out = run("eval", tmp_path / "b1.onnx", "--data", tmp_path / "own.npz", "--json", "--mean",
+                         "0.9,0.9,0.9", "--std", "0.05,0.05,0.05", "--input-size", "16")
+    assert code == 0 and json.loads(out.splitlines()[-1])["top1"] < 50 and not any("assuming" in e for e in err)
+    code, err, _ = run("eval", tmp_path / "b1.onnx", "--data", tmp_path / "own.npz", "--input-size", "64")
+    assert code == 2 and err[-1] == f"error: {tmp_path / 'b1.onnx'} takes 3x16x16 input (its graph's input " \
+                                    f"shape), not --input-size 64"
+
+
+def test_an_onnx_model_reads_the_preprocessing_our_exports_record(tmp_path):
+    from compress1img import export_onnx
+
+    export_onnx(Linear16(), tmp_path / "ours.onnx", input_size=(3, 16, 16), mean=(0.5, 0.5, 0.5),
+                std=(0.1, 0.2, 0.3), classes=[str(i) for i in range(10)])
+    loaded = load_model(tmp_path / "ours.onnx")
+    assert (loaded.input_size, loaded.std, loaded.classes[:2], loaded.program) == (
+        (3, 16, 16), (0.1, 0.2, 0.3), ["0", "1"], "ONNX")
+
+
+def test_quantize_ptq_takes_an_onnx_model(mynet, run, tmp_path):
+    export_plain_onnx(load_model("mynet.pth", "mynet.py:MyNet").module, tmp_path / "mynet.onnx", batch=None)
+    out = tmp_path / "q"
+    code, err, _ = run("quantize", tmp_path / "mynet.onnx", "--method", "ptq", "--calibration-size", "16",
+                       "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", *TINY, "--out", out)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["quantization"]["int8_convs"] > 0 and report["holdout_agreement"] > 50
+    int8 = load_model(out / "model.onnx")
+    assert (int8.mean, int8.std) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    code, err, _ = run("prune", tmp_path / "mynet.onnx", "--out", tmp_path / "p")
+    assert code == 2 and "cannot prune" in err[-1] and not (tmp_path / "p").exists()
+
+
+def test_distill_runs_a_static_batch_onnx_teacher_in_onnx_runtime(mynet, run, tmp_path):
+    export_plain_onnx(load_model("mynet.pth", "mynet.py:MyNet").module, tmp_path / "b1.onnx", batch=1)
+    out = tmp_path / "d"
+    code, err, _ = run("distill", "--teacher", tmp_path / "b1.onnx", "--student", "mynet.py:MyNet", *TINY,
+                       "--out", out)
+    assert code == 0, err
+    assert json.loads((out / "report.json").read_text())["teacher"] == "b1.onnx (ONNX)"

@@ -269,8 +269,7 @@ def eval_(
     std: StdOpt = None,
 ) -> None:
     """Top-1 accuracy of a PyTorch or ONNX model on labelled data."""
-    if not model.lower().endswith(".onnx"):  # ONNX files carry their preprocessing in their metadata
-        model = load(model, arch, trust_model, input_size, mean, std, arch_args)
+    model = load(model, arch, trust_model, input_size, mean, std, arch_args)
     result = api.evaluate_model(model, data, batch_size=batch_size, device=device)
     if as_json:
         print(json.dumps(result))

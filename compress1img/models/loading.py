@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import InputError, first_line
 from ..outputs import atomic_write
-from ..runtime import in_batches_of
+from ..runtime import OnnxModule, in_batches_of
 from .registry import (
     _REGISTRY,
     IMAGENET_MEAN,
@@ -260,7 +260,7 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
     if path.stat().st_size == 0:
         raise InputError(f"model file {path} is empty (0 bytes)")
     if path.suffix.lower() == ".onnx":
-        raise InputError(f"{path} is an ONNX model; this command needs a PyTorch model")
+        return _load_onnx(path, arch, input_size)
     kind = _archive_kind(path)
     if kind == "torchscript":
         try:
@@ -474,6 +474,35 @@ def _program(module: nn.Module, path: Path, kind: str, arch: str | None, num_cla
                          "(e.g. --input-size 32 for CIFAR, 224 for ImageNet)")
     return LoadedModel(module, None, input_size, IMAGENET_MEAN, IMAGENET_STD, num_classes or 0,
                        source=f"{path.name} ({kind})", assumed_normalisation=True)
+
+
+def _load_onnx(path: Path, arch: str | None, input_size: tuple[int, int, int] | None) -> LoadedModel:
+    """An ONNX model run by ONNX Runtime; its preprocessing from its metadata (what our exports write), its graph's
+    input shape, or the arguments."""
+    try:
+        module = OnnxModule(path.read_bytes())
+    except Exception as e:  # onnxruntime raises its own exception types for bad files
+        raise InputError(f"cannot load ONNX model {path}: {first_line(e, limit=200)}") from None
+    if arch is not None:
+        log.warning("--arch %s is ignored: %s is an ONNX model", arch, path)
+    meta = module.metadata()
+    try:
+        recorded = {key: json.loads(meta[key]) for key in ("input_size", "mean", "std", "classes") if key in meta}
+    except json.JSONDecodeError:
+        raise InputError(f"{path} has damaged metadata (input_size, mean, std, classes must be JSON)") from None
+    shape = module.input_shape[1:]
+    graph_size = tuple(shape) if len(shape) == 3 and None not in shape else None
+    if input_size is not None and graph_size is not None and input_size != graph_size:
+        raise InputError(f"{path} takes {'x'.join(map(str, graph_size))} input (its graph's input shape), not "
+                         f"--input-size {input_size[-1]}")
+    size = input_size or _parse_input_size(recorded.get("input_size")) or graph_size
+    if size is None:
+        raise InputError(f"{path} does not record its input size (no input_size metadata, dynamic shape): pass "
+                         f"--input-size")
+    assumed = "mean" not in recorded or "std" not in recorded
+    return LoadedModel(module, None, _parse_input_size(size), _triple(recorded.get("mean", IMAGENET_MEAN), "mean"),
+                       _triple(recorded.get("std", IMAGENET_STD), "std"), 0, recorded.get("classes"),
+                       source=f"{path.name} (ONNX)", assumed_normalisation=assumed, program="ONNX")
 
 
 def _pickled_module(module: nn.Module, path: Path, arch: str | None, num_classes: int | None,
