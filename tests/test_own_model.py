@@ -374,3 +374,18 @@ def test_distill_runs_a_static_batch_onnx_teacher_in_onnx_runtime(mynet, run, tm
                        "--out", out)
     assert code == 0, err
     assert json.loads((out / "report.json").read_text())["teacher"] == "b1.onnx (ONNX)"
+
+
+# --- the bundled teacher by name -----------------------------------------------------------------------------------
+
+def test_the_bundled_teacher_has_a_name_that_models_lists_and_errors_point_at(run, cli, tmp_path):
+    from compress1img.api import bundled_teacher
+
+    loaded = load_model("bundled:cifar_resnet20")
+    assert loaded.classes[0] == "airplane" and loaded.source == bundled_teacher().source
+    code, _, out = run("models")
+    assert code == 0 and "bundled:cifar_resnet20" in out
+    code, err = cli("prune", "cifar_resnet20", "--out", tmp_path / "o")
+    assert code == 2 and err[-1].endswith("or use the bundled pretrained one: bundled:cifar_resnet20")
+    code, err = cli("eval", "bundled:resnet", "--data", "x.npz")
+    assert code == 2 and err[-1] == "error: no bundled model 'resnet': the bundled models are bundled:cifar_resnet20"

@@ -376,11 +376,15 @@ def demo(
 
 @app.command("models")
 def list_models_() -> None:
-    """List the architectures of compress1img's own registry (timm:NAME and tv:NAME work too)."""
+    """List the architectures of compress1img's own registry (timm:NAME, tv:NAME and FILE.py:CLASS work too) and
+    the pretrained models it ships (bundled:NAME, usable as MODEL or --teacher with no weights file)."""
     from ..models import get_entry, list_models
+    from ..models.bundled import BUNDLED_MODELS, BUNDLED_PREFIX
 
     for name in list_models():
         entry = get_entry(name)
-        print(f"{name:16s} input {'x'.join(map(str, entry.input_size))}, {entry.num_classes} classes")
+        print(f"{name:24s} input {'x'.join(map(str, entry.input_size))}, {entry.num_classes} classes")
+    for name, (_, _, classes, description) in BUNDLED_MODELS.items():
+        print(f"{BUNDLED_PREFIX + name:24s} pretrained: {description}, {len(classes)} classes")
 
 

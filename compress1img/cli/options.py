@@ -125,7 +125,10 @@ NprocOpt = Annotated[int, typer.Option(
                     "--batch-size is per process.")]
 
 ModelArg = Annotated[str, typer.Argument(help="The pretrained model: weights file (+ --arch), compress1img model.pt, "
-                                              "TorchScript / torch.export file, or a model name.")]
+                                              "TorchScript / torch.export file, a pickled module (--trust-model), "
+                                              "an ONNX file (quantize --method ptq only), a model name with "
+                                              "pretrained weights in the timm/torchvision cache, or "
+                                              "bundled:cifar_resnet20 (shipped; `compress1img models` lists it).")]
 SparsityOpt = Annotated[float, typer.Option(
     "--sparsity", help="Fraction of the model's PARAMETERS to remove, between 0 and 1 (of its MACs with "
                        "--target macs); met within 1 point and reported exactly.")]

@@ -72,7 +72,11 @@ def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool 
     size = _parse_input_size(input_size)
     if arch_args is not None and not user.is_class_spec(arch):
         raise InputError("--arch-args is for a class of your own (--arch FILE.py:CLASS or package.module:CLASS)")
-    if arch is not None or _is_file_argument(model):  # --arch only makes sense with a weights file
+    if arch is None and isinstance(model, str) and model.startswith("bundled:"):
+        from .bundled import bundled_model  # (it loads through this module)
+
+        loaded = bundled_model(model[len("bundled:"):])
+    elif arch is not None or _is_file_argument(model):  # --arch only makes sense with a weights file
         loaded = _load_file(Path(model), arch, trust_model, num_classes, size, arch_args)
     else:
         module, cfg = create_model_from_name(str(model), num_classes, pretrained=pretrained)
@@ -125,8 +129,11 @@ def create_model_from_name(name: str, num_classes: int | None = None, *, pretrai
         return _create_torchvision(name[len("tv:"):], num_classes, pretrained)
     if name in _REGISTRY:
         if pretrained:
+            from .bundled import BUNDLED_MODELS
+
+            bundled = f", or use the bundled pretrained one: bundled:{name}" if name in BUNDLED_MODELS else ""
             raise InputError(f"compress1img has no pretrained weights for {name}: "
-                             f"pass a weights file and --arch {name}")
+                             f"pass a weights file and --arch {name}{bundled}")
         entry = get_entry(name)
         module = create_model(name, num_classes)
         return module, {"arch": name, "input_size": entry.input_size, "mean": entry.mean, "std": entry.std,
