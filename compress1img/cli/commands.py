@@ -36,7 +36,10 @@ def _root(debug: DebugOpt = False, nproc: NprocOpt = 1) -> None:  # both taken o
 @app.command()
 def distill(
     teacher: Annotated[str, typer.Option("--teacher", help="Teacher: weights file (+ --arch), compress1img model.pt, "
-                                                           "TorchScript / torch.export file, or a model name.")],
+                                                           "TorchScript / torch.export / ONNX file (run as a black "
+                                                           "box: only its outputs are needed), a pickled module "
+                                                           "(--trust-model), a model name, or "
+                                                           "bundled:cifar_resnet20.")],
     student: Annotated[str, typer.Option("--student", help="Student architecture, randomly initialised: a registry "
                                                            "name, timm:NAME, tv:NAME, or a class of your own "
                                                            "(FILE.py:CLASS, package.module:CLASS).")],
@@ -254,8 +257,10 @@ def compress_(
 
 @app.command("eval")
 def eval_(
-    model: Annotated[str, typer.Argument(help="PyTorch model (weights + --arch, model.pt, TorchScript, torch.export) "
-                                              "or an ONNX file.")],
+    model: Annotated[str, typer.Argument(help="PyTorch model (weights + --arch, model.pt, TorchScript, torch.export, "
+                                              "a pickled module with --trust-model), an ONNX file (its metadata, "
+                                              "or --mean/--std/--input-size, give its preprocessing), a model name "
+                                              "or bundled:cifar_resnet20.")],
     data: Annotated[Path, typer.Option("--data", help="Labelled data: .npz (images uint8 NHWC + labels) or an "
                                                       "ImageFolder directory.")],
     arch: ArchOpt = None,
@@ -283,8 +288,8 @@ def score_image(
                                                      "astronaut, coffee, chelsea, hubble; noise for comparison).")],
     teacher: Annotated[Optional[str], typer.Option(
         "--teacher", help="The model to be distilled or compressed: weights file (+ --arch), compress1img model.pt, "
-                          "TorchScript / torch.export file, or a model name. Default: the bundled CIFAR-10 "
-                          "ResNet-20.")] = None,
+                          "TorchScript / torch.export / ONNX file, a model name. Default: the bundled CIFAR-10 "
+                          "ResNet-20 (bundled:cifar_resnet20).")] = None,
     arch: ArchOpt = None,
     arch_args: ArchArgsOpt = None,
     patches: Annotated[Optional[int], typer.Option(

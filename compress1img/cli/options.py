@@ -111,11 +111,14 @@ TrustOpt = Annotated[bool, typer.Option(
                           "you made yourself.")]
 InputSizeOpt = Annotated[Optional[int], typer.Option(
     "--input-size", help="Input side in pixels, for models that do not record it (TorchScript, torch.export, "
-                         "pickles); overrides what the model records.")]
+                         "pickles, ONNX files without metadata, a class of your own without an input_size "
+                         "attribute); overrides what the model records.")]
 MeanOpt = Annotated[Optional[str], typer.Option(
-    "--mean", help="Normalisation mean as R,G,B (e.g. 0.485,0.456,0.406) when the model does not record it.")]
+    "--mean", help="Normalisation mean as R,G,B (e.g. 0.485,0.456,0.406); overrides what the model records (a "
+                   "compress1img model.pt or ONNX file's metadata, a class's mean attribute). Where neither says, "
+                   "the ImageNet mean is assumed, with a warning.")]
 StdOpt = Annotated[Optional[str], typer.Option(
-    "--std", help="Normalisation std as R,G,B (e.g. 0.229,0.224,0.225) when the model does not record it.")]
+    "--std", help="Normalisation std as R,G,B (e.g. 0.229,0.224,0.225); as --mean.")]
 CheckpointEveryOpt = Annotated[int, typer.Option("--checkpoint-every", help="Save a resumable checkpoint every N "
                                                                           "training steps.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the Python traceback on errors.")]
