@@ -195,8 +195,8 @@ def test_distill_from_and_into_your_own_class(mynet, run, tmp_path):
 
 
 def test_score_image_with_your_own_class_as_teacher(mynet, run):
-    code, err, out = run("score-image", "coffee", "--teacher", "mynet.pth", "--arch", "mynet.py:MyNet", "--patches", "8",
-                    "--json", "--device", "cpu")
+    code, err, out = run("score-image", "coffee", "--teacher", "mynet.pth", "--arch", "mynet.py:MyNet",
+                         "--patches", "8", "--json", "--device", "cpu")
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])[0]["image"] == "coffee"
 

@@ -14,9 +14,9 @@ from ..pruning import PruneConfig
 from ..quantization import METHODS, QAT_LR, QAT_STEPS, QATConfig, QuantizeConfig
 from ..scoring import PREDICTORS
 from ..training import DistillConfig
-from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, CalibrationOpt, ChannelsOpt, CheckpointEveryOpt,
-    CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt, FreezeBnOpt, IgnoreOpt, ImageModeOpt,
-    ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt,
+from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, CalibrationOpt, ChannelsOpt,
+    CheckpointEveryOpt, CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt, FreezeBnOpt,
+    IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt,
     ModelArg, NoHealOpt, NprocOpt, OutOpt, OverwriteOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt,
     ResumeOpt, RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build,
     load, read_lines)

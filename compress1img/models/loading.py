@@ -449,9 +449,11 @@ def _from_checkpoint(checkpoint: dict, path: Path, arch: str | None, trust_model
     if missing:
         raise InputError(f"{path} is a damaged compress1img checkpoint: no {', '.join(missing)}")
     own = user.is_class_spec(checkpoint["arch"])
-    same = arch is not None and (user.canonical_spec(arch) if user.is_class_spec(arch) else arch) == checkpoint["arch"]
-    if arch is not None and not same:
-        raise InputError(f"{path} holds a {checkpoint['arch']} but --arch says {arch}: leave --arch out")
+    named = user.canonical_spec(arch) if user.is_class_spec(arch) else arch
+    same = named is not None and named == checkpoint["arch"]
+    if named is not None and not same:
+        instead = f"pass --arch {checkpoint['arch']}" if own else "leave --arch out"
+        raise InputError(f"{path} holds a {checkpoint['arch']} but --arch says {arch}: {instead}")
     if own and not (same or trust_model):
         raise InputError(f"{path} is built by code of your own ({checkpoint['arch']}), which loading it runs: pass "
                          f"--arch {checkpoint['arch']} (or --trust-model) to allow it, or load the code-free "
