@@ -158,6 +158,33 @@ def test_prune_of_your_own_class_writes_a_model_that_reloads_with_its_class_or_w
     assert (program.input_size, program.num_classes) == ((3, 16, 16), 10)
 
 
+def test_a_pruned_layer_your_class_cannot_rebuild_leaves_the_code_free_program_to_reload(mynet, run, tmp_path):
+    (mynet / "scaled.py").write_text(MYNET + textwrap.dedent('''
+        class Scale(nn.Module):  # a layer of its own, whose width compress1img cannot set on reload
+            def __init__(self, width):
+                super().__init__()
+                self.gamma = nn.Parameter(torch.ones(1, width, 1, 1))
+
+            def forward(self, x):
+                return x * self.gamma
+
+
+        class Scaled(MyNet):
+            def __init__(self, num_classes=10, width=16):
+                super().__init__(num_classes, width)
+                for block in self.layer1:
+                    block.bn1 = nn.Sequential(block.bn1, Scale(width))
+    '''))
+    namespace: dict = {}
+    exec(compile((mynet / "scaled.py").read_text(), "scaled.py", "exec"), namespace)
+    torch.save(namespace["Scaled"]().state_dict(), mynet / "scaled.pth")
+    out = tmp_path / "s"
+    code, err, _ = run("prune", "scaled.pth", "--arch", "scaled.py:Scaled", *TINY, "--out", out)
+    assert code == 0, err
+    assert any("model.pt not written" in line and "layer1.0.bn1.1 (Scale)" in line for line in err)
+    assert not (out / "model.pt").exists() and load_model(out / "model.pt2").num_classes == 10
+
+
 def test_unstructured_pruning_and_eval_of_your_own_class(mynet, run, tmp_path, tiny_data):
     out = tmp_path / "u"
     code, err, _ = run("prune", "mynet.pth", "--arch", "mynet.py:MyNet", "--mode", "unstructured", *TINY, "--out", out)
