@@ -201,7 +201,12 @@ def _resumed(ctx: RunContext, student: LoadedModel) -> tuple[LoadedModel, int]:
     if ctx.run.resume and ctx.work_dir is not None:
         done = sorted(ctx.work_dir.glob("iteration-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
         if done:
-            resumed = load_model(done[-1], trust_model=True)  # our own work file
+            try:
+                resumed = load_model(done[-1], trust_model=True)  # our own work file
+            except InputError as e:  # a class of one's own that cannot rebuild its pruned layers
+                log.warning("cannot resume from %s (%s): pruning again from the start", done[-1].name,
+                            first_line(e, limit=200))
+                return student, 1
             resumed.source = student.source
             return resumed, int(done[-1].stem.split("-")[1]) + 1
     return student, 1
