@@ -102,10 +102,10 @@ def eval_json(run, *args) -> dict:
 # --- a class of your own -----------------------------------------------------------------------------------
 
 def test_a_state_dict_loads_into_your_own_class_from_a_file_or_a_module(mynet, monkeypatch):
+    monkeypatch.delitem(sys.modules, "mynet", raising=False)
+    by_module = load_model("mynet.pth", "mynet:MyNet", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # from cwd
     by_file = load_model("mynet.pth", "mynet.py:MyNet")
     assert (by_file.input_size, by_file.num_classes, by_file.arch_args) == ((3, 16, 16), 10, {})
-    monkeypatch.syspath_prepend(str(mynet))
-    by_module = load_model("mynet.pth", "mynet:MyNet", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(by_file.module(x), by_module.module(x)) and by_module.std == (0.25, 0.25, 0.25)
 

@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,18 @@ def import_class(spec: str) -> type:
     if where.endswith(".py"):
         module = _import_file(Path(where).expanduser())
     else:
+        here = os.getcwd()
+        sys.path.insert(0, here)  # as `python -m` would: a module in the working directory needs no PYTHONPATH
         try:
             module = importlib.import_module(where)
         except ImportError as e:
-            raise InputError(f"--arch {spec}: cannot import {where} ({first_line(e)}); add the folder holding it "
-                             f"to PYTHONPATH, or give the file as --arch path/to/file.py:{name}") from None
+            raise InputError(f"--arch {spec}: cannot import {where} ({first_line(e)}) from the working directory "
+                             f"({here}) or PYTHONPATH: add the folder holding it to PYTHONPATH, or give the file "
+                             f"as --arch path/to/file.py:{name}") from None
         except Exception as e:
             raise InputError(f"--arch {spec}: importing {where} failed: {first_line(e, limit=200)}") from None
+        finally:
+            sys.path.remove(here)
     cls = module
     for part in name.split("."):  # Outer.Inner too
         cls = getattr(cls, part, None)
