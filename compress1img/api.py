@@ -27,7 +27,7 @@ from .context import ModelLike, RunContext, as_model, load_labelled, open_run
 from .data import EvalData, check_num_classes, load_eval_data
 from .devices import device_name, resolve_device
 from .errors import InputError, first_line
-from .evaluate import OnnxModel, normalize, predict, top1
+from .evaluate import normalize, predict, top1
 from .export import export_onnx
 from .images import DEFAULT_IMAGE, NOISE_IMAGE, load_image, min_image_side, resolve_image
 from .losses import LossFn
@@ -38,7 +38,8 @@ from .pruning import PruneConfig, count
 from .quantization import QATConfig, QuantizeConfig
 from .report import provenance, quality_warnings, settings
 from .sources import ImageArg
-from .stages import CALIBRATION_BATCH_INDEX, Healing, export, latency, measure, prune_stage, quantize_stage
+from .stages import CALIBRATION_BATCH_INDEX, Healing, export, latency, measure, prune_stage, quantize_stage, \
+    save_float_model
 from .training import CHECKPOINT_NAME, DistillConfig, TrainingHook, processes_report, run_distillation
 
 log = logging.getLogger("compress1img")
@@ -99,8 +100,9 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
     if prune is None and quantize is None:
         raise ValueError("compress needs a PruneConfig, a QuantizeConfig or both")
     wall_start = time.perf_counter()
-    ctx = open_run(model, image, run, eval_data=eval_data, patch_config=patch_config, image_mode=image_mode,
-                   arch=arch, trust_model=trust_model)
+    model = as_model(model, arch, trust_model)
+    _check_changeable(model, prune, quantize)  # before open_run makes the output folder
+    ctx = open_run(model, image, run, eval_data=eval_data, patch_config=patch_config, image_mode=image_mode)
     seconds = {"setup": time.perf_counter() - wall_start}  # each stage's wall time, for the report
     config = settings(run=run, prune=prune, heal=heal if prune is not None else None, quantize=quantize,
                       **_inputs(ctx, image, image_mode, patch_config, eval_data, loss_fn, augment, hooks),
@@ -108,11 +110,6 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
     healing = Healing(heal, loss_fn, augment, hooks) if heal is not None else None
     student, pruned, int8, parts = ctx.student_copy(), None, None, []
     try:
-        if prune is not None and ctx.out_dir is not None and ctx.teacher.arch is None:
-            # Said now, not after the healing: model.pt records the architecture to rebuild it from.
-            raise InputError(f"cannot write the pruned {ctx.teacher.source} to {ctx.out_dir}: compress1img can save "
-                             f"pruned models of its registry, timm and torchvision architectures only; run without "
-                             f"an output folder and save result.model.module yourself")
         if prune is not None:
             pruned = _timed(seconds, "prune", prune_stage, ctx, student, prune, healing)
             student = pruned.student
@@ -140,6 +137,24 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
                             student.classes, f"{student.source}, int8", interpolation=student.interpolation,
                             crop_pct=student.crop_pct)
     return Result(final, report, int8.onnx_bytes if int8 is not None else None)
+
+
+def _check_changeable(model: LoadedModel, prune: PruneConfig | None, quantize: QuantizeConfig | None) -> None:
+    """A compiled program (TorchScript, torch.export, ONNX) runs, but has no layers to prune or train."""
+    if model.program is None:
+        return
+    instead = "pass its weights with --arch (a state dict), or the nn.Module itself"
+    if prune is not None:
+        raise InputError(f"cannot prune {model.source}: {model.program} models run but have no layers to "
+                         f"remove channels from; {instead}")
+    if isinstance(quantize, QATConfig):
+        raise InputError(f"cannot train {model.source} in int8: {model.program} models run but have no layers "
+                         f"for quantization-aware training; use --method ptq, or {instead}")
+    batch = getattr(model.module, "static_batch", None)
+    if quantize is not None and batch is not None:
+        raise InputError(f"cannot quantize {model.source}: it was exported for batches of exactly {batch}, and the "
+                         f"int8 model is made and checked on other batch sizes; export it with a dynamic batch "
+                         f"axis, or {instead}")
 
 
 def _assemble(ctx: RunContext, prune, quantize, parts: list, seconds: dict, wall_start: float, config: dict) -> dict:
@@ -206,9 +221,10 @@ def _warn(report: dict) -> None:
             log.warning(warning)
 
 
-def build_student(name: str, teacher: LoadedModel) -> LoadedModel:
-    """A randomly initialised `name` with the teacher's classes, input size and normalisation."""
-    module, _ = create_model_from_name(name, num_classes=teacher.num_classes, pretrained=False)
+def build_student(name: str, teacher: LoadedModel, args: dict | None = None) -> LoadedModel:
+    """A randomly initialised `name` with the teacher's classes, input size and normalisation (`args`: the
+    keyword arguments of a class of one's own)."""
+    module, cfg = create_model_from_name(name, num_classes=teacher.num_classes, pretrained=False, arch_args=args)
     module.eval()
     try:
         with torch.no_grad():
@@ -219,8 +235,9 @@ def build_student(name: str, teacher: LoadedModel) -> LoadedModel:
     if tuple(out.shape) != (2, teacher.num_classes):
         raise InputError(f"student {name} gives outputs of shape {tuple(out.shape)[1:]}, "
                          f"the teacher has {teacher.num_classes} classes")
-    return LoadedModel(module=module, arch=name, input_size=teacher.input_size, mean=teacher.mean, std=teacher.std,
-                       num_classes=teacher.num_classes, classes=teacher.classes, source=f"{name} (random init)",
+    return LoadedModel(module=module, arch=cfg["arch"], input_size=teacher.input_size, mean=teacher.mean,
+                       std=teacher.std, num_classes=teacher.num_classes, classes=teacher.classes,
+                       source=f"{name} (random init)", arch_args=cfg.get("arch_args"),
                        interpolation=teacher.interpolation, crop_pct=teacher.crop_pct)
 
 
@@ -228,9 +245,10 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
             *, run: RunConfig = RunConfig(), eval_data: str | Path | EvalData | None = None,
             patches_file: str | Path | None = None, patch_config: PatchConfig | None = None,
             image_mode: str = "auto", arch: str | None = None, trust_model: bool = False,
-            loss_fn: LossFn | None = None,
-            augment: Augment | None = None, hooks: Sequence[TrainingHook] = ()) -> Result:
-    """Train a randomly initialised `student` (an architecture name) from `teacher` on patches of one image.
+            loss_fn: LossFn | None = None, augment: Augment | None = None, hooks: Sequence[TrainingHook] = (),
+            student_args: dict | None = None) -> Result:
+    """Train a randomly initialised `student` (an architecture name, or a class of one's own "FILE.py:CLASS" built
+    with `student_args`) from `teacher` on patches of one image.
 
     With `run.out`, writes `model.pt` (reloadable with `load_model`), `model.onnx`
     (verified against PyTorch), `report.json` and `report.md` there, and keeps a
@@ -243,7 +261,7 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
     out_dir = ctx.out_dir
     try:
         torch.manual_seed(run.seed)  # the student's initialisation is part of the run's seed
-        student_model = build_student(student, ctx.teacher)
+        student_model = build_student(student, ctx.teacher, student_args)
         if run.resume and out_dir is not None and not (out_dir / CHECKPOINT_NAME).exists():
             if (out_dir / "report.json").exists():
                 raise InputError(f"the run in {out_dir} already finished (no checkpoint to resume); "
@@ -269,7 +287,7 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
         report["test_agreement"] = top1(student_logits, ctx.teacher_labelled_logits().argmax(1))
     seconds["measure"] = time.perf_counter() - started
     if out_dir is not None:
-        save_model(student_model, out_dir / "model.pt")
+        save_float_model(student_model, out_dir, "model")
         exported = _timed(seconds, "export", lambda: export_onnx(
             student_model.module, out_dir / "model.onnx", input_size=ctx.teacher.input_size, mean=ctx.teacher.mean,
             std=ctx.teacher.std, classes=ctx.teacher.classes,
@@ -308,18 +326,13 @@ def _distill_report(ctx: RunContext, student: LoadedModel, result, config: Disti
 
 def evaluate_model(model: ModelLike, data: str | Path | EvalData, *, arch: str | None = None,
                    trust_model: bool = False, batch_size: int = 256, device: str = "auto") -> dict:
-    """Top-1 accuracy of a PyTorch or ONNX model on labelled data."""
-    if isinstance(model, (str, Path)) and str(model).lower().endswith(".onnx"):
-        onnx_model = OnnxModel.load(model)
-        labelled = data if isinstance(data, EvalData) else load_eval_data(data, image_size=onnx_model.input_size[-1])
-        logits = predict(onnx_model, labelled.images, onnx_model.mean, onnx_model.std, batch_size=batch_size)
-        num_classes, source = logits.shape[1], str(model)
-    else:
-        loaded = as_model(model, arch, trust_model)
-        labelled = load_labelled(data, loaded)
-        logits = predict(loaded.module, labelled.images, loaded.mean, loaded.std, batch_size=batch_size,
-                         device=resolve_device(device))
-        num_classes, source = loaded.num_classes, loaded.source
+    """Top-1 accuracy of a PyTorch or ONNX model on labelled data (`model` as for every command: a path, a
+    LoadedModel, an nn.Module)."""
+    loaded = as_model(model, arch, trust_model)
+    labelled = load_labelled(data, loaded)
+    logits = predict(loaded.module, labelled.images, loaded.mean, loaded.std, batch_size=batch_size,
+                     device=resolve_device(device))
+    num_classes, source = loaded.num_classes, loaded.source
     check_num_classes(labelled, num_classes)
     correct = int((logits.argmax(1) == labelled.labels).sum())
     return {"top1": 100.0 * correct / len(labelled.labels), "n": len(labelled.labels), "correct": correct,

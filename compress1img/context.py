@@ -25,6 +25,8 @@ from .devices import resolve_device
 from .errors import InputError, first_line
 from .evaluate import predict, top1
 from .models import LoadedModel, load_model
+from .models.loading import declared_preprocessing
+from .models.user import rebuilt_spec
 from .models.registry import IMAGENET_MEAN, IMAGENET_STD
 from .outputs import WORK_DIR, prepare_out_dir, remove_if_empty
 from .patches import PatchConfig, save_preview
@@ -55,10 +57,7 @@ def as_model(model: ModelLike, arch: str | None = None, trust_model: bool = Fals
         return model
     if not isinstance(model, nn.Module):
         return load_model(model, arch, trust_model=trust_model)
-    declared = dict(getattr(model, "pretrained_cfg", None) or {})
-    for name in ("input_size", "mean", "std"):
-        if getattr(model, name, None) is not None:
-            declared[name] = getattr(model, name)
+    declared = declared_preprocessing(model)
     name = type(model).__name__
     size = tuple(declared.get("input_size") or ())
     if len(size) != 3:
@@ -75,9 +74,11 @@ def as_model(model: ModelLike, arch: str | None = None, trust_model: bool = Fals
                          f"{first_line(e)}") from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise InputError(f"{name} returns {type(out).__name__} for a batch of images, not (batch, classes) logits")
-    return LoadedModel(module=module, arch=None, input_size=size, mean=tuple(declared.get("mean") or IMAGENET_MEAN),
+    # Recorded where its class rebuilds it: what a command makes of it then saves as model.pt too.
+    spec, args = rebuilt_spec(module) or (None, None)
+    return LoadedModel(module=module, arch=spec, input_size=size, mean=tuple(declared.get("mean") or IMAGENET_MEAN),
                        std=tuple(declared.get("std") or IMAGENET_STD), num_classes=int(out.shape[1]),
-                       source=f"{name} (nn.Module)")
+                       source=f"{name} (nn.Module)", arch_args=args)
 
 
 def load_labelled(eval_data: str | Path | EvalData | None, model: LoadedModel) -> EvalData | None:

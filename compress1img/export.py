@@ -14,6 +14,7 @@ from torch import nn
 
 from .errors import Compress1imgError, first_line
 from .outputs import atomic_write
+from .runtime import OnnxModule
 
 # Float models match PyTorch to ~1e-5; the threshold leaves room for kernel differences only.
 FLOAT_PARITY_TOLERANCE = 1e-3
@@ -60,6 +61,9 @@ def export_onnx(module: nn.Module, path: str | Path, *, input_size: Sequence[int
         props["classes"] = json.dumps(list(classes))
     for key, value in (metadata or {}).items():
         props[key] = value if isinstance(value, str) else json.dumps(value)
+    kept = [entry for entry in model.metadata_props if entry.key not in props]  # an ONNX model's own, replaced
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
     for key, value in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -67,7 +71,10 @@ def export_onnx(module: nn.Module, path: str | Path, *, input_size: Sequence[int
 
 
 def onnx_model_bytes(module: nn.Module, input_size: Sequence[int], example: torch.Tensor | None = None) -> bytes:
-    """The float ONNX graph of `module` (dynamic batch axis), unchecked and without metadata."""
+    """The float ONNX graph of `module` (dynamic batch axis), unchecked and without metadata; an ONNX model
+    run as a module (runtime.OnnxModule) is its own graph."""
+    if isinstance(module, OnnxModule):
+        return module.onnx_bytes
     if example is None:
         example = torch.zeros(2, *input_size)
     buffer = io.BytesIO()

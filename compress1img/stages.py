@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -27,11 +29,13 @@ from . import distributed
 from .augment import Augment
 from .context import RunContext
 from .evaluate import agreement, normalize, top1
+from .errors import InputError, first_line
 from .export import ExportResult, export_onnx, onnx_model_bytes
 from .latency import compare_latency
 from .losses import LossFn, distillation_loss
 from .models import LoadedModel, load_model, save_model, save_program
 from .models.transforms import DROP_BLOCK, drop_block
+from .models.user import is_class_spec
 from .pruning import (PruneConfig, count, drop_blocks, fold_masks, make_prunable, prune_to_budget, sparsify,
                       weight_sparsity)
 from .quantization import (PTQConfig, QATConfig, QuantizeConfig, calibrate, convert, freeze_observers,
@@ -39,6 +43,8 @@ from .quantization import (PTQConfig, QATConfig, QuantizeConfig, calibrate, conv
                            runtime_ops)
 from .reconstruction import default_patches, patches_per_pass, reconstruct
 from .training import DistillConfig, TrainingHook, processes_report, run_distillation
+
+log = logging.getLogger("compress1img")
 
 # Taylor importance is measured on one fixed batch, beyond any index training reaches;
 # PTQ calibrates on another.
@@ -162,7 +168,7 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
         if not structured:
             fold_masks(student.module)
         student.module.cpu().eval()
-        if ctx.work_dir is not None and distributed.is_main():
+        if ctx.work_dir is not None and distributed.is_main() and student.arch is not None:  # (resume needs it)
             save_model(student, ctx.work_dir / f"iteration-{k}.pt")
             shutil.rmtree(ctx.work_dir / f"heal-{k}", ignore_errors=True)
         iterations.append(row)
@@ -195,7 +201,12 @@ def _resumed(ctx: RunContext, student: LoadedModel) -> tuple[LoadedModel, int]:
     if ctx.run.resume and ctx.work_dir is not None:
         done = sorted(ctx.work_dir.glob("iteration-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
         if done:
-            resumed = load_model(done[-1])
+            try:
+                resumed = load_model(done[-1], trust_model=True)  # our own work file
+            except InputError as e:  # a class of one's own that cannot rebuild its pruned layers
+                log.warning("cannot resume from %s (%s): pruning again from the start", done[-1].name,
+                            first_line(e, limit=200))
+                return student, 1
             resumed.source = student.source
             return resumed, int(done[-1].stem.split("-")[1]) + 1
     return student, 1
@@ -350,10 +361,10 @@ def export(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None, p
                   classes=ctx.teacher.classes, check_inputs=normalize(ctx.holdout[:64], ctx.teacher.mean,
                                                                       ctx.teacher.std))
     if int8 is None:
-        save_model(student, out / "model.pt")
+        save_float_model(student, out, "model")
         return Exported(export_onnx(fp32, out / "model.onnx", **common))
     if pruned:
-        save_model(student, out / "pruned.pt")
+        save_float_model(student, out, "pruned")
     if int8.reference is not None:
         save_program(dataclasses.replace(student, module=int8.reference, arch=None,
                                          source=f"{student.source}, int8"), out / "model.pt2")
@@ -363,6 +374,31 @@ def export(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None, p
                            tolerance=None, min_agreement=INT8_MIN_AGREEMENT if qat else PTQ_MIN_AGREEMENT, **common)
     return Exported(exported, "the int8 PyTorch model (model.pt2)" if qat
                     else "the fp32 PyTorch model (PTQ has no int8 PyTorch model)")
+
+
+def save_float_model(model: LoadedModel, out: Path, stem: str) -> None:
+    """`stem.pt` (a compress1img checkpoint) where the model can be rebuilt from its architecture; for a
+    class of the user's own, also `stem.pt2`, a torch.export program that reloads without the user's code,
+    and only that where the class cannot rebuild it (a pruned model whose code fixes its widths, a pickled
+    module whose constructor arguments are unknown). Whatever happens, the run is not lost: the ONNX
+    model follows."""
+    own = is_class_spec(model.arch)
+    if model.arch is not None:
+        save_model(model, out / f"{stem}.pt")
+        if own:
+            try:
+                load_model(out / f"{stem}.pt", model.arch)
+            except InputError as e:
+                (out / f"{stem}.pt").unlink()
+                log.warning("%s.pt not written: %s cannot rebuild this model (%s); %s.pt2 holds it", stem,
+                            model.arch, first_line(e, limit=200), stem)
+    if model.arch is None or own:
+        try:
+            save_program(model, out / f"{stem}.pt2")
+        except Exception as e:  # what torch.export raises for code it cannot capture
+            held = f"{stem}.pt (with --arch {model.arch})" if (out / f"{stem}.pt").exists() else "model.onnx"
+            log.warning("%s.pt2 not written: torch.export cannot capture %s (%s); %s holds the model", stem,
+                        model.source, first_line(e, limit=200), held)
 
 
 @dataclass

@@ -250,7 +250,9 @@ class _Placement:
                         channels_last=device.type == "cuda" or amp_dtype is not None,
                         teacher_home=first.device if first is not None else torch.device("cpu"))
         layout = torch.channels_last if placement.channels_last else torch.preserve_format
-        teacher.to(device).eval().requires_grad_(False).to(memory_format=layout)
+        teacher.to(device).eval().to(memory_format=layout)
+        for parameter in teacher.parameters():  # (not requires_grad_: TorchScript modules refuse it)
+            parameter.requires_grad_(False)
         student.to(device).to(memory_format=layout)
         return placement
 

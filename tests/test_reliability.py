@@ -94,7 +94,11 @@ CASES = [
     prune_case("state_dict_for_wrong_arch", ("r20_weights.th", "--arch", "cifar_resnet32"),
                "weights file r20_weights.th does not fit cifar_resnet32: layer1.3.conv1.weight is missing"),
     prune_case("state_dict_without_arch", ("r20_weights.th",), "r20_weights.th holds only weights", "--arch"),
-    prune_case("onnx_given_as_model", ("model.onnx",), "model.onnx is an ONNX model; this command needs a PyTorch"),
+    prune_case("onnx_given_as_model", ("model.onnx",), "cannot prune model.onnx (ONNX): ONNX models run but have no "
+                                                        "layers", "pass its weights with --arch"),
+    prune_case("torchscript_pruned", ("flat.ts", "--input-size", "32", "--mean", "0.5,0.5,0.5", "--std",
+                                      "0.2,0.2,0.2"), "cannot prune flat.ts (TorchScript model)",
+               "pass its weights with --arch"),
     prune_case("onnx_renamed_pt", ("onnx_renamed.pt",), "onnx_renamed.pt is not a PyTorch model file"),
     prune_case("crafted_pickle", ("evil.pt", "--arch", "cifar_resnet20"), "evil.pt contains pickled Python objects",
                "--trust-model", absent=("pwned",)),

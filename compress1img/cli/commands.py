@@ -15,12 +15,13 @@ from ..pruning import PruneConfig
 from ..quantization import METHODS, QAT_LR, QAT_STEPS, QATConfig, QuantizeConfig
 from ..scoring import PREDICTORS
 from ..training import DistillConfig
-from .options import (AllocationOpt, AmpOpt, ArchOpt, BatchOpt, CalibrationOpt, ChannelsOpt, CheckpointEveryOpt,
-    CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt, FreezeBnOpt, IgnoreOpt, ImageModeOpt,
-    ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt,
+from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, CalibrationOpt, ChannelsOpt,
+    CheckpointEveryOpt, CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt, FreezeBnOpt,
+    IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt,
     ModelArg, NoHealOpt, NprocOpt, OutOpt, OverwriteOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt,
     ResumeOpt, RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build,
     load, read_lines)
+from ..models.user import parse_args
 from .summaries import print_compress_summary, print_distill_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -48,10 +49,18 @@ def _root(debug: DebugOpt = False, nproc: NprocOpt = 1,  # both taken out of arg
 @app.command()
 def distill(
     teacher: Annotated[str, typer.Option("--teacher", help="Teacher: weights file (+ --arch), compress1img model.pt, "
-                                                           "TorchScript / torch.export file, or a model name.")],
+                                                           "TorchScript / torch.export / ONNX file (run as a black "
+                                                           "box: only its outputs are needed), a pickled module "
+                                                           "(--trust-model), a model name, or "
+                                                           "bundled:cifar_resnet20.")],
     student: Annotated[str, typer.Option("--student", help="Student architecture, randomly initialised: a registry "
-                                                           "name, timm:NAME, tv:NAME or hf:FOLDER.")],
+                                                           "name, timm:NAME, tv:NAME, hf:FOLDER, or a class of "
+                                                           "your own (FILE.py:CLASS, package.module:CLASS).")],
+    student_args: Annotated[Optional[str], typer.Option(
+        "--student-args", help="Keyword arguments of a --student class of your own, as a JSON object "
+                               "(num_classes is the teacher's where the constructor takes it).")] = None,
     arch: ArchOpt = None,
+    arch_args: ArchArgsOpt = None,
     image: ImageOpt = None,
     image_mode: ImageModeOpt = "auto",
     patches: Annotated[Optional[Path], typer.Option(
@@ -95,9 +104,9 @@ def distill(
     """Train a student from scratch to imitate a teacher, on patches of one image."""
     params = locals()
     config, run = build(DistillConfig, params), build(RunConfig, params)
-    teacher_model = load(teacher, arch, trust_model, input_size, mean, std)
+    teacher_model = load(teacher, arch, trust_model, input_size, mean, std, arch_args)
     result = api.distill(teacher_model, student, image, config, run=run, eval_data=eval_data, patches_file=patches,
-                         image_mode=image_mode)
+                         image_mode=image_mode, student_args=parse_args(student_args, "--student-args"))
     print_distill_summary(result.report, out)
 
 
@@ -130,6 +139,7 @@ def prune(
     reconstruct_patches: ReconstructOpt = None,
     no_heal: NoHealOpt = False,
     arch: ArchOpt = None,
+    arch_args: ArchArgsOpt = None,
     image: ImageOpt = None,
     image_mode: ImageModeOpt = "auto",
     out: OutOpt = None,
@@ -158,7 +168,7 @@ def prune(
     params = locals()
     config, run = _prune_config(params), build(RunConfig, params)
     heal = None if no_heal else build(DistillConfig, params)
-    loaded = load(model, arch, trust_model, input_size, mean, std)
+    loaded = load(model, arch, trust_model, input_size, mean, std, arch_args)
     result = api.prune(loaded, image, config, heal=heal, run=run, eval_data=eval_data, image_mode=image_mode)
     print_compress_summary(result.report, out)
 
@@ -170,6 +180,7 @@ def quantize(
     method: MethodOpt = "qat",
     calibration_size: CalibrationOpt = 512,
     arch: ArchOpt = None,
+    arch_args: ArchArgsOpt = None,
     image: ImageOpt = None,
     image_mode: ImageModeOpt = "auto",
     out: OutOpt = None,
@@ -194,7 +205,7 @@ def quantize(
     """Quantize a pretrained (or pruned) model to int8 for ONNX Runtime, trained against the original on patches."""
     params = locals()
     config, run = _quantize_config(params, build(DistillConfig, params)), build(RunConfig, params)
-    loaded = load(model, arch, trust_model, input_size, mean, std)
+    loaded = load(model, arch, trust_model, input_size, mean, std, arch_args)
     result = api.quantize(loaded, image, config, run=run, eval_data=eval_data, image_mode=image_mode)
     print_compress_summary(result.report, out)
 
@@ -217,6 +228,7 @@ def compress_(
     method: MethodOpt = "qat",
     calibration_size: CalibrationOpt = 512,
     arch: ArchOpt = None,
+    arch_args: ArchArgsOpt = None,
     image: ImageOpt = None,
     image_mode: ImageModeOpt = "auto",
     out: OutOpt = None,
@@ -250,7 +262,7 @@ def compress_(
     heal = build(DistillConfig, params)
     # Quantization-aware training distils as the healing does, with its own steps and learning rate.
     training = build(DistillConfig, params, {"steps": "--qat-steps", "lr": "--qat-lr"}, steps=qat_steps, lr=qat_lr)
-    loaded = load(model, arch, trust_model, input_size, mean, std)
+    loaded = load(model, arch, trust_model, input_size, mean, std, arch_args)
     result = api.compress(loaded, image, prune=prune_config, quantize=_quantize_config(params, training), heal=heal,
                           run=run, eval_data=eval_data, image_mode=image_mode)
     print_compress_summary(result.report, out)
@@ -258,11 +270,14 @@ def compress_(
 
 @app.command("eval")
 def eval_(
-    model: Annotated[str, typer.Argument(help="PyTorch model (weights + --arch, model.pt, TorchScript, torch.export) "
-                                              "or an ONNX file.")],
+    model: Annotated[str, typer.Argument(help="PyTorch model (weights + --arch, model.pt, TorchScript, torch.export, "
+                                              "a pickled module with --trust-model), an ONNX file (its metadata, "
+                                              "or --mean/--std/--input-size, give its preprocessing), a model name "
+                                              "or bundled:cifar_resnet20.")],
     data: Annotated[Path, typer.Option("--data", help="Labelled data: .npz (images uint8 NHWC + labels) or an "
                                                       "ImageFolder directory.")],
     arch: ArchOpt = None,
+    arch_args: ArchArgsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object as the last line.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 256,
     device: DeviceOpt = "auto",
@@ -272,8 +287,7 @@ def eval_(
     std: StdOpt = None,
 ) -> None:
     """Top-1 accuracy of a PyTorch or ONNX model on labelled data."""
-    if not model.lower().endswith(".onnx"):  # ONNX files carry their preprocessing in their metadata
-        model = load(model, arch, trust_model, input_size, mean, std)
+    model = load(model, arch, trust_model, input_size, mean, std, arch_args)
     result = api.evaluate_model(model, data, batch_size=batch_size, device=device)
     if as_json:
         print(json.dumps(result))
@@ -287,9 +301,10 @@ def score_image(
                                                      "astronaut, coffee, chelsea, hubble; noise for comparison).")],
     teacher: Annotated[Optional[str], typer.Option(
         "--teacher", help="The model to be distilled or compressed: weights file (+ --arch), compress1img model.pt, "
-                          "TorchScript / torch.export file, or a model name. Default: the bundled CIFAR-10 "
-                          "ResNet-20.")] = None,
+                          "TorchScript / torch.export / ONNX file, a model name. Default: the bundled CIFAR-10 "
+                          "ResNet-20 (bundled:cifar_resnet20).")] = None,
     arch: ArchOpt = None,
+    arch_args: ArchArgsOpt = None,
     patches: Annotated[Optional[int], typer.Option(
         "--patches", help="Patches per image. Default: 2048 for inputs up to 64 px, 512 above (a 224 px teacher "
                           "costs far more per patch: docs/choosing-an-image.md).")] = None,
@@ -326,7 +341,7 @@ def score_image(
     How well the score predicted real healing results: docs/choosing-an-image.md.
     """
     names = read_lines(classes, "--classes") if classes is not None else None
-    loaded = load(teacher, arch, trust_model, input_size, mean, std) if teacher is not None else None
+    loaded = load(teacher, arch, trust_model, input_size, mean, std, arch_args) if teacher is not None else None
     ranking = api.score_images(images, loaded, patches=patches, seed=seed, device=device, preview=preview,
                                classes=names)
     if as_json:
@@ -379,12 +394,16 @@ def demo(
 
 @app.command("models")
 def list_models_() -> None:
-    """List the architectures of compress1img's own registry (timm:NAME, tv:NAME, hf:FOLDER and
-    timm:hf-hub:ORG/NAME work too)."""
+    """List the architectures of compress1img's own registry (timm:NAME, tv:NAME, hf:FOLDER,
+    timm:hf-hub:ORG/NAME and FILE.py:CLASS work too) and the pretrained models it ships (bundled:NAME, usable as
+    MODEL or --teacher with no weights file)."""
     from ..models import get_entry, list_models
+    from ..models.bundled import BUNDLED_MODELS, BUNDLED_PREFIX
 
     for name in list_models():
         entry = get_entry(name)
-        print(f"{name:16s} input {'x'.join(map(str, entry.input_size))}, {entry.num_classes} classes")
+        print(f"{name:24s} input {'x'.join(map(str, entry.input_size))}, {entry.num_classes} classes")
+    for name, (_, _, classes, description) in BUNDLED_MODELS.items():
+        print(f"{BUNDLED_PREFIX + name:24s} pretrained: {description}, {len(classes)} classes")
 
 

@@ -56,8 +56,16 @@ def load_recipe(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
 
 # Options shared by the commands, declared once so every command explains them the same way.
 ArchOpt = Annotated[Optional[str], typer.Option(
-    "--arch", help="Architecture of a bare weights file: a registry name (cifar_resnet20/32/44/56, wrn_16_4, "
-                   "wrn_40_4), timm:NAME, tv:NAME, hf:FOLDER or hf:ORG/NAME (Hugging Face; see README).")]
+    "--arch", help="Architecture of a bare weights file (a state dict or a checkpoint dict): a registry name "
+                   "(cifar_resnet20/32/44/56, wrn_16_4, wrn_40_4), timm:NAME, tv:NAME, hf:FOLDER or hf:ORG/NAME "
+                   "(Hugging Face; see README), or a class of your own as "
+                   "FILE.py:CLASS or package.module:CLASS (its input size, mean and std from --input-size/--mean/"
+                   "--std or its input_size/mean/std attributes). Outputs of a class of your own reload with the "
+                   "same --arch, or code-free from model.pt2.")]
+ArchArgsOpt = Annotated[Optional[str], typer.Option(
+    "--arch-args", help="Keyword arguments of the --arch class of your own, as a JSON object, e.g. "
+                        "'{\"num_classes\": 100}' (num_classes is filled in from the weights where the "
+                        "constructor takes it).")]
 ImageOpt = Annotated[Optional[list[str]], typer.Option(
     "--image", help="Source image (JPEG/PNG/WebP/TIFF/BMP), a bundled image name (china [default], astronaut, "
                     "coffee, chelsea, hubble), or a folder of images; repeat it for several: patches are drawn "
@@ -104,11 +112,14 @@ TrustOpt = Annotated[bool, typer.Option(
                           "you made yourself.")]
 InputSizeOpt = Annotated[Optional[int], typer.Option(
     "--input-size", help="Input side in pixels, for models that do not record it (TorchScript, torch.export, "
-                         "pickles); overrides what the model records.")]
+                         "pickles, ONNX files without metadata, a class of your own without an input_size "
+                         "attribute); overrides what the model records.")]
 MeanOpt = Annotated[Optional[str], typer.Option(
-    "--mean", help="Normalisation mean as R,G,B (e.g. 0.485,0.456,0.406) when the model does not record it.")]
+    "--mean", help="Normalisation mean as R,G,B (e.g. 0.485,0.456,0.406); overrides what the model records (a "
+                   "compress1img model.pt or ONNX file's metadata, a class's mean attribute). Where neither says, "
+                   "the ImageNet mean is assumed, with a warning.")]
 StdOpt = Annotated[Optional[str], typer.Option(
-    "--std", help="Normalisation std as R,G,B (e.g. 0.229,0.224,0.225) when the model does not record it.")]
+    "--std", help="Normalisation std as R,G,B (e.g. 0.229,0.224,0.225); as --mean.")]
 CheckpointEveryOpt = Annotated[int, typer.Option("--checkpoint-every", help="Save a resumable checkpoint every N "
                                                                           "training steps.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the Python traceback on errors.")]
@@ -118,7 +129,10 @@ NprocOpt = Annotated[int, typer.Option(
                     "--batch-size is per process.")]
 
 ModelArg = Annotated[str, typer.Argument(help="The pretrained model: weights file (+ --arch), compress1img model.pt, "
-                                              "TorchScript / torch.export file, or a model name.")]
+                                              "TorchScript / torch.export file, a pickled module (--trust-model), "
+                                              "an ONNX file (quantize --method ptq only), a model name with "
+                                              "pretrained weights in the timm/torchvision cache, or "
+                                              "bundled:cifar_resnet20 (shipped; `compress1img models` lists it).")]
 SparsityOpt = Annotated[float, typer.Option(
     "--sparsity", help="Fraction of the model's PARAMETERS to remove, between 0 and 1 (of its MACs with "
                        "--target macs); met within 1 point and reported exactly.")]
@@ -179,11 +193,12 @@ QatLrOpt = Annotated[float, typer.Option("--qat-lr", help=QAT_LR_HELP)]
 
 
 def load(model: str, arch: str | None, trust_model: bool, input_size: int | None, mean: str | None,
-         std: str | None):
+         std: str | None, arch_args: str | None = None):
     from ..models import load_model
+    from ..models.user import parse_args
 
     return load_model(model, arch, trust_model=trust_model, input_size=input_size, mean=floats(mean, "--mean"),
-                      std=floats(std, "--std"))
+                      std=floats(std, "--std"), arch_args=parse_args(arch_args, "--arch-args"))
 
 
 def read_lines(path: Path, option: str) -> list[str]:

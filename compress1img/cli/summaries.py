@@ -57,7 +57,8 @@ def print_distill_summary(report: dict, out: Path | None) -> None:
         lines.append(f"  top-1 on {report['eval_data']}: student {report['student_top1']:.2f}%, "
                      f"teacher {report['teacher_top1']:.2f}%")
     if out is not None:
-        lines.append(f"  wrote {out}/model.pt, {out}/model.onnx (ONNX Runtime max abs diff "
+        models = ", ".join(f"{out}/{name}" for name in ("model.pt", "model.pt2") if (Path(out) / name).exists())
+        lines.append(f"  wrote {models}, {out}/model.onnx (ONNX Runtime max abs diff "
                      f"{report['onnx_max_abs_diff']:.1e}), {out}/report.md (with healing.png, patches.png), "
                      f"{out}/report.json")
     print("\n".join(lines))

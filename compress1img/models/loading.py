@@ -7,6 +7,7 @@ import logging
 import os
 import pickle
 import re
+import sys
 import types
 import warnings
 import zipfile
@@ -20,6 +21,7 @@ from torch import nn
 from ..errors import InputError, first_line
 from ..outputs import atomic_write
 from . import hub
+from ..runtime import OnnxModule, in_batches_of
 from .registry import (
     _REGISTRY,
     IMAGENET_MEAN,
@@ -29,11 +31,12 @@ from .registry import (
     list_models,
 )
 from .transforms import apply_transforms, resize_to_state_dict
+from . import user
 
 log = logging.getLogger("compress1img")
 
 FORMAT = "compress1img"
-FORMAT_VERSION = 2  # 2: + transforms, pruned layer shapes
+FORMAT_VERSION = 3  # 2: + transforms, pruned layer shapes; 3: + the user's own classes (arch_args)
 # Suffixes that make a missing MODEL argument a missing file rather than an unknown model name.
 # Preprocessing saved beside a torch.export program by `save_program`.
 PROGRAM_METADATA = "compress1img.json"
@@ -55,16 +58,30 @@ class LoadedModel:
     # How evaluation on an image folder resizes and crops (data.py): None for the defaults there.
     interpolation: str | None = None
     crop_pct: float | None = None
+    arch_args: dict | None = None  # a class of the user's own (arch "FILE.py:CLASS"): its constructor arguments
+    assumed_normalisation: bool = field(default=False, repr=False)  # mean/std are ImageNet's by assumption
+    program: str | None = None  # "TorchScript", "torch.export", "ONNX": a graph that runs but has no layers to change
 
 
 def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool = False,
                num_classes: int | None = None, input_size: int | Sequence[int] | None = None,
                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-               pretrained: bool = True) -> LoadedModel:
-    """Load MODEL (a file or a name) for inference on the CPU; arguments override what the file records."""
+               pretrained: bool = True, arch_args: dict | None = None) -> LoadedModel:
+    """Load MODEL (a file or a name) for inference on the CPU; arguments override what the file records.
+
+    `arch` may be a class of the caller's own, "FILE.py:CLASS" or "package.module:CLASS", built with
+    `arch_args` (keyword arguments); its input size, mean and std come from the arguments here or from
+    the attributes it declares (`input_size`, `mean`, `std`), its number of classes from its output.
+    """
     size = _parse_input_size(input_size)
-    if arch is not None or _is_file_argument(model):  # --arch only makes sense with a weights file
-        loaded = _load_file(Path(model), arch, trust_model, num_classes, size)
+    if arch_args is not None and not user.is_class_spec(arch):
+        raise InputError("--arch-args is for a class of your own (--arch FILE.py:CLASS or package.module:CLASS)")
+    if arch is None and isinstance(model, str) and model.startswith("bundled:"):
+        from .bundled import bundled_model  # (it loads through this module)
+
+        loaded = bundled_model(model[len("bundled:"):])
+    elif arch is not None or _is_file_argument(model):  # --arch only makes sense with a weights file
+        loaded = _load_file(Path(model), arch, trust_model, num_classes, size, arch_args)
     else:
         module, cfg = create_model_from_name(str(model), num_classes, pretrained=pretrained)
         how = "pretrained" if pretrained else "random init"
@@ -81,7 +98,9 @@ def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool 
         loaded.std = _triple(std, "std")
         if min(loaded.std) <= 0:
             raise InputError(f"std must be positive, got {loaded.std}")
-    if loaded.arch is None and not loaded.source.endswith(_RECORDED_PROGRAM) and (mean is None or std is None):
+    if mean is not None and std is not None:
+        loaded.assumed_normalisation = False
+    if loaded.assumed_normalisation:
         log.warning("%s records no normalisation: assuming the ImageNet mean/std where --mean/--std are not given",
                     model)
     try:
@@ -96,24 +115,36 @@ def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool 
     return loaded
 
 
-def create_model_from_name(name: str, num_classes: int | None = None, *,
-                           pretrained: bool = False) -> tuple[nn.Module, dict]:
-    """Build a registry model, "timm:NAME", "tv:NAME" (bare timm names too, after the registry), or a
-    Hugging Face model from disk: "hf:FOLDER", "hf:ORG/NAME", "timm:hf-hub:ORG/NAME" (models/hub.py).
+def create_model_from_name(name: str, num_classes: int | None = None, *, pretrained: bool = False,
+                           arch_args: dict | None = None) -> tuple[nn.Module, dict]:
+    """Build a registry model, "timm:NAME" or "tv:NAME" (bare timm names too, after the registry), a
+    Hugging Face model from disk: "hf:FOLDER", "hf:ORG/NAME", "timm:hf-hub:ORG/NAME" (models/hub.py), or a
+    class of the caller's own ("FILE.py:CLASS", "package.module:CLASS", with `arch_args`).
 
     The dict has arch (the name to rebuild it with), input_size, mean, std, num_classes, for timm,
-    torchvision and hub models interpolation and crop_pct, and for pretrained torchvision models, classes.
+    torchvision and hub models interpolation and crop_pct, and for pretrained torchvision models, classes;
+    for a class of one's own, arch_args and what the class declares (input_size, mean, std: None where it
+    declares nothing; num_classes None: its output tells).
     """
     if hub.is_hub_name(name):
         return hub.create_from_hub(name, num_classes, pretrained)
+    if user.is_class_spec(name):
+        if pretrained:
+            raise InputError(f"{name} is a class of your own: pass its weights file and --arch {name}")
+        module, kwargs = user.build(name, arch_args, num_classes)
+        return module, {"arch": user.canonical_spec(name), "arch_args": kwargs, "num_classes": None,
+                        **declared_preprocessing(module)}
     if name.startswith("timm:"):
         return _create_timm(name[len("timm:"):], num_classes, pretrained)
     if name.startswith("tv:"):
         return _create_torchvision(name[len("tv:"):], num_classes, pretrained)
     if name in _REGISTRY:
         if pretrained:
+            from .bundled import BUNDLED_MODELS
+
+            bundled = f", or use the bundled pretrained one: bundled:{name}" if name in BUNDLED_MODELS else ""
             raise InputError(f"compress1img has no pretrained weights for {name}: "
-                             f"pass a weights file and --arch {name}")
+                             f"pass a weights file and --arch {name}{bundled}")
         entry = get_entry(name)
         module = create_model(name, num_classes)
         return module, {"arch": name, "input_size": entry.input_size, "mean": entry.mean, "std": entry.std,
@@ -131,9 +162,12 @@ def save_model(loaded: LoadedModel, path: str | Path, extra: dict | None = None)
     path = Path(path)
     if loaded.arch is None:
         raise InputError(f"cannot save {loaded.source or 'this model'} as a compress1img checkpoint: "
-                         "its architecture is unknown (TorchScript, torch.export or pickled module)")
+                         "its architecture is unknown (TorchScript, torch.export or pickled module): "
+                         "save_program writes it as a torch.export program")
+    own = user.is_class_spec(loaded.arch)
     checkpoint: dict[str, Any] = {
-        "format": FORMAT, "version": FORMAT_VERSION, "arch": loaded.arch, "num_classes": loaded.num_classes,
+        "format": FORMAT, "version": FORMAT_VERSION if own else 2, "arch": loaded.arch,
+        **({"arch_args": dict(loaded.arch_args or {})} if own else {}), "num_classes": loaded.num_classes,
         "input_size": list(loaded.input_size), "mean": list(loaded.mean), "std": list(loaded.std),
         "classes": None if loaded.classes is None else list(loaded.classes),
         "transforms": list(loaded.transforms),
@@ -244,7 +278,7 @@ def _is_file_argument(model: str | Path) -> bool:
 
 
 def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int | None,
-               input_size: tuple[int, int, int] | None) -> LoadedModel:
+               input_size: tuple[int, int, int] | None, arch_args: dict | None = None) -> LoadedModel:
     if path.is_dir():
         raise InputError(f"{path} is a directory, not a model file")
     if not path.exists():
@@ -252,7 +286,7 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
     if path.stat().st_size == 0:
         raise InputError(f"model file {path} is empty (0 bytes)")
     if path.suffix.lower() == ".onnx":
-        raise InputError(f"{path} is an ONNX model; this command needs a PyTorch model")
+        return _load_onnx(path, arch, input_size)
     kind = _archive_kind(path)
     if kind == "torchscript":
         try:
@@ -261,7 +295,9 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
                 module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
             raise InputError(f"cannot load TorchScript file {path}: {first_line(e, limit=200)}") from None
-        return _program(module, path, "TorchScript model", arch, num_classes, input_size)
+        loaded = _program(module, path, "TorchScript model", arch, num_classes, input_size)
+        loaded.program = "TorchScript"
+        return loaded
     if kind == "export":
         extra = {PROGRAM_METADATA: ""}
         try:
@@ -270,18 +306,23 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
         except Exception as e:
             raise InputError(f"cannot load torch.export file {path}: {first_line(e, limit=200)}") from None
         ignore_mode_switches(module)
+        batch = _static_batch(program)
+        if batch is not None:
+            module = FixedBatch(module, batch)
         if extra[PROGRAM_METADATA]:
-            return _from_program_metadata(module, path, json.loads(extra[PROGRAM_METADATA]))
-        if input_size is None:
-            input_size = _example_input_size(program)
-        return _program(module, path, "torch.export program", arch, num_classes, input_size)
+            loaded = _from_program_metadata(module, path, json.loads(extra[PROGRAM_METADATA]))
+        else:
+            loaded = _program(module, path, "torch.export program", arch, num_classes,
+                              input_size or _example_input_size(program))
+        loaded.program = "torch.export"
+        return loaded
 
     obj = _torch_load(path, trust_model)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return _from_checkpoint(obj, path, arch)
+        return _from_checkpoint(obj, path, arch, trust_model)
     state = _find_state_dict(obj)
     if isinstance(state, nn.Module):
-        return _program(state, path, "pickled module", arch, num_classes, input_size)
+        return _pickled_module(state, path, arch, num_classes, input_size)
     if state is None:
         what = f"a {type(obj).__name__}"
         if isinstance(obj, dict):
@@ -290,15 +331,40 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
     if arch is None:
         raise InputError(f"{path} holds only weights (a state dict): pass --arch to say which model they belong "
                          "to, e.g. --arch cifar_resnet20, --arch timm:resnet18 or --arch tv:resnet18")
-    module, cfg = create_model_from_name(arch, num_classes)
+    module, cfg = create_model_from_name(arch, num_classes, arch_args=arch_args)
     if num_classes is None:
         found = _classifier_outputs(module, state)
-        if found is not None and found != cfg["num_classes"]:
-            module, cfg = create_model_from_name(arch, found)
+        # (A class of one's own is rebuilt for the file's classes if its constructor takes num_classes.)
+        if found is not None and found != _classifier_outputs(module, module.state_dict()):
+            module, cfg = create_model_from_name(arch, found, arch_args=arch_args)
     _load_strict(module, state, path, cfg["arch"])
+    if user.is_class_spec(arch):
+        return _own_class(module, cfg, input_size, f"{path.name} (state dict, class {arch})")
     return LoadedModel(module, cfg["arch"], cfg["input_size"], cfg["mean"], cfg["std"], cfg["num_classes"],
                        source=f"{path.name} (state dict, arch {cfg['arch']})",
                        interpolation=cfg.get("interpolation"), crop_pct=cfg.get("crop_pct"))
+
+
+def _own_class(module: nn.Module, cfg: dict, input_size: tuple[int, int, int] | None, source: str) -> LoadedModel:
+    """A LoadedModel of a class of the user's own; its number of classes comes from the probe in load_model."""
+    size = input_size or cfg["input_size"]
+    if size is None:
+        raise InputError(f"{cfg['arch']} does not declare its input size: pass --input-size (e.g. 32 for CIFAR, "
+                         f"224 for ImageNet) or set self.input_size = (3, H, W) in the class")
+    return LoadedModel(module, cfg["arch"], _parse_input_size(size), tuple(cfg["mean"] or IMAGENET_MEAN),
+                       tuple(cfg["std"] or IMAGENET_STD), 0, source=source, arch_args=cfg["arch_args"],
+                       assumed_normalisation=cfg["mean"] is None or cfg["std"] is None)
+
+
+def declared_preprocessing(module: nn.Module) -> dict:
+    """What a module declares of its input: `input_size`, `mean`, `std` attributes (or timm's pretrained_cfg);
+    None where it declares nothing."""
+    declared = dict(getattr(module, "pretrained_cfg", None) or {})
+    for name in ("input_size", "mean", "std"):
+        if getattr(module, name, None) is not None:
+            declared[name] = getattr(module, name)
+    return {name: tuple(declared[name]) if declared.get(name) is not None else None
+            for name in ("input_size", "mean", "std")}
 
 
 def _archive_kind(path: Path) -> str | None:
@@ -329,10 +395,21 @@ def _torch_load(path: Path, trust_model: bool) -> Any:
         raise InputError(f"{path} is not a PyTorch model file (cannot unpickle it)") from None
     except Exception as e:
         raise InputError(f"{path} is not a PyTorch model file ({first_line(e, limit=200)})") from None
+    # The pickle names its classes' modules: look for them beside the file and in the working directory too.
+    folders = [str(path.resolve().parent), os.getcwd()]
+    sys.path[:0] = folders
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as e:
+        raise InputError(f"cannot load {path} even with --trust-model: its classes are in module {e.name!r}, "
+                         f"found neither beside it ({folders[0]}) nor in the working directory ({folders[1]}) "
+                         f"nor on PYTHONPATH: add the folder holding {e.name.replace('.', '/')}.py (or the "
+                         f"package) to PYTHONPATH") from None
     except Exception as e:
         raise InputError(f"cannot load {path} even with --trust-model: {first_line(e, limit=200)}") from None
+    finally:
+        for folder in folders:
+            sys.path.remove(folder)
 
 
 def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | nn.Module | None:
@@ -383,7 +460,7 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path, 
     module.load_state_dict(state, strict=True)
 
 
-def _from_checkpoint(checkpoint: dict, path: Path, arch: str | None) -> LoadedModel:
+def _from_checkpoint(checkpoint: dict, path: Path, arch: str | None, trust_model: bool = False) -> LoadedModel:
     version = checkpoint.get("version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise InputError(f"{path} is compress1img format version {version}; this compress1img reads up to "
@@ -391,12 +468,21 @@ def _from_checkpoint(checkpoint: dict, path: Path, arch: str | None) -> LoadedMo
     missing = [k for k in ("arch", "num_classes", "input_size", "mean", "std", "state_dict") if k not in checkpoint]
     if missing:
         raise InputError(f"{path} is a damaged compress1img checkpoint: no {', '.join(missing)}")
-    if arch is not None and arch != checkpoint["arch"]:
-        raise InputError(f"{path} holds a {checkpoint['arch']} but --arch says {arch}: leave --arch out")
+    own = user.is_class_spec(checkpoint["arch"])
+    named = user.canonical_spec(arch) if user.is_class_spec(arch) else arch
+    same = named is not None and named == checkpoint["arch"]
+    if named is not None and not same:
+        instead = f"pass --arch {checkpoint['arch']}" if own else "leave --arch out"
+        raise InputError(f"{path} holds a {checkpoint['arch']} but --arch says {arch}: {instead}")
+    if own and not (same or trust_model):
+        raise InputError(f"{path} is built by code of your own ({checkpoint['arch']}), which loading it runs: pass "
+                         f"--arch {checkpoint['arch']} (or --trust-model) to allow it, or load the code-free "
+                         f"model.pt2 beside it")
     if "hub" in checkpoint:  # a Hugging Face model: rebuilt from its recorded config, not from the hub
         module, cfg = hub.rebuild(checkpoint["hub"], checkpoint["num_classes"]), {"arch": checkpoint["arch"]}
     else:
-        module, cfg = create_model_from_name(checkpoint["arch"], checkpoint["num_classes"])
+        module, cfg = create_model_from_name(checkpoint["arch"], checkpoint["num_classes"],
+                                             arch_args=checkpoint.get("arch_args") if own else None)
     # A pruned model: replay its structural transforms and take the saved (smaller) layer shapes.
     transforms = list(checkpoint.get("transforms", []))
     apply_transforms(module, transforms)
@@ -407,7 +493,8 @@ def _from_checkpoint(checkpoint: dict, path: Path, arch: str | None) -> LoadedMo
                        _triple(checkpoint["mean"], "mean"), _triple(checkpoint["std"], "std"),
                        checkpoint["num_classes"], None if classes is None else list(classes),
                        source=f"{path.name} (compress1img, arch {cfg['arch']})", transforms=transforms,
-                       interpolation=checkpoint.get("interpolation"), crop_pct=checkpoint.get("crop_pct"))
+                       interpolation=checkpoint.get("interpolation"), crop_pct=checkpoint.get("crop_pct"),
+                       arch_args=cfg.get("arch_args"))
 
 
 def _program(module: nn.Module, path: Path, kind: str, arch: str | None, num_classes: int | None,
@@ -419,7 +506,70 @@ def _program(module: nn.Module, path: Path, kind: str, arch: str | None, num_cla
         raise InputError(f"{path} is a {kind} that does not record its input size: pass --input-size "
                          "(e.g. --input-size 32 for CIFAR, 224 for ImageNet)")
     return LoadedModel(module, None, input_size, IMAGENET_MEAN, IMAGENET_STD, num_classes or 0,
-                       source=f"{path.name} ({kind})")
+                       source=f"{path.name} ({kind})", assumed_normalisation=True)
+
+
+def _load_onnx(path: Path, arch: str | None, input_size: tuple[int, int, int] | None) -> LoadedModel:
+    """An ONNX model run by ONNX Runtime; its preprocessing from its metadata (what our exports write), its graph's
+    input shape, or the arguments."""
+    try:
+        module = OnnxModule(path.read_bytes())
+    except Exception as e:  # onnxruntime raises its own exception types for bad files
+        raise InputError(f"cannot load ONNX model {path}: {first_line(e, limit=200)}") from None
+    if arch is not None:
+        log.warning("--arch %s is ignored: %s is an ONNX model", arch, path)
+    meta = module.metadata()
+    try:
+        recorded = {key: json.loads(meta[key]) for key in ("input_size", "mean", "std", "classes") if key in meta}
+    except json.JSONDecodeError:
+        raise InputError(f"{path} has damaged metadata (input_size, mean, std, classes must be JSON)") from None
+    shape = module.input_shape[1:]
+    graph_size = tuple(shape) if len(shape) == 3 and None not in shape else None
+    if input_size is not None and graph_size is not None and input_size != graph_size:
+        raise InputError(f"{path} takes {'x'.join(map(str, graph_size))} input (its graph's input shape), not "
+                         f"--input-size {input_size[-1]}")
+    size = input_size or _parse_input_size(recorded.get("input_size")) or graph_size
+    if size is None:
+        raise InputError(f"{path} does not record its input size (no input_size metadata, dynamic shape): pass "
+                         f"--input-size")
+    assumed = "mean" not in recorded or "std" not in recorded
+    return LoadedModel(module, None, _parse_input_size(size), _triple(recorded.get("mean", IMAGENET_MEAN), "mean"),
+                       _triple(recorded.get("std", IMAGENET_STD), "std"), 0, recorded.get("classes"),
+                       source=f"{path.name} (ONNX)", assumed_normalisation=assumed, program="ONNX")
+
+
+def _pickled_module(module: nn.Module, path: Path, arch: str | None, num_classes: int | None,
+                    input_size: tuple[int, int, int] | None) -> LoadedModel:
+    """A pickled module: its input from the attributes it declares; its class recorded (for model.pt) where it
+    rebuilds it (a constructor without arguments), else only a torch.export program can hold what it becomes."""
+    declared = declared_preprocessing(module)
+    loaded = _program(module, path, "pickled module", arch, num_classes,
+                      input_size or _parse_input_size(declared["input_size"]))
+    if declared["mean"] is not None and declared["std"] is not None:
+        loaded.mean, loaded.std, loaded.assumed_normalisation = declared["mean"], declared["std"], False
+    loaded.arch, loaded.arch_args = user.rebuilt_spec(module) or (None, None)
+    return loaded
+
+
+class FixedBatch(nn.Module):
+    """A program exported for one batch size, run on any (in chunks of that size, the last one padded)."""
+
+    def __init__(self, program: nn.Module, batch: int) -> None:
+        super().__init__()
+        self.program, self.static_batch = program, batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return in_batches_of(self.static_batch, self.program, x)
+
+
+def _static_batch(program: Any) -> int | None:
+    """The batch size a torch.export program was exported for, if its batch axis is static."""
+    inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph_module.graph.nodes:
+        value = node.meta.get("val")
+        if node.op == "placeholder" and node.name in inputs and isinstance(value, torch.Tensor) and value.ndim == 4:
+            return value.shape[0] if isinstance(value.shape[0], int) else None
+    return None
 
 
 def _example_input_size(program: Any) -> tuple[int, int, int] | None:
