@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import InputError, first_line
 
 # Prefixes of names that are not class specs, though they hold a colon.
-_NAMED_SOURCES = ("timm:", "tv:", "bundled:")
+_NAMED_SOURCES = ("timm:", "tv:", "bundled:", "hf:")
 
 
 def is_class_spec(arch: str | None) -> bool:
