@@ -33,6 +33,7 @@ from .losses import LossFn
 from .models import BUNDLED_TEACHER, LoadedModel, bundled_teacher, create_model_from_name, save_model
 from .outputs import check_writable, remove_if_empty
 from .patches import PatchConfig
+from .progress import stage
 from .pruning import PruneConfig
 from .quantization import QATConfig, QuantizeConfig
 from .sources import ImageArg
@@ -174,12 +175,13 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
     checkpoint while training so `run.resume` continues an interrupted run.
     """
     wall_start = time.perf_counter()
+    teacher = as_model(teacher, arch, trust_model)
+    torch.manual_seed(run.seed)  # the student's initialisation is part of the run's seed
+    student_model = build_student(student, teacher)  # a student that cannot be built fails before any work
     ctx = open_run(teacher, image, run, eval_data=eval_data, patches_file=patches_file, patch_config=patch_config,
-                   image_mode=image_mode, arch=arch, trust_model=trust_model)
+                   image_mode=image_mode)
     out_dir = ctx.out_dir
     try:
-        torch.manual_seed(run.seed)  # the student's initialisation is part of the run's seed
-        student_model = build_student(student, ctx.teacher)
         if run.resume and out_dir is not None and not (out_dir / CHECKPOINT_NAME).exists():
             if (out_dir / "report.json").exists():
                 raise InputError(f"the run in {out_dir} already finished (no checkpoint to resume); "
@@ -201,10 +203,11 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
         report["student_top1"] = top1(student_logits, ctx.labelled.labels)
         report["test_agreement"] = top1(student_logits, ctx.teacher_labelled_logits().argmax(1))
     if out_dir is not None:
-        save_model(student_model, out_dir / "model.pt")
-        exported = export_onnx(student_model.module, out_dir / "model.onnx", input_size=ctx.teacher.input_size,
-                               mean=ctx.teacher.mean, std=ctx.teacher.std, classes=ctx.teacher.classes,
-                               check_inputs=normalize(ctx.holdout[:64], ctx.teacher.mean, ctx.teacher.std))
+        with stage("exporting model.onnx and checking it against PyTorch", run.progress):
+            save_model(student_model, out_dir / "model.pt")
+            exported = export_onnx(student_model.module, out_dir / "model.onnx", input_size=ctx.teacher.input_size,
+                                   mean=ctx.teacher.mean, std=ctx.teacher.std, classes=ctx.teacher.classes,
+                                   check_inputs=normalize(ctx.holdout[:64], ctx.teacher.mean, ctx.teacher.std))
         report.update({"onnx_max_abs_diff": exported.max_abs_diff, "onnx_bytes": exported.size_bytes})
     report.update({"wall_seconds": time.perf_counter() - wall_start,
                    "config": {"distill": result.config, "run": _plain(run)}, "history": result.history})

@@ -28,6 +28,7 @@ from .models import LoadedModel, load_model
 from .models.registry import IMAGENET_MEAN, IMAGENET_STD
 from .outputs import WORK_DIR, prepare_out_dir, remove_if_empty, write_report
 from .patches import PatchConfig
+from .progress import stage
 from .sources import ImageArg, open_source
 from .training import PatchSource, accuracy_fn
 
@@ -153,13 +154,15 @@ def open_run(model: ModelLike, image: ImageArg, run: RunConfig, *,
     device = resolve_device(run.device)
     distributed.init(device)  # under torchrun: decisions are shared between processes from here on
     teacher = as_model(model, arch, trust_model)
-    labelled = load_labelled(eval_data, teacher)
-    source = open_source(image, teacher.input_size[-1], run.seed, run.holdout_size, device=device,
-                         patch_config=patch_config, mode=image_mode, patches_file=patches_file)
+    with stage(f"loading {eval_data}", run.progress):
+        labelled = load_labelled(eval_data, teacher)
+    with stage("making the held-out patches", run.progress):
+        source = open_source(image, teacher.input_size[-1], run.seed, run.holdout_size, device=device,
+                             patch_config=patch_config, mode=image_mode, patches_file=patches_file)
+        teacher_holdout = predict(teacher.module, source.holdout, teacher.mean, teacher.std)
     out_dir = prepare_out_dir(run.out, overwrite=run.overwrite, resume=run.resume) if run.out is not None else None
     eval_fn = tracking_accuracy(labelled, teacher, device) if labelled is not None else None
     return RunContext(teacher=teacher, run=run, device=device, source=source.train, holdout=source.holdout,
-                      teacher_holdout=predict(teacher.module, source.holdout, teacher.mean, teacher.std),
-                      labelled=labelled, source_report=source.describe(), out_dir=out_dir,
+                      teacher_holdout=teacher_holdout, labelled=labelled, source_report=source.describe(), out_dir=out_dir,
                       patches_file=Path(patches_file) if patches_file is not None else None,
                       eval_fn=eval_fn)

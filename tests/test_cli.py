@@ -33,6 +33,8 @@ def test_distill_writes_models_and_reports(tmp_path, tiny_teacher, test_slice):
                  "--out", out)
     assert result.returncode == 0, result.stderr
     assert "agreement with the teacher" in result.stdout
+    # In a pipe progress is plain lines, never a bar redrawn with carriage returns.
+    assert "\r" not in result.stderr and "distilling 4/4 steps done in " in result.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 4 and report["patch_size"] == 32
     assert [row["step"] for row in report["history"]] == [2, 4]

@@ -11,6 +11,7 @@ import typer
 
 from ..config import ConfigError
 from ..errors import InputError
+from ..progress import stage
 
 
 def flag(field: str) -> str:
@@ -182,8 +183,10 @@ def load(model: str, arch: str | None, trust_model: bool, input_size: int | None
          std: str | None):
     from ..models import load_model
 
-    return load_model(model, arch, trust_model=trust_model, input_size=input_size, mean=floats(mean, "--mean"),
-                      std=floats(std, "--std"))
+    mean_values, std_values = floats(mean, "--mean"), floats(std, "--std")
+    with stage(f"loading {model}"):
+        return load_model(model, arch, trust_model=trust_model, input_size=input_size, mean=mean_values,
+                          std=std_values)
 
 
 def read_lines(path: Path, option: str) -> list[str]:
