@@ -17,9 +17,9 @@ from ..training import DistillConfig
 from .options import (AllocationOpt, AmpOpt, ArchOpt, BatchOpt, CalibrationOpt, ChannelsOpt, CheckpointEveryOpt,
     CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt, FreezeBnOpt, IgnoreOpt, ImageModeOpt,
     ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt,
-    ModelArg, NoHealOpt, NprocOpt, OutOpt, OverwriteOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt,
+    ModelArg, NoHealOpt, NprocOpt, OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt,
     ResumeOpt, RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build,
-    load, read_lines)
+    load, read_lines, show_config)
 from .summaries import print_compress_summary, print_distill_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -78,10 +78,13 @@ def distill(
     mean: MeanOpt = None,
     std: StdOpt = None,
     recipe: RecipeOpt = None,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Train a student from scratch to imitate a teacher, on patches of one image."""
     params = locals()
     config, run = build(DistillConfig, params), build(RunConfig, params)
+    if print_config:
+        show_config("distill", params)
     teacher_model = load(teacher, arch, trust_model, input_size, mean, std)
     result = api.distill(teacher_model, student, image, config, run=run, eval_data=eval_data, patches_file=patches,
                          image_mode=image_mode)
@@ -140,11 +143,14 @@ def prune(
     mean: MeanOpt = None,
     std: StdOpt = None,
     recipe: RecipeOpt = None,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Prune a pretrained model and heal it by distillation from the original on patches of one image."""
     params = locals()
     config, run = _prune_config(params), build(RunConfig, params)
     heal = None if no_heal else build(DistillConfig, params)
+    if print_config:
+        show_config("prune", params)
     loaded = load(model, arch, trust_model, input_size, mean, std)
     result = api.prune(loaded, image, config, heal=heal, run=run, eval_data=eval_data, image_mode=image_mode)
     print_compress_summary(result.report, out)
@@ -177,10 +183,13 @@ def quantize(
     mean: MeanOpt = None,
     std: StdOpt = None,
     recipe: RecipeOpt = None,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Quantize a pretrained (or pruned) model to int8 for ONNX Runtime, trained against the original on patches."""
     params = locals()
     config, run = _quantize_config(params, build(DistillConfig, params)), build(RunConfig, params)
+    if print_config:
+        show_config("quantize", params)
     loaded = load(model, arch, trust_model, input_size, mean, std)
     result = api.quantize(loaded, image, config, run=run, eval_data=eval_data, image_mode=image_mode)
     print_compress_summary(result.report, out)
@@ -230,6 +239,7 @@ def compress_(
     mean: MeanOpt = None,
     std: StdOpt = None,
     recipe: RecipeOpt = None,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Prune, heal, then quantize to int8 in one run with one report (both stages distil from the original)."""
     params = locals()
@@ -237,8 +247,11 @@ def compress_(
     heal = build(DistillConfig, params)
     # Quantization-aware training distils as the healing does, with its own steps and learning rate.
     training = build(DistillConfig, params, {"steps": "--qat-steps", "lr": "--qat-lr"}, steps=qat_steps, lr=qat_lr)
+    quantize_config = _quantize_config(params, training)
+    if print_config:
+        show_config("compress", params)
     loaded = load(model, arch, trust_model, input_size, mean, std)
-    result = api.compress(loaded, image, prune=prune_config, quantize=_quantize_config(params, training), heal=heal,
+    result = api.compress(loaded, image, prune=prune_config, quantize=quantize_config, heal=heal,
                           run=run, eval_data=eval_data, image_mode=image_mode)
     print_compress_summary(result.report, out)
 

@@ -3,6 +3,7 @@ option values become the API's settings classes (`build`): a field's option has 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -55,6 +56,34 @@ def load_recipe(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
     return value
 
 
+# What a printed configuration leaves out: how the settings were given, not what they are.
+NOT_SETTINGS = ("recipe", "print_config")
+
+
+def show_config(command: str, params: dict[str, Any]) -> None:
+    """`--print-config`: the command's resolved options (recipe, then command line, then defaults) as a
+    TOML recipe that `--recipe` reads back to the same options; then exit without doing anything."""
+    lines = [f"# compress1img {command}: the settings of one run; run it again with --recipe FILE",
+             "# (options not set, whose value is chosen when the run starts, show as comments)"]
+    for name, value in params.items():
+        if name in NOT_SETTINGS:
+            continue
+        lines.append(f"# {name} = (not set)" if value is None or value == [] else f"{name} = {toml_value(value)}")
+    print("\n".join(lines))
+    raise typer.Exit(0)
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal of an option's value: bool, number, string (or path) or a list of them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # JSON's string escapes are TOML's
+
+
 # Options shared by the commands, declared once so every command explains them the same way.
 ArchOpt = Annotated[Optional[str], typer.Option(
     "--arch", help="Architecture of a bare weights file: a registry name (cifar_resnet20/32/44/56, wrn_16_4, "
@@ -100,6 +129,9 @@ CompileOpt = Annotated[bool, typer.Option(
 RecipeOpt = Annotated[Optional[Path], typer.Option(
     "--recipe", is_eager=True, callback=load_recipe,
     help="TOML file of option values (see recipes/); options given on the command line win.")]
+PrintConfigOpt = Annotated[bool, typer.Option(
+    "--print-config", help="Print the settings this command would run with (the recipe's, then the command line's, "
+                           "then the defaults) as a TOML recipe for --recipe, and exit without doing any work.")]
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-model", help="Allow loading a fully pickled model. Pickles can run arbitrary code: only for files "
                           "you made yourself.")]
