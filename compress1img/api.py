@@ -34,7 +34,7 @@ from .models import BUNDLED_TEACHER, LoadedModel, bundled_teacher, create_model_
 from .outputs import check_writable, remove_if_empty
 from .patches import PatchConfig
 from .progress import stage
-from .pruning import PruneConfig
+from .pruning import PruneConfig, check_drop_blocks
 from .quantization import QATConfig, QuantizeConfig
 from .sources import ImageArg
 from .stages import Healing, export, latency, measure, prune_stage, quantize_stage
@@ -98,8 +98,11 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
     if prune is None and quantize is None:
         raise ValueError("compress needs a PruneConfig, a QuantizeConfig or both")
     wall_start = time.perf_counter()
-    ctx = open_run(model, image, run, eval_data=eval_data, patch_config=patch_config, image_mode=image_mode,
-                   arch=arch, trust_model=trust_model)
+    model = as_model(model, arch, trust_model)
+    # Settings the model cannot honour fail before any work.
+    if prune is not None and prune.drop_blocks:
+        check_drop_blocks(model.module, prune.drop_blocks, torch.zeros(1, *model.input_size), prune.ignore)
+    ctx = open_run(model, image, run, eval_data=eval_data, patch_config=patch_config, image_mode=image_mode)
     healing = Healing(heal, loss_fn, augment, hooks) if heal is not None else None
     student, pruned, int8, parts = ctx.student_copy(), None, None, []
     try:

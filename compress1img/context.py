@@ -156,11 +156,22 @@ def open_run(model: ModelLike, image: ImageArg, run: RunConfig, *,
     teacher = as_model(model, arch, trust_model)
     with stage(f"loading {eval_data}", run.progress):
         labelled = load_labelled(eval_data, teacher)
-    with stage("making the held-out patches", run.progress):
-        source = open_source(image, teacher.input_size[-1], run.seed, run.holdout_size, device=device,
-                             patch_config=patch_config, mode=image_mode, patches_file=patches_file)
-        teacher_holdout = predict(teacher.module, source.holdout, teacher.mean, teacher.std)
-    out_dir = prepare_out_dir(run.out, overwrite=run.overwrite, resume=run.resume) if run.out is not None else None
+    # The output folder is checked before the held-out patches take their seconds; with --overwrite, which
+    # removes an earlier run's results, only once the images have loaded.
+    out_dir = None
+    if run.out is not None and not run.overwrite:
+        out_dir = prepare_out_dir(run.out, resume=run.resume)
+    try:
+        with stage("making the held-out patches", run.progress):
+            source = open_source(image, teacher.input_size[-1], run.seed, run.holdout_size, device=device,
+                                 patch_config=patch_config, mode=image_mode, patches_file=patches_file)
+            teacher_holdout = predict(teacher.module, source.holdout, teacher.mean, teacher.std)
+    except BaseException:
+        if out_dir is not None:
+            remove_if_empty(out_dir)
+        raise
+    if run.out is not None and run.overwrite:
+        out_dir = prepare_out_dir(run.out, overwrite=True, resume=run.resume)
     eval_fn = tracking_accuracy(labelled, teacher, device) if labelled is not None else None
     return RunContext(teacher=teacher, run=run, device=device, source=source.train, holdout=source.holdout,
                       teacher_holdout=teacher_holdout, labelled=labelled, source_report=source.describe(), out_dir=out_dir,

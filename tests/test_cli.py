@@ -77,7 +77,8 @@ def test_recipe_supplies_defaults_and_the_command_line_wins(tmp_path, tiny_teach
     assert bad.returncode == 2 and "stepz" in bad.stderr
 
 
-@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "compress1img" / "recipes").glob("*.toml")),
+                         ids=lambda p: p.name)
 def test_shipped_recipes_name_only_options_of_their_command(recipe):
     import tomllib
 

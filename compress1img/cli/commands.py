@@ -19,7 +19,7 @@ from .options import (AllocationOpt, AmpOpt, ArchOpt, BatchOpt, CalibrationOpt, 
     ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt,
     ModelArg, NoHealOpt, NprocOpt, OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt,
     ResumeOpt, RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build,
-    load, read_lines, show_config)
+    load, packaged_recipes, read_lines, show_config)
 from .summaries import print_compress_summary, print_distill_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -387,3 +387,17 @@ def list_models_() -> None:
         print(f"{name:16s} input {'x'.join(map(str, entry.input_size))}, {entry.num_classes} classes")
 
 
+
+
+@app.command("recipes")
+def recipes_() -> None:
+    """List the packaged recipes, for --recipe NAME (each is a TOML file of options; --print-config shows one
+    resolved)."""
+    for name, recipe in packaged_recipes().items():
+        comment = []
+        for line in recipe.read_text(encoding="utf-8").splitlines():
+            if not line.startswith("#"):
+                break
+            comment.append(line.lstrip("# "))
+        summary = " ".join(comment).split(": ")[0].split(". ")[0]
+        print(f"{name:28s} {summary}")

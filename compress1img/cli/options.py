@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -33,12 +34,31 @@ def build(cls, params: dict[str, Any], flags: dict[str, str] | None = None, **va
         raise InputError(e.render(lambda field: flags.get(field, flag(field)))) from None
 
 
+def packaged_recipes() -> dict[str, Any]:
+    """The recipes shipped in the package (compress1img/recipes/NAME.toml), by name."""
+    folder = resources.files("compress1img").joinpath("recipes")
+    return {item.name.removesuffix(".toml"): item for item in sorted(folder.iterdir(), key=lambda i: i.name)
+            if item.name.endswith(".toml")}
+
+
+def recipe_text(value: Path) -> str:
+    """The TOML of `--recipe VALUE`: a file, or a packaged recipe named without .toml and without a folder."""
+    name = str(value)
+    if Path(name).suffix == "" and Path(name).name == name and not Path(name).exists():
+        recipes = packaged_recipes()
+        if name not in recipes:
+            raise InputError(f"no packaged recipe {name!r}: the packaged ones are {', '.join(recipes)} "
+                             f"(`compress1img recipes`), or give a .toml file")
+        return recipes[name].read_text(encoding="utf-8")
+    return Path(value).read_text(encoding="utf-8")
+
+
 def load_recipe(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
-    """`--recipe FILE`: a TOML table of option values (names as in --help, - or _) used as defaults."""
+    """`--recipe FILE|NAME`: a TOML table of option values (names as in --help, - or _) used as defaults."""
     if value is None:
         return value
     try:
-        recipe = tomllib.loads(Path(value).read_text(encoding="utf-8"))
+        recipe = tomllib.loads(recipe_text(value))
     except FileNotFoundError:
         raise InputError(f"recipe not found: {value}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, IsADirectoryError) as e:
@@ -128,7 +148,8 @@ CompileOpt = Annotated[bool, typer.Option(
                       "minute or so; rarely worth it on a CPU.")]
 RecipeOpt = Annotated[Optional[Path], typer.Option(
     "--recipe", is_eager=True, callback=load_recipe,
-    help="TOML file of option values (see recipes/); options given on the command line win.")]
+    help="A packaged recipe by name (`compress1img recipes` lists them) or a TOML file of option values (as "
+         "--print-config writes them); options given on the command line win.")]
 PrintConfigOpt = Annotated[bool, typer.Option(
     "--print-config", help="Print the settings this command would run with (the recipe's, then the command line's, "
                            "then the defaults) as a TOML recipe for --recipe, and exit without doing any work.")]
