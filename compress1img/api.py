@@ -35,7 +35,7 @@ from .outputs import check_writable, remove_if_empty
 from .patches import PatchConfig
 from .progress import stage
 from .pruning import PruneConfig, check_drop_blocks
-from .quantization import QATConfig, QuantizeConfig
+from .quantization import QATConfig, QuantizeConfig, check_keep_float
 from .sources import ImageArg
 from .stages import Healing, export, latency, measure, prune_stage, quantize_stage
 from .training import CHECKPOINT_NAME, DistillConfig, TrainingHook, processes_report, run_distillation
@@ -102,6 +102,8 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
     # Settings the model cannot honour fail before any work.
     if prune is not None and prune.drop_blocks:
         check_drop_blocks(model.module, prune.drop_blocks, torch.zeros(1, *model.input_size), prune.ignore)
+    if quantize is not None:
+        check_keep_float(model.module, quantize.keep_float)
     ctx = open_run(model, image, run, eval_data=eval_data, patch_config=patch_config, image_mode=image_mode)
     healing = Healing(heal, loss_fn, augment, hooks) if heal is not None else None
     student, pruned, int8, parts = ctx.student_copy(), None, None, []

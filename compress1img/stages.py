@@ -36,8 +36,8 @@ from .progress import stage
 from .pruning import (PruneConfig, count, drop_blocks, fold_masks, make_prunable, prune_to_budget, sparsify,
                       weight_sparsity)
 from .quantization import (PTQConfig, QATConfig, QuantizeConfig, calibrate, convert, freeze_observers,
-                           int8_coverage, int8_onnx_bytes, onnx_runner, opset, prepare_qat, ptq_onnx_bytes,
-                           runtime_ops)
+                           int8_coverage, int8_onnx_bytes, kept_float, onnx_nodes_of, onnx_runner, opset,
+                           prepare_qat, ptq_onnx_bytes, runtime_ops)
 from .reconstruction import default_patches, patches_per_pass, reconstruct
 from .training import DistillConfig, TrainingHook, processes_report, run_distillation
 
@@ -272,6 +272,8 @@ def quantize_stage(ctx: RunContext, student: LoadedModel, config: QuantizeConfig
     fp32 = student.module.cpu().eval()
     details = {"method": config.method, "weights": "int8 symmetric, per output channel",
                "activations": "uint8 affine, per tensor", "calibration_patches": config.calibration_size}
+    if config.keep_float:
+        details["kept_float"] = kept_float(fp32, config.keep_float)
     calibration = normalize(ctx.source.batch(config.calibration_size, CALIBRATION_BATCH_INDEX).cpu(),
                             ctx.teacher.mean, ctx.teacher.std)
     result = QUANTIZERS[type(config)](ctx, fp32, config, calibration, details)
@@ -287,9 +289,12 @@ def _ptq(ctx: RunContext, fp32: nn.Module, config: PTQConfig, calibration: torch
     if not distributed.is_main():
         return None
     started = time.perf_counter()
+    details["calibration"] = config.calibration
     with stage(f"int8 by ONNX Runtime's static quantization, calibrated on {len(calibration)} patches",
                ctx.run.progress):
-        onnx_bytes = ptq_onnx_bytes(onnx_model_bytes(fp32, ctx.teacher.input_size), calibration)
+        float_onnx = onnx_model_bytes(fp32, ctx.teacher.input_size)
+        excluded = onnx_nodes_of(float_onnx, details.get("kept_float", ()))
+        onnx_bytes = ptq_onnx_bytes(float_onnx, calibration, keep_float=excluded, method=config.calibration)
     details["calibration_seconds"] = time.perf_counter() - started
     return QuantizeResult(onnx_bytes, None, details)
 
@@ -298,7 +303,7 @@ def _qat(ctx: RunContext, fp32: nn.Module, config: QATConfig, calibration: torch
          details: dict) -> QuantizeResult | None:
     shown = ctx.run.progress
     with stage("capturing the model for quantization-aware training (torch.export)", shown):
-        prepared = prepare_qat(copy.deepcopy(fp32), ctx.teacher.input_size)
+        prepared = prepare_qat(copy.deepcopy(fp32), ctx.teacher.input_size, details.get("kept_float", ()))
     with stage(f"calibrating int8 ranges on {len(calibration)} patches", shown):
         calibrate(prepared, calibration)
     # Fake quantization simulates int8 rounding on float32 values: bf16/fp16 autocast would blur the grid,

@@ -33,7 +33,7 @@ def test_an_option_named_after_a_settings_field_has_the_fields_default(command):
                 continue
             default = getattr(settings, field.name)
             given = options[field.name].default
-            if field.name == "ignore":  # a repeatable option: nothing given is the empty tuple
+            if field.name in ("ignore", "keep_float"):  # repeatable options: nothing given is the empty tuple
                 given = tuple(given or ())
             assert given == default, f"{command} {flag(field.name)} defaults to {given!r}, {type(settings).__name__}." \
                                      f"{field.name} to {default!r}"

@@ -11,12 +11,12 @@ from .. import api, distributed
 from ..config import RunConfig
 from ..errors import InputError
 from ..pruning import PruneConfig
-from ..quantization import METHODS, QAT_LR, QAT_STEPS, QATConfig, QuantizeConfig
+from ..quantization import METHODS, QAT_LR, QAT_STEPS, PTQConfig, QATConfig, QuantizeConfig
 from ..scoring import PREDICTORS
 from ..training import DistillConfig
-from .options import (AllocationOpt, AmpOpt, ArchOpt, BatchOpt, CalibrationOpt, ChannelsOpt, CheckpointEveryOpt,
+from .options import (AllocationOpt, AmpOpt, ArchOpt, BatchOpt, CalibrationMethodOpt, CalibrationOpt, ChannelsOpt, CheckpointEveryOpt,
     CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt, FreezeBnOpt, IgnoreOpt, ImageModeOpt,
-    ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt,
+    ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, KeepFloatOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt,
     ModelArg, NoHealOpt, NprocOpt, OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt,
     ResumeOpt, RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build,
     load, packaged_recipes, read_lines, show_config)
@@ -101,7 +101,12 @@ def _quantize_config(params: dict, training: DistillConfig) -> QuantizeConfig:
     if params["method"] not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)} (got {params['method']!r})")
     cls = METHODS[params["method"]]
-    return build(cls, params, training=training) if cls is QATConfig else build(cls, params)
+    keep_float = tuple(params["keep_float"] or ())
+    if cls is QATConfig:
+        if params["calibration"] != PTQConfig.calibration:
+            raise InputError("--calibration applies to --method ptq: quantization-aware training learns its ranges")
+        return build(cls, params, training=training, keep_float=keep_float)
+    return build(cls, params, keep_float=keep_float)
 
 
 @app.command()
@@ -162,6 +167,8 @@ def quantize(
     int8: Int8Opt = True,
     method: MethodOpt = "qat",
     calibration_size: CalibrationOpt = 512,
+    calibration: CalibrationMethodOpt = "minmax",
+    keep_float: KeepFloatOpt = None,
     arch: ArchOpt = None,
     image: ImageOpt = None,
     image_mode: ImageModeOpt = "auto",
@@ -212,6 +219,8 @@ def compress_(
     reconstruct_patches: ReconstructOpt = None,
     method: MethodOpt = "qat",
     calibration_size: CalibrationOpt = 512,
+    calibration: CalibrationMethodOpt = "minmax",
+    keep_float: KeepFloatOpt = None,
     arch: ArchOpt = None,
     image: ImageOpt = None,
     image_mode: ImageModeOpt = "auto",

@@ -225,6 +225,15 @@ MethodOpt = Annotated[str, typer.Option(
 CalibrationOpt = Annotated[int, typer.Option(
     "--calibration-size", help="Patches that calibrate the activation ranges, before training (qat) or "
                                "instead of it (ptq).")]
+CalibrationMethodOpt = Annotated[str, typer.Option(
+    "--calibration", help="How --method ptq sets each activation's int8 range from the calibration patches (ONNX "
+                          "Runtime's calibration methods): minmax (their whole range), percentile (a high percentile "
+                          "of their histogram: outliers clipped), entropy (the range whose int8 histogram loses least "
+                          "information).")]
+KeepFloatOpt = Annotated[Optional[list[str]], typer.Option(
+    "--keep-float", help="Leave a layer in float, repeatable: a layer name as in model.named_modules() (fc, "
+                         "layer1.0.conv1; a block keeps all its layers) or a layer type (Linear, Conv2d). For layers "
+                         "that lose too much accuracy in int8, or run no faster in it.")]
 QatStepsOpt = Annotated[int, typer.Option("--qat-steps", help="Quantization-aware training steps.")]
 QAT_LR_HELP = ("Learning rate of quantization-aware training (it starts from a trained model: keep it small; "
                "docs/benchmarks.md, \"Int8: quantizing the ResNet-56\").")
