@@ -11,6 +11,7 @@ stages (stages.py) and assembles its report from what they return.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from .errors import InputError, first_line
 from .evaluate import OnnxModel, normalize, predict, top1
 from .export import export_onnx
 from .images import DEFAULT_IMAGE, NOISE_IMAGE, load_image, min_image_side, resolve_image
+from .latency import LatencyConfig, compare_latency
 from .losses import LossFn
 from .models import BUNDLED_TEACHER, LoadedModel, bundled_teacher, create_model_from_name, save_model
 from .outputs import check_writable, remove_if_empty
@@ -42,7 +44,7 @@ from .training import CHECKPOINT_NAME, DistillConfig, TrainingHook, processes_re
 
 log = logging.getLogger("compress1img")
 
-__all__ = ["BUNDLED_TEACHER", "Result", "bundled_teacher", "compress", "demo", "distill", "evaluate_model", "prune",
+__all__ = ["BUNDLED_TEACHER", "Result", "bench_onnx", "bundled_teacher", "compress", "demo", "distill", "evaluate_model", "prune",
            "quantize", "score_images", "write_patch_file"]
 
 
@@ -83,7 +85,8 @@ def quantize(model: ModelLike, image: ImageArg = None, config: QuantizeConfig = 
 def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | None = None,
              quantize: QuantizeConfig | None = None, heal: DistillConfig | None = DistillConfig(),
              run: RunConfig = RunConfig(), eval_data: str | Path | EvalData | None = None, arch: str | None = None,
-             trust_model: bool = False, measure_latency: bool = True, patch_config: PatchConfig | None = None,
+             trust_model: bool = False, measure_latency: bool = True, timing: LatencyConfig = LatencyConfig(),
+             patch_config: PatchConfig | None = None,
              image_mode: str = "auto", loss_fn: LossFn | None = None, augment: Augment | None = None,
              hooks: Sequence[TrainingHook] = ()) -> Result:
     """Prune and/or quantize `model` in one run, both healed against the original; returns one report.
@@ -91,7 +94,8 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
     `heal` is the pruning's healing (None: prune only); quantization-aware training takes its
     settings from the QATConfig. `image` may be one image, several, or folders of them
     (sources.py; `image_mode` auto, patches or whole); `patch_config` changes the patch pipeline;
-    `loss_fn`, `augment` and `hooks` replace the healing's defaults (training.run_distillation).
+    `loss_fn`, `augment` and `hooks` replace the healing's defaults (training.run_distillation);
+    `timing` says how the models are timed in ONNX Runtime (threads, batch sizes), unless not `measure_latency`.
     A run doing both also writes the pruned float model
     as `pruned.pt`, which `quantize` accepts on its own.
     """
@@ -126,7 +130,7 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
         if ctx.out_dir is not None:
             parts.append(export(ctx, student, int8, pruned is not None))
         if measure_latency:
-            parts.append(latency(ctx, student, int8, pruned is not None))
+            parts.append(latency(ctx, student, int8, pruned is not None, timing))
     except BaseException:
         ctx.abandon()
         raise
@@ -262,6 +266,36 @@ def evaluate_model(model: ModelLike, data: str | Path | EvalData, *, arch: str |
     correct = int((logits.argmax(1) == labelled.labels).sum())
     return {"top1": 100.0 * correct / len(labelled.labels), "n": len(labelled.labels), "correct": correct,
             "model": source, "data": labelled.source}
+
+
+def bench_onnx(files: Sequence[str | Path], timing: LatencyConfig = LatencyConfig(), *, progress: bool = True) -> dict:
+    """ONNX files timed against each other in one run of ONNX Runtime, as the reports time their models: in
+    interleaved rounds (A, B, A, B, ...) so that drift in the machine's speed hits all alike, the median kept.
+
+    Returns {"threads", "rounds", "models": [{"file", "b1_ms", ..., "speedup_b1", ...}]}: milliseconds per
+    forward pass of each batch size in `timing.batches`, and the first file's time over each file's.
+    """
+    if not files:
+        raise InputError("bench needs at least one ONNX file")
+    sizes = []
+    for path in files:
+        model = OnnxModel.load(path)
+        fixed = model.session.get_inputs()[0].shape[0]
+        if isinstance(fixed, int) and any(batch != fixed for batch in timing.batches):
+            raise InputError(f"{path} takes batches of exactly {fixed} only: time it with --batches {fixed}")
+        sizes.append(model.input_size)
+    if len(set(sizes)) > 1:
+        raise InputError("the files take inputs of different sizes (" + ", ".join(
+            f"{path}: {'x'.join(map(str, size))}" for path, size in zip(files, sizes)) + "): time them separately")
+    threads = timing.threads or os.cpu_count() or 1
+    with stage(f"timing {len(files)} ONNX files", progress):
+        times = compare_latency({str(i): Path(path) for i, path in enumerate(files)}, sizes[0], timing.batches,
+                                rounds=timing.rounds, threads=threads)
+    first = times["0"]
+    rows = [{"file": str(path), **times[str(i)],
+             **{f"speedup_b{b}": first[f"b{b}_ms"] / times[str(i)][f"b{b}_ms"] for b in timing.batches}}
+            for i, path in enumerate(files)]
+    return {"threads": threads, "rounds": timing.rounds, "input_size": list(sizes[0]), "models": rows}
 
 
 def write_patch_file(image: str | Path, out: str | Path, *, size: int = 32, count: int = 50_000, seed: int = 0,

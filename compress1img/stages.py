@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from .augment import Augment
 from .context import RunContext
 from .evaluate import agreement, normalize, top1
 from .export import ExportResult, export_onnx, onnx_model_bytes
-from .latency import compare_latency
+from .latency import LatencyConfig, compare_latency
 from .losses import LossFn, distillation_loss
 from .models import LoadedModel, load_model, save_model, save_program
 from .models.transforms import DROP_BLOCK, drop_block
@@ -402,19 +403,21 @@ def _export(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None, 
 
 @dataclass
 class Latency:
-    timing: dict  # model name -> {"b1_ms", "b32_ms"}
+    timing: dict  # model name -> {"b1_ms", "b32_ms"}: a key per batch size timed
     dense_onnx_bytes: int
     int8: bool
+    threads: int
 
     def report(self) -> dict:
         final = list(self.timing)[-1]
-        report = {"latency_ms": self.timing, "dense_onnx_bytes": self.dense_onnx_bytes}
-        for batch in ("b1", "b32"):
+        report = {"latency_ms": self.timing, "latency_threads": self.threads, "dense_onnx_bytes": self.dense_onnx_bytes}
+        batches = [key.removesuffix("_ms") for key in self.timing["dense"]]
+        for batch in batches:
             report[f"speedup_{batch}"] = self.timing["dense"][f"{batch}_ms"] / self.timing[final][f"{batch}_ms"]
             if self.int8:  # int8 against the float model it was made from
                 same = "pruned" if "pruned" in self.timing else "dense"
                 report[f"int8_speedup_{batch}"] = self.timing[same][f"{batch}_ms"] / self.timing["int8"][f"{batch}_ms"]
-        slower = [batch for batch in ("b1", "b32") if report.get(f"int8_speedup_{batch}", 1) < 1]
+        slower = [batch for batch in batches if report.get(f"int8_speedup_{batch}", 1) < 1]
         if slower:
             report["speed_warning"] = (
                 f"int8 ran slower than fp32 in ONNX Runtime on this machine at batch "
@@ -424,7 +427,8 @@ class Latency:
         return report
 
 
-def latency(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None, pruned: bool) -> Latency:
+def latency(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None, pruned: bool,
+            config: LatencyConfig = LatencyConfig()) -> Latency:
     """The original, the pruned and the int8 model timed against each other in one run of ONNX Runtime."""
     names = ["dense"] + ["pruned"] * pruned + ["int8"] * (int8 is not None)
     with stage(f"timing the {', '.join(names)} models in ONNX Runtime", ctx.run.progress):
@@ -433,5 +437,6 @@ def latency(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None, 
             models["pruned"] = onnx_model_bytes(student.module.cpu().eval(), ctx.teacher.input_size)
         if int8 is not None:
             models["int8"] = int8.onnx_bytes
-        timing = compare_latency(models, ctx.teacher.input_size)
-    return Latency(timing, len(models["dense"]), int8 is not None)
+        threads = config.threads or os.cpu_count() or 1
+        timing = compare_latency(models, ctx.teacher.input_size, config.batches, rounds=config.rounds, threads=threads)
+    return Latency(timing, len(models["dense"]), int8 is not None, threads)

@@ -10,16 +10,17 @@ import typer
 from .. import api, distributed
 from ..config import RunConfig
 from ..errors import InputError
+from ..latency import LatencyConfig
 from ..pruning import PruneConfig
 from ..quantization import METHODS, QAT_LR, QAT_STEPS, PTQConfig, QATConfig, QuantizeConfig
 from ..scoring import PREDICTORS
 from ..training import DistillConfig
 from .options import (AllocationOpt, AmpOpt, ArchOpt, BatchOpt, CalibrationMethodOpt, CalibrationOpt, ChannelsOpt, CheckpointEveryOpt,
     CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt, FreezeBnOpt, IgnoreOpt, ImageModeOpt,
-    ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, KeepFloatOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt,
+    ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, KeepFloatOpt, LatencyBatchesOpt, LatencyThreadsOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt,
     ModelArg, NoHealOpt, NprocOpt, OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt,
     ResumeOpt, RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build,
-    load, packaged_recipes, read_lines, show_config)
+    batch_sizes, latency_config, load, packaged_recipes, read_lines, show_config)
 from .summaries import print_compress_summary, print_distill_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -138,6 +139,8 @@ def prune(
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
+    latency_threads: LatencyThreadsOpt = None,
+    latency_batches: LatencyBatchesOpt = "1,32",
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = RunConfig.device,
@@ -154,10 +157,12 @@ def prune(
     params = locals()
     config, run = _prune_config(params), build(RunConfig, params)
     heal = None if no_heal else build(DistillConfig, params)
+    timing = latency_config(params)
     if print_config:
         show_config("prune", params)
     loaded = load(model, arch, trust_model, input_size, mean, std)
-    result = api.prune(loaded, image, config, heal=heal, run=run, eval_data=eval_data, image_mode=image_mode)
+    result = api.prune(loaded, image, config, heal=heal, run=run, eval_data=eval_data, image_mode=image_mode,
+                       timing=timing)
     print_compress_summary(result.report, out)
 
 
@@ -182,6 +187,8 @@ def quantize(
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
+    latency_threads: LatencyThreadsOpt = None,
+    latency_batches: LatencyBatchesOpt = "1,32",
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = RunConfig.device,
@@ -195,10 +202,11 @@ def quantize(
     """Quantize a pretrained (or pruned) model to int8 for ONNX Runtime, trained against the original on patches."""
     params = locals()
     config, run = _quantize_config(params, build(DistillConfig, params)), build(RunConfig, params)
+    timing = latency_config(params)
     if print_config:
         show_config("quantize", params)
     loaded = load(model, arch, trust_model, input_size, mean, std)
-    result = api.quantize(loaded, image, config, run=run, eval_data=eval_data, image_mode=image_mode)
+    result = api.quantize(loaded, image, config, run=run, eval_data=eval_data, image_mode=image_mode, timing=timing)
     print_compress_summary(result.report, out)
 
 
@@ -237,6 +245,8 @@ def compress_(
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
+    latency_threads: LatencyThreadsOpt = None,
+    latency_batches: LatencyBatchesOpt = "1,32",
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = RunConfig.device,
@@ -257,11 +267,12 @@ def compress_(
     # Quantization-aware training distils as the healing does, with its own steps and learning rate.
     training = build(DistillConfig, params, {"steps": "--qat-steps", "lr": "--qat-lr"}, steps=qat_steps, lr=qat_lr)
     quantize_config = _quantize_config(params, training)
+    timing = latency_config(params)
     if print_config:
         show_config("compress", params)
     loaded = load(model, arch, trust_model, input_size, mean, std)
     result = api.compress(loaded, image, prune=prune_config, quantize=quantize_config, heal=heal,
-                          run=run, eval_data=eval_data, image_mode=image_mode)
+                          run=run, eval_data=eval_data, image_mode=image_mode, timing=timing)
     print_compress_summary(result.report, out)
 
 
@@ -410,3 +421,33 @@ def recipes_() -> None:
             comment.append(line.lstrip("# "))
         summary = " ".join(comment).split(": ")[0].split(". ")[0]
         print(f"{name:28s} {summary}")
+
+
+@app.command()
+def bench(
+    files: Annotated[list[Path], typer.Argument(help="ONNX files to time against each other (one input size); the "
+                                                     "first is the one the others' speed-ups are relative to.")],
+    batches: Annotated[str, typer.Option("--batches", help="Batch sizes, comma-separated.")] = "1,32",
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", help="ONNX Runtime threads (intra-op). Default: every core of this machine.")] = None,
+    repeats: Annotated[int, typer.Option(
+        "--repeats", help="Rounds: each round times every file once, in turn, so that changes in the machine's "
+                          "speed hit all files alike; the median round is kept.")] = LatencyConfig.rounds,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of the table.")] = False,
+) -> None:
+    """Time ONNX models against each other in ONNX Runtime: milliseconds per batch and speed-up over the first."""
+    timing = build(LatencyConfig, {}, {"threads": "--threads", "batches": "--batches", "rounds": "--repeats"},
+                   threads=threads, batches=batch_sizes(batches, "--batches"), rounds=repeats)
+    result = api.bench_onnx(files, timing)
+    if as_json:
+        print(json.dumps(result))
+        return
+    threads = f"{result['threads']} thread" + ("s" if result["threads"] != 1 else "")
+    print(f"ONNX Runtime, {threads}, median of {result['rounds']} interleaved rounds; "
+          f"speed-up: the first file's time over this file's")
+    header = [f"b{b} ms" for b in timing.batches] + [f"b{b} speed-up" for b in timing.batches]
+    print("  ".join(f"{h:>12}" for h in header) + "  file")
+    for row in result["models"]:
+        cells = [f"{row[f'b{b}_ms']:>12.3f}" for b in timing.batches] + \
+                [f"{row[f'speedup_b{b}']:>11.2f}x" for b in timing.batches]
+        print("  ".join(cells) + f"  {row['file']}")

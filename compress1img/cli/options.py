@@ -234,6 +234,12 @@ KeepFloatOpt = Annotated[Optional[list[str]], typer.Option(
     "--keep-float", help="Leave a layer in float, repeatable: a layer name as in model.named_modules() (fc, "
                          "layer1.0.conv1; a block keeps all its layers) or a layer type (Linear, Conv2d). For layers "
                          "that lose too much accuracy in int8, or run no faster in it.")]
+LatencyThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--latency-threads", help="ONNX Runtime threads (intra-op) for timing the models. Default: every core of this "
+                              "machine; set it to the number the deployment will use.")]
+LatencyBatchesOpt = Annotated[str, typer.Option(
+    "--latency-batches", help="Batch sizes the models are timed at, comma-separated; the report has the "
+                              "milliseconds and speed-up at each.")]
 QatStepsOpt = Annotated[int, typer.Option("--qat-steps", help="Quantization-aware training steps.")]
 QAT_LR_HELP = ("Learning rate of quantization-aware training (it starts from a trained model: keep it small; "
                "docs/benchmarks.md, \"Int8: quantizing the ResNet-56\").")
@@ -257,6 +263,22 @@ def read_lines(path: Path, option: str) -> list[str]:
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read {option} {path}: {getattr(e, 'strerror', None) or e}") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def batch_sizes(text: str, option: str) -> tuple[int, ...]:
+    """`1,32` -> (1, 32)."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated batch sizes like 1,32 (got {text!r})") from None
+
+
+def latency_config(params: dict[str, Any]):
+    """The LatencyConfig of --latency-threads and --latency-batches."""
+    from ..latency import LatencyConfig
+
+    return build(LatencyConfig, {}, {"threads": "--latency-threads", "batches": "--latency-batches"},
+                 threads=params["latency_threads"], batches=batch_sizes(params["latency_batches"], "--latency-batches"))
 
 
 def floats(text: str | None, option: str) -> list[float] | None:
