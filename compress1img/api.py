@@ -208,9 +208,10 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
     if not distributed.is_main():
         return Result(student_model, report)  # the other ranks only helped train: rank 0 measures and writes
     if ctx.labelled is not None:
-        student_logits = ctx.predict(student_model.module, ctx.labelled.images)
-        report["student_top1"] = top1(student_logits, ctx.labelled.labels)
-        report["test_agreement"] = top1(student_logits, ctx.teacher_labelled_logits().argmax(1))
+        with stage(f"measuring the student on {ctx.labelled.source}", run.progress):
+            student_logits = ctx.predict(student_model.module, ctx.labelled.images)
+            report["student_top1"] = top1(student_logits, ctx.labelled.labels)
+            report["test_agreement"] = top1(student_logits, ctx.teacher_labelled_logits().argmax(1))
     if out_dir is not None:
         with stage("exporting model.onnx and checking it against PyTorch", run.progress):
             save_model(student_model, out_dir / "model.pt")
