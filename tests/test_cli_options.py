@@ -91,3 +91,17 @@ def test_print_config_shows_the_recipe_overridden_by_the_command_line_and_checks
     assert (recipe["sparsity"], recipe["steps"], recipe["ignore"], recipe["model"]) == (0.7, 9, ["layer1.0"], "m.th")
     assert "print_config" not in recipe and "recipe" not in recipe
     assert cli("prune", "m.th", "--steps", "0", "--print-config") == (2, ["error: --steps must be at least 1 (got 0)"])
+
+
+@pytest.mark.parametrize("command", ["prune", "quantize", "compress", "bench"])
+def test_the_timing_options_default_to_latency_configs_defaults(command):
+    from compress1img.cli.options import batch_sizes, latency_config
+    from compress1img.latency import LatencyConfig
+
+    options = {param.name: param.default for param in COMMAND.commands[command].params}
+    if command == "bench":
+        timing = LatencyConfig(threads=options["threads"], batches=batch_sizes(options["batches"], "--batches"),
+                               rounds=options["repeats"])
+    else:
+        timing = latency_config(options)
+    assert timing == LatencyConfig()
