@@ -126,7 +126,7 @@ class Bar:
             break_line()
             self.bar = tqdm(total=total, initial=initial, desc=label, unit=unit, dynamic_ncols=True, file=sys.stderr)
         elif self.shown and every is None:
-            self.stage = stage(f"{label} {total} {unit}s").__enter__()
+            self.stage = stage(f"{label} {total} {unit}{'s' * (total != 1)}").__enter__()
         elif self.shown:
             write(f"{label} {initial}/{total} {unit}s ...")
 
