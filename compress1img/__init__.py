@@ -31,9 +31,9 @@ from .training import DistillConfig, TrainingHook, run_distillation
 __version__ = "0.1.0"
 __all__ = [
     "Compress1imgError", "ConfigError", "DistillConfig", "EvalData", "InputError", "LatencyConfig", "LoadedModel",
-    "OnnxModel",
-    "PTQConfig", "PatchArray", "PatchConfig", "PatchGenerator", "PruneConfig", "QATConfig", "Result", "RunConfig",
-    "TrainingError", "TrainingHook", "bench_onnx", "bundled_teacher", "compress", "create_model_from_name", "demo", "distill",
-    "distillation_loss", "evaluate_model", "export_onnx", "list_models", "load_eval_data", "load_image", "load_model",
-    "prune", "quantize", "run_distillation", "save_model", "score_images", "write_patch_file",
+    "OnnxModel", "PTQConfig", "PatchArray", "PatchConfig", "PatchGenerator", "PruneConfig", "QATConfig", "Result",
+    "RunConfig", "TrainingError", "TrainingHook", "bench_onnx", "bundled_teacher", "compress",
+    "create_model_from_name", "demo", "distill", "distillation_loss", "evaluate_model", "export_onnx", "list_models",
+    "load_eval_data", "load_image", "load_model", "prune", "quantize", "run_distillation", "save_model",
+    "score_images", "write_patch_file",
 ]

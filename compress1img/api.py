@@ -44,8 +44,8 @@ from .training import CHECKPOINT_NAME, DistillConfig, TrainingHook, processes_re
 
 log = logging.getLogger("compress1img")
 
-__all__ = ["BUNDLED_TEACHER", "Result", "bench_onnx", "bundled_teacher", "compress", "demo", "distill", "evaluate_model", "prune",
-           "quantize", "score_images", "write_patch_file"]
+__all__ = ["BUNDLED_TEACHER", "Result", "bench_onnx", "bundled_teacher", "compress", "demo", "distill",
+           "evaluate_model", "prune", "quantize", "score_images", "write_patch_file"]
 
 
 @dataclass

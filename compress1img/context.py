@@ -174,6 +174,7 @@ def open_run(model: ModelLike, image: ImageArg, run: RunConfig, *,
         out_dir = prepare_out_dir(run.out, overwrite=True, resume=run.resume)
     eval_fn = tracking_accuracy(labelled, teacher, device) if labelled is not None else None
     return RunContext(teacher=teacher, run=run, device=device, source=source.train, holdout=source.holdout,
-                      teacher_holdout=teacher_holdout, labelled=labelled, source_report=source.describe(), out_dir=out_dir,
+                      teacher_holdout=teacher_holdout, labelled=labelled, source_report=source.describe(),
+                      out_dir=out_dir,
                       patches_file=Path(patches_file) if patches_file is not None else None,
                       eval_fn=eval_fn)
