@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 python benchmarks/train_throughput.py --teacher "$R56" \
     --arch cifar_resnet56 --student cifar_resnet20 --image "$ANIMALS" > "$OUT/throughput.json"
 for steps in 500 1500 4500; do
-    compress1img distill --recipe recipes/distill-cifar-r56-r20.toml \
+    compress1img distill --recipe distill-cifar-r56-r20 \
         --teacher "$R56" --image "$ANIMALS" \
         --eval-data "$CIFAR_TEST" --steps "$steps" --eval-every $((steps / 6)) \
         --out "$OUT/distill-r56-r20-$steps" --overwrite 2> "$OUT/distill-r56-r20-$steps.log"

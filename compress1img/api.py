@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -30,12 +31,14 @@ from .errors import InputError, first_line
 from .evaluate import normalize, predict, top1
 from .export import export_onnx
 from .images import DEFAULT_IMAGE, NOISE_IMAGE, load_image, min_image_side, resolve_image
+from .latency import LatencyConfig, compare_latency
 from .losses import LossFn
 from .models import BUNDLED_TEACHER, LoadedModel, bundled_teacher, create_model_from_name, save_model
 from .outputs import check_writable, remove_if_empty
 from .patches import PatchConfig
-from .pruning import PruneConfig, count
-from .quantization import QATConfig, QuantizeConfig
+from .progress import stage
+from .pruning import PruneConfig, check_drop_blocks, count
+from .quantization import QATConfig, QuantizeConfig, check_keep_float
 from .report import provenance, quality_warnings, settings
 from .sources import ImageArg
 from .stages import CALIBRATION_BATCH_INDEX, Healing, export, latency, measure, prune_stage, quantize_stage, \
@@ -44,8 +47,8 @@ from .training import CHECKPOINT_NAME, DistillConfig, TrainingHook, processes_re
 
 log = logging.getLogger("compress1img")
 
-__all__ = ["BUNDLED_TEACHER", "Result", "bundled_teacher", "compress", "demo", "distill", "evaluate_model", "prune",
-           "quantize", "score_images", "write_patch_file"]
+__all__ = ["BUNDLED_TEACHER", "Result", "bench_onnx", "bundled_teacher", "compress", "demo", "distill",
+           "evaluate_model", "prune", "quantize", "score_images", "write_patch_file"]
 
 
 @dataclass
@@ -85,7 +88,8 @@ def quantize(model: ModelLike, image: ImageArg = None, config: QuantizeConfig = 
 def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | None = None,
              quantize: QuantizeConfig | None = None, heal: DistillConfig | None = DistillConfig(),
              run: RunConfig = RunConfig(), eval_data: str | Path | EvalData | None = None, arch: str | None = None,
-             trust_model: bool = False, measure_latency: bool = True, patch_config: PatchConfig | None = None,
+             trust_model: bool = False, measure_latency: bool = True, timing: LatencyConfig = LatencyConfig(),
+             patch_config: PatchConfig | None = None,
              image_mode: str = "auto", loss_fn: LossFn | None = None, augment: Augment | None = None,
              hooks: Sequence[TrainingHook] = ()) -> Result:
     """Prune and/or quantize `model` in one run, both healed against the original; returns one report.
@@ -93,7 +97,8 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
     `heal` is the pruning's healing (None: prune only); quantization-aware training takes its
     settings from the QATConfig. `image` may be one image, several, or folders of them
     (sources.py; `image_mode` auto, patches or whole); `patch_config` changes the patch pipeline;
-    `loss_fn`, `augment` and `hooks` replace the healing's defaults (training.run_distillation).
+    `loss_fn`, `augment` and `hooks` replace the healing's defaults (training.run_distillation);
+    `timing` says how the models are timed in ONNX Runtime (threads, batch sizes), unless not `measure_latency`.
     A run doing both also writes the pruned float model
     as `pruned.pt`, which `quantize` accepts on its own.
     """
@@ -102,11 +107,16 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
     wall_start = time.perf_counter()
     model = as_model(model, arch, trust_model)
     _check_changeable(model, prune, quantize)  # before open_run makes the output folder
+    # Settings the model cannot honour fail before any work.
+    if prune is not None and prune.drop_blocks:
+        check_drop_blocks(model.module, prune.drop_blocks, torch.zeros(1, *model.input_size), prune.ignore)
+    if quantize is not None:
+        check_keep_float(model.module, quantize.keep_float)
     ctx = open_run(model, image, run, eval_data=eval_data, patch_config=patch_config, image_mode=image_mode)
     seconds = {"setup": time.perf_counter() - wall_start}  # each stage's wall time, for the report
     config = settings(run=run, prune=prune, heal=heal if prune is not None else None, quantize=quantize,
                       **_inputs(ctx, image, image_mode, patch_config, eval_data, loss_fn, augment, hooks),
-                      measure_latency=measure_latency)
+                      measure_latency=measure_latency, timing=timing)
     healing = Healing(heal, loss_fn, augment, hooks) if heal is not None else None
     student, pruned, int8, parts = ctx.student_copy(), None, None, []
     try:
@@ -124,7 +134,7 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
         if ctx.out_dir is not None:
             parts.append(_timed(seconds, "export", export, ctx, student, int8, pruned is not None))
         if measure_latency:
-            parts.append(_timed(seconds, "latency", latency, ctx, student, int8, pruned is not None))
+            parts.append(_timed(seconds, "latency", latency, ctx, student, int8, pruned is not None, timing))
     except BaseException:
         ctx.abandon()
         raise
@@ -255,13 +265,14 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
     checkpoint while training so `run.resume` continues an interrupted run.
     """
     wall_start = time.perf_counter()
+    teacher = as_model(teacher, arch, trust_model)
+    torch.manual_seed(run.seed)  # the student's initialisation is part of the run's seed
+    student_model = build_student(student, teacher, student_args)  # one that cannot be built fails now
     ctx = open_run(teacher, image, run, eval_data=eval_data, patches_file=patches_file, patch_config=patch_config,
-                   image_mode=image_mode, arch=arch, trust_model=trust_model)
+                   image_mode=image_mode)
     seconds = {"setup": time.perf_counter() - wall_start}
     out_dir = ctx.out_dir
     try:
-        torch.manual_seed(run.seed)  # the student's initialisation is part of the run's seed
-        student_model = build_student(student, ctx.teacher, student_args)
         if run.resume and out_dir is not None and not (out_dir / CHECKPOINT_NAME).exists():
             if (out_dir / "report.json").exists():
                 raise InputError(f"the run in {out_dir} already finished (no checkpoint to resume); "
@@ -282,16 +293,18 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
     for who, loaded in (("teacher", ctx.teacher), ("student", student_model)):
         report[f"{who}_params"], report[f"{who}_macs"] = _params_and_macs(loaded)
     if ctx.labelled is not None:
-        student_logits = ctx.predict(student_model.module, ctx.labelled.images)
-        report["student_top1"] = top1(student_logits, ctx.labelled.labels)
-        report["test_agreement"] = top1(student_logits, ctx.teacher_labelled_logits().argmax(1))
+        with stage(f"measuring the student on {ctx.labelled.source}", run.progress):
+            student_logits = ctx.predict(student_model.module, ctx.labelled.images)
+            report["student_top1"] = top1(student_logits, ctx.labelled.labels)
+            report["test_agreement"] = top1(student_logits, ctx.teacher_labelled_logits().argmax(1))
     seconds["measure"] = time.perf_counter() - started
     if out_dir is not None:
-        save_float_model(student_model, out_dir, "model")
-        exported = _timed(seconds, "export", lambda: export_onnx(
-            student_model.module, out_dir / "model.onnx", input_size=ctx.teacher.input_size, mean=ctx.teacher.mean,
-            std=ctx.teacher.std, classes=ctx.teacher.classes,
-            check_inputs=normalize(ctx.holdout[:64], ctx.teacher.mean, ctx.teacher.std)))
+        with stage("exporting model.onnx and checking it against PyTorch", run.progress):
+            save_float_model(student_model, out_dir, "model")
+            exported = _timed(seconds, "export", lambda: export_onnx(
+                student_model.module, out_dir / "model.onnx", input_size=ctx.teacher.input_size,
+                mean=ctx.teacher.mean, std=ctx.teacher.std, classes=ctx.teacher.classes,
+                check_inputs=normalize(ctx.holdout[:64], ctx.teacher.mean, ctx.teacher.std)))
         report.update({"onnx_max_abs_diff": exported.max_abs_diff, "onnx_bytes": exported.size_bytes})
     wall = time.perf_counter() - wall_start
     config_report = settings(run=run, distill=config, **_inputs(ctx, image, image_mode, patch_config, eval_data,
@@ -337,6 +350,36 @@ def evaluate_model(model: ModelLike, data: str | Path | EvalData, *, arch: str |
     correct = int((logits.argmax(1) == labelled.labels).sum())
     return {"top1": 100.0 * correct / len(labelled.labels), "n": len(labelled.labels), "correct": correct,
             "model": source, "data": labelled.source}
+
+
+def bench_onnx(files: Sequence[str | Path], timing: LatencyConfig = LatencyConfig(), *, progress: bool = True) -> dict:
+    """ONNX files timed against each other in one run of ONNX Runtime, as the reports time their models: in
+    interleaved rounds (A, B, A, B, ...) so that drift in the machine's speed hits all alike, the median kept.
+
+    Returns {"threads", "rounds", "models": [{"file", "b1_ms", ..., "speedup_b1", ...}]}: milliseconds per
+    forward pass of each batch size in `timing.batches`, and the first file's time over each file's.
+    """
+    if not files:
+        raise InputError("bench needs at least one ONNX file")
+    sizes = []
+    for path in files:
+        model = OnnxModel.load(path)
+        fixed = model.session.get_inputs()[0].shape[0]
+        if isinstance(fixed, int) and any(batch != fixed for batch in timing.batches):
+            raise InputError(f"{path} takes batches of exactly {fixed} only: time it with --batches {fixed}")
+        sizes.append(model.input_size)
+    if len(set(sizes)) > 1:
+        raise InputError("the files take inputs of different sizes (" + ", ".join(
+            f"{path}: {'x'.join(map(str, size))}" for path, size in zip(files, sizes)) + "): time them separately")
+    threads = timing.threads or os.cpu_count() or 1
+    with stage(f"timing {len(files)} ONNX files", progress):
+        times = compare_latency({str(i): Path(path) for i, path in enumerate(files)}, sizes[0], timing.batches,
+                                rounds=timing.rounds, threads=threads)
+    first = times["0"]
+    rows = [{"file": str(path), **times[str(i)],
+             **{f"speedup_b{b}": first[f"b{b}_ms"] / times[str(i)][f"b{b}_ms"] for b in timing.batches}}
+            for i, path in enumerate(files)]
+    return {"threads": threads, "rounds": timing.rounds, "input_size": list(sizes[0]), "models": rows}
 
 
 def write_patch_file(image: str | Path, out: str | Path, *, size: int = 32, count: int = 50_000, seed: int = 0,

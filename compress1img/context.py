@@ -30,6 +30,7 @@ from .models.user import rebuilt_spec
 from .models.registry import IMAGENET_MEAN, IMAGENET_STD
 from .outputs import WORK_DIR, prepare_out_dir, remove_if_empty
 from .patches import PatchConfig, save_preview
+from .progress import stage
 from .report import PATCHES_PNG, write_report
 from .sources import ImageArg, open_source
 from .training import PatchSource, accuracy_fn
@@ -175,13 +176,27 @@ def open_run(model: ModelLike, image: ImageArg, run: RunConfig, *,
     device = resolve_device(run.device)
     distributed.init(device)  # under torchrun: decisions are shared between processes from here on
     teacher = as_model(model, arch, trust_model)
-    labelled = load_labelled(eval_data, teacher)
-    source = open_source(image, teacher.input_size[-1], run.seed, run.holdout_size, device=device,
-                         patch_config=patch_config, mode=image_mode, patches_file=patches_file)
-    out_dir = prepare_out_dir(run.out, overwrite=run.overwrite, resume=run.resume) if run.out is not None else None
+    with stage(f"loading {eval_data}", run.progress):
+        labelled = load_labelled(eval_data, teacher)
+    # The output folder is checked before the held-out patches take their seconds; with --overwrite, which
+    # removes an earlier run's results, only once the images have loaded.
+    out_dir = None
+    if run.out is not None and not run.overwrite:
+        out_dir = prepare_out_dir(run.out, resume=run.resume)
+    try:
+        with stage("making the held-out patches", run.progress):
+            source = open_source(image, teacher.input_size[-1], run.seed, run.holdout_size, device=device,
+                                 patch_config=patch_config, mode=image_mode, patches_file=patches_file)
+            teacher_holdout = predict(teacher.module, source.holdout, teacher.mean, teacher.std)
+    except BaseException:
+        if out_dir is not None:
+            remove_if_empty(out_dir)
+        raise
+    if run.out is not None and run.overwrite:
+        out_dir = prepare_out_dir(run.out, overwrite=True, resume=run.resume)
     eval_fn = tracking_accuracy(labelled, teacher, device) if labelled is not None else None
     return RunContext(teacher=teacher, run=run, device=device, source=source.train, holdout=source.holdout,
-                      teacher_holdout=predict(teacher.module, source.holdout, teacher.mean, teacher.std),
-                      labelled=labelled, source_report=source.describe(), out_dir=out_dir,
+                      teacher_holdout=teacher_holdout, labelled=labelled, source_report=source.describe(),
+                      out_dir=out_dir,
                       patches_file=Path(patches_file) if patches_file is not None else None,
                       eval_fn=eval_fn)

@@ -318,6 +318,15 @@ def droppable_blocks(model: nn.Module, example: torch.Tensor, ignore: tuple[str,
     return [name for name in candidates if shapes.get(name) and shapes[name][0] == shapes[name][1]]
 
 
+def check_drop_blocks(model: nn.Module, count: int, example: torch.Tensor, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The droppable blocks (`droppable_blocks`); a BudgetError when there are fewer than `count`."""
+    candidates = droppable_blocks(model, example, ignore)
+    if count > len(candidates):
+        raise BudgetError(f"--drop-blocks {count}: this model has only {len(candidates)} blocks that can be "
+                          f"dropped (residual blocks whose output has their input's shape)")
+    return candidates
+
+
 def drop_blocks(model: nn.Module, count: int, loss_fn: Callable[[nn.Module], torch.Tensor], example: torch.Tensor,
                 ignore: tuple[str, ...] = ()) -> list[dict]:
     """Replace `count` blocks by identities, greedily: each time the one whose removal raises
@@ -325,10 +334,7 @@ def drop_blocks(model: nn.Module, count: int, loss_fn: Callable[[nn.Module], tor
 
     Returns [{"block": name, "loss": loss after dropping it}] in the order dropped.
     """
-    candidates = droppable_blocks(model, example, ignore)
-    if count > len(candidates):
-        raise BudgetError(f"--drop-blocks {count}: this model has only {len(candidates)} blocks that can be "
-                          f"dropped (residual blocks whose output has their input's shape)")
+    candidates = check_drop_blocks(model, count, example, ignore)
     dropped = []
     model.eval()
     for _ in range(count):

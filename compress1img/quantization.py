@@ -33,8 +33,8 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
-from .config import require, require_int
-from .errors import Compress1imgError, first_line
+from .config import require, require_choice, require_int
+from .errors import Compress1imgError, InputError, first_line
 from .models.loading import ignore_mode_switches
 from .training import DistillConfig
 
@@ -44,6 +44,8 @@ logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 # Quantization-aware training starts from a trained model: few, small steps (lr 1e-4 made the loss rise).
 QAT_STEPS = 500
 QAT_LR = 1e-5
+# How PTQ sets the activation ranges from the calibration patches: ONNX Runtime's CalibrationMethod names.
+CALIBRATIONS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 
 class QuantizationError(Compress1imgError):
@@ -58,11 +60,13 @@ class QATConfig:
     method: ClassVar[str] = "qat"
     calibration_size: int = 512  # patches that set the activation ranges before training
     training: DistillConfig = DistillConfig(steps=QAT_STEPS, lr=QAT_LR)
+    keep_float: tuple[str, ...] = ()  # layers left in float: module names (with what they contain) or class names
 
     def __post_init__(self):
         require_int(self, "calibration_size", 1, f"must be a positive number of patches (got {self.calibration_size})")
         require(self, "training", isinstance(self.training, DistillConfig),
                 f"must be a DistillConfig (got {type(self.training).__name__})")
+        _check_keep_float(self)
 
 
 @dataclass(frozen=True)
@@ -71,13 +75,60 @@ class PTQConfig:
 
     method: ClassVar[str] = "ptq"
     calibration_size: int = 512  # patches that set the activation ranges
+    calibration: str = "minmax"  # how the ranges follow from them: see CALIBRATIONS
+    keep_float: tuple[str, ...] = ()  # layers left in float: module names (with what they contain) or class names
 
     def __post_init__(self):
         require_int(self, "calibration_size", 1, f"must be a positive number of patches (got {self.calibration_size})")
+        require_choice(self, "calibration", CALIBRATIONS)
+        _check_keep_float(self)
+
+
+def _check_keep_float(config) -> None:
+    if isinstance(config.keep_float, str):
+        object.__setattr__(config, "keep_float", (config.keep_float,))
+    object.__setattr__(config, "keep_float", tuple(config.keep_float))
+    require(config, "keep_float", all(isinstance(n, str) and n for n in config.keep_float),
+            f"must name layers or layer types (got {config.keep_float!r})")
 
 
 QuantizeConfig = QATConfig | PTQConfig
 METHODS = {config.method: config for config in (QATConfig, PTQConfig)}
+
+
+def kept_float(module: nn.Module, keep_float: Sequence[str]) -> list[str]:
+    """The names of the modules that `keep_float` keeps in float: an entry is a module name (`layer1.0.conv1`;
+    the module and all it contains) or a class name (`Linear`: every module of that class)."""
+    return [name for name, m in module.named_modules() if name and any(
+        name == entry or name.startswith(entry + ".") or type(m).__name__ == entry for entry in keep_float)]
+
+
+def check_keep_float(module: nn.Module, keep_float: Sequence[str]) -> None:
+    """An InputError, saying what the model's layers are called, for an entry of `keep_float` that matches nothing."""
+    for entry in keep_float:
+        if not kept_float(module, [entry]):
+            leaves = [(name, type(m).__name__) for name, m in module.named_modules() if name and not any(m.children())]
+            raise InputError(f"--keep-float {entry!r} names no layer or layer type of the model: its layers are "
+                             f"named like {', '.join(n for n, _ in leaves[:3])}, ..., {leaves[-1][0]}; its layer "
+                             f"types are {', '.join(sorted({kind for _, kind in leaves}))}")
+
+
+def onnx_nodes_of(onnx_bytes: bytes, modules: Sequence[str]) -> list[str]:
+    """The nodes of a float ONNX graph (`export.onnx_model_bytes`) that compute `modules` or what they contain.
+
+    The exporter names a node after the scopes it ran in, `/layer1/layer1.0/conv1/Conv` for
+    `layer1.0.conv1`: a scope is either the full name or the name within the scope before it.
+    """
+    import onnx
+
+    wanted, nodes = tuple(modules), []
+    for node in onnx.load_from_string(onnx_bytes).graph.node:
+        name = ""
+        for part in node.name.strip("/").split("/")[:-1]:
+            name = part if not name or part.startswith(name + ".") else f"{name}.{part}"
+        if any(name == m or name.startswith(m + ".") for m in wanted):
+            nodes.append(node.name)
+    return nodes
 
 
 def _batch_dim():
@@ -101,8 +152,9 @@ def capture(module: nn.Module, input_size: Sequence[int]) -> GraphModule:
     return program.module()
 
 
-def prepare_qat(module: nn.Module, input_size: Sequence[int]) -> GraphModule:
+def prepare_qat(module: nn.Module, input_size: Sequence[int], keep_float: Sequence[str] = ()) -> GraphModule:
     """A copy of `module` with fake quantization where ONNX Runtime will run int8; train it, then `convert`.
+    The modules named in `keep_float` (full names, see `kept_float`) and all they contain stay float.
 
     Batch-norm statistics stay frozen (the graph stays in eval mode even under
     `.train()`): re-estimating them on patches of one image instead of the training
@@ -117,7 +169,7 @@ def prepare_qat(module: nn.Module, input_size: Sequence[int]) -> GraphModule:
 
     graph = capture(module, input_size)
     try:
-        prepared = prepare_qat_pt2e(graph, U8S8Quantizer())
+        prepared = prepare_qat_pt2e(graph, U8S8Quantizer(keep_float))
     except Exception as e:
         raise QuantizationError(f"torchao could not insert fake quantization: {first_line(e, with_type=True)}; "
                                 f"use --method ptq") from None
@@ -235,12 +287,14 @@ def spatial_means_as_pools(onnx_bytes: bytes) -> bytes:
     return model.SerializeToString()
 
 
-def ptq_onnx_bytes(float_onnx: bytes, calibration: torch.Tensor, *, keep_float: Sequence[str] = ()) -> bytes:
+def ptq_onnx_bytes(float_onnx: bytes, calibration: torch.Tensor, *, keep_float: Sequence[str] = (),
+                   method: str = "minmax") -> bytes:
     """ONNX Runtime static quantization (QDQ, U8S8, per-channel) of a float ONNX model.
 
-    `calibration` holds normalised inputs; activation ranges are their min/max. Spatial means are
-    rewritten as global pools first (`spatial_means_as_pools`) so that they stay int8 too.
-    `keep_float` names nodes to leave in float (ONNX Runtime's `nodes_to_exclude`).
+    `calibration` holds normalised inputs; activation ranges follow from them by `method` (CALIBRATIONS:
+    their min/max, a percentile of their histogram, or the range that loses least entropy). Spatial
+    means are rewritten as global pools first (`spatial_means_as_pools`) so that they stay int8 too.
+    `keep_float` names nodes to leave in float (ONNX Runtime's `nodes_to_exclude`; `onnx_nodes_of`).
     """
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -265,7 +319,8 @@ def ptq_onnx_bytes(float_onnx: bytes, calibration: torch.Tensor, *, keep_float: 
             quant_pre_process(str(source), str(prepared))
             quantize_static(str(prepared), str(output), Reader(input_name), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(keep_float))
+                            calibrate_method=getattr(CalibrationMethod, CALIBRATIONS[method]),
+                            nodes_to_exclude=list(keep_float))
         except Exception as e:
             raise QuantizationError(f"ONNX Runtime static quantization failed: "
                                     f"{first_line(e, with_type=True)}") from None

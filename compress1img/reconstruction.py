@@ -19,7 +19,8 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+
+from .progress import each
 
 # Rows (output positions) of one batch that enter the normal equations: a 32 px CIFAR
 # layer gives 1,024 per patch, far more than a few hundred unknowns need.
@@ -136,7 +137,7 @@ def reconstruct(student: nn.Module, teacher: nn.Module, batches: Iterable[torch.
     student_layers, teacher_layers = dict(student.named_modules()), dict(teacher.named_modules())
     sampler = torch.Generator().manual_seed(0)
     before, after = [], []
-    for name in tqdm(layers, desc="repairing", unit="layer", disable=not progress):
+    for name in each(layers, "repairing", unit="layer", shown=progress):
         layer, twin = student_layers[name], teacher_layers[name]
         gram = cross = energy = 0
         with torch.no_grad():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,16 +32,17 @@ from .context import RunContext
 from .evaluate import agreement, normalize, top1
 from .errors import InputError, first_line
 from .export import ExportResult, export_onnx, onnx_model_bytes
-from .latency import compare_latency
+from .latency import LatencyConfig, compare_latency
 from .losses import LossFn, distillation_loss
 from .models import LoadedModel, load_model, save_model, save_program
 from .models.transforms import DROP_BLOCK, drop_block
 from .models.user import is_class_spec
+from .progress import stage
 from .pruning import (PruneConfig, count, drop_blocks, fold_masks, make_prunable, prune_to_budget, sparsify,
                       weight_sparsity)
 from .quantization import (PTQConfig, QATConfig, QuantizeConfig, calibrate, convert, freeze_observers,
-                           int8_coverage, int8_onnx_bytes, onnx_runner, opset, prepare_qat, ptq_onnx_bytes,
-                           runtime_ops)
+                           int8_coverage, int8_onnx_bytes, kept_float, onnx_nodes_of, onnx_runner, opset,
+                           prepare_qat, ptq_onnx_bytes, runtime_ops)
 from .reconstruction import default_patches, patches_per_pass, reconstruct
 from .training import DistillConfig, TrainingHook, processes_report, run_distillation
 
@@ -66,11 +68,12 @@ class Healing:
     augment: Augment | None = None
     hooks: Sequence[TrainingHook] = ()
 
-    def run(self, ctx: RunContext, student: nn.Module, config: DistillConfig, stage: str, **run_changes):
+    def run(self, ctx: RunContext, student: nn.Module, config: DistillConfig, name: str, label: str,
+            **run_changes):
         return run_distillation(ctx.teacher.module, student, ctx.source, config, ctx.run_for_stage(**run_changes),
                                 mean=ctx.teacher.mean, std=ctx.teacher.std, holdout=ctx.holdout,
-                                checkpoint_dir=ctx.stage_dir(stage), loss_fn=self.loss_fn, augment=self.augment,
-                                eval_fn=ctx.eval_fn, hooks=self.hooks)
+                                checkpoint_dir=ctx.stage_dir(name), loss_fn=self.loss_fn, augment=self.augment,
+                                eval_fn=ctx.eval_fn, hooks=self.hooks, label=label)
 
 
 # --- pruning ---------------------------------------------------------------------------------------------------
@@ -130,27 +133,34 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
     taylor_loss = _taylor_loss(ctx, heal)
     student, start = _resumed(ctx, student)
     iterations, dropped, heal_processes = [], [], None
+    shown = ctx.run.progress
     for k in range(start, config.iterations + 1):
         fraction = config.sparsity * k / config.iterations
         student.module.cpu()
         row: dict = {"iteration": k, "target_sparsity": fraction}
+        of_k = f" (iteration {k} of {config.iterations})" if config.iterations > 1 else ""
         # -- cut -----------------------------------------------------------------------------------------------
         if structured and k == 1 and config.drop_blocks:
-            dropped = _drop_blocks(student, config, taylor_loss, example)
+            with stage(f"choosing {config.drop_blocks} residual blocks to drop", shown):
+                dropped = _drop_blocks(student, config, taylor_loss, example)
             row["dropped_blocks"] = dropped
-        if structured:
-            reference = macs_before if config.target == "macs" else params_before
-            step = prune_to_budget(student.module, example, config, int(round(reference * (1 - fraction))),
-                                   teacher.num_classes, reference=reference,
-                                   loss_fn=taylor_loss if config.importance == "taylor" else None,
-                                   strict=k == config.iterations)
-            row.update({"allocation": step.allocation, "round_to": step.round_to, "channels": step.channels,
-                        "channel_ratio": step.ratio})
-        else:
-            sparsify(student.module, fraction)
-        row["holdout_agreement_after_cut"] = agreement(ctx.teacher_holdout, ctx.predict(student.module, ctx.holdout))
-        if ctx.labelled is not None:
-            row["top1_after_cut"] = ctx.labelled_top1(student.module)
+        counted = "MACs" if config.target == "macs" else "parameters" if structured else "weights"
+        with stage(f"pruning {fraction:.0%} of the {counted}{of_k}", shown):
+            if structured:
+                reference = macs_before if config.target == "macs" else params_before
+                step = prune_to_budget(student.module, example, config, int(round(reference * (1 - fraction))),
+                                       teacher.num_classes, reference=reference,
+                                       loss_fn=taylor_loss if config.importance == "taylor" else None,
+                                       strict=k == config.iterations)
+                row.update({"allocation": step.allocation, "round_to": step.round_to, "channels": step.channels,
+                            "channel_ratio": step.ratio})
+            else:
+                sparsify(student.module, fraction)
+        with stage("measuring the pruned model", shown):
+            row["holdout_agreement_after_cut"] = agreement(ctx.teacher_holdout,
+                                                           ctx.predict(student.module, ctx.holdout))
+            if ctx.labelled is not None:
+                row["top1_after_cut"] = ctx.labelled_top1(student.module)
         # -- repair (by default only without healing: healing from the repaired model ended no better) --------------
         repair_patches = config.reconstruct_patches
         if repair_patches is None:
@@ -161,7 +171,7 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
         steps = heal.steps * k // config.iterations - heal.steps * (k - 1) // config.iterations
         if healing is not None and steps > 0:
             result = healing.run(ctx, student.module, dataclasses.replace(heal, steps=steps), f"heal-{k}",
-                                 seed=ctx.run.seed + k - 1)
+                                 f"healing{of_k}", seed=ctx.run.seed + k - 1)
             row.update({"heal_steps": steps, "heal_seconds": result.seconds,
                         "holdout_agreement_after_heal": result.holdout_agreement, "heal_history": result.history})
             heal_processes = processes_report(result)
@@ -175,11 +185,13 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
 
     pruned = student.module.cpu().eval()
     macs, params = count(pruned, example)
+    with stage("measuring the healed model", shown and healing is not None):
+        holdout_agreement = agreement(ctx.teacher_holdout, ctx.predict(pruned, ctx.holdout))
+        pruned_top1 = ctx.labelled_top1(pruned) if ctx.labelled is not None else None
     return PruneResult(student=student, config=config, heal_steps=heal.steps if healing is not None else 0,
                        heal_batch_size=heal.batch_size, params_before=params_before, macs_before=macs_before,
-                       params_after=params, macs_after=macs,
-                       holdout_agreement=agreement(ctx.teacher_holdout, ctx.predict(pruned, ctx.holdout)),
-                       top1=ctx.labelled_top1(pruned) if ctx.labelled is not None else None, iterations=iterations,
+                       params_after=params, macs_after=macs, holdout_agreement=holdout_agreement,
+                       top1=pruned_top1, iterations=iterations,
                        dropped_blocks=[d["block"] for d in dropped],
                        weight_sparsity=None if structured else weight_sparsity(pruned), heal_processes=heal_processes)
 
@@ -272,12 +284,15 @@ def quantize_stage(ctx: RunContext, student: LoadedModel, config: QuantizeConfig
     fp32 = student.module.cpu().eval()
     details = {"method": config.method, "weights": "int8 symmetric, per output channel",
                "activations": "uint8 affine, per tensor", "calibration_patches": config.calibration_size}
+    if config.keep_float:
+        details["kept_float"] = kept_float(fp32, config.keep_float)
     calibration = normalize(ctx.source.batch(config.calibration_size, CALIBRATION_BATCH_INDEX).cpu(),
                             ctx.teacher.mean, ctx.teacher.std)
     result = QUANTIZERS[type(config)](ctx, fp32, config, calibration, details)
     if result is not None:
         details["format"] = f"ONNX QuantizeLinear/DequantizeLinear pairs, opset {opset(result.onnx_bytes)}"
-        details.update(int8_coverage(runtime_ops(result.onnx_bytes)))
+        with stage("counting the int8 operators ONNX Runtime runs", ctx.run.progress):
+            details.update(int8_coverage(runtime_ops(result.onnx_bytes)))
     return result
 
 
@@ -286,29 +301,40 @@ def _ptq(ctx: RunContext, fp32: nn.Module, config: PTQConfig, calibration: torch
     if not distributed.is_main():
         return None
     started = time.perf_counter()
-    onnx_bytes = ptq_onnx_bytes(onnx_model_bytes(fp32, ctx.teacher.input_size), calibration)
+    details["calibration"] = config.calibration
+    with stage(f"int8 by ONNX Runtime's static quantization, calibrated on {len(calibration)} patches",
+               ctx.run.progress):
+        float_onnx = onnx_model_bytes(fp32, ctx.teacher.input_size)
+        excluded = onnx_nodes_of(float_onnx, details.get("kept_float", ()))
+        onnx_bytes = ptq_onnx_bytes(float_onnx, calibration, keep_float=excluded, method=config.calibration)
     details["calibration_seconds"] = time.perf_counter() - started
     return QuantizeResult(onnx_bytes, None, details)
 
 
 def _qat(ctx: RunContext, fp32: nn.Module, config: QATConfig, calibration: torch.Tensor,
          details: dict) -> QuantizeResult | None:
-    prepared = prepare_qat(copy.deepcopy(fp32), ctx.teacher.input_size)
-    calibrate(prepared, calibration)
+    shown = ctx.run.progress
+    with stage("capturing the model for quantization-aware training (torch.export)", shown):
+        prepared = prepare_qat(copy.deepcopy(fp32), ctx.teacher.input_size, details.get("kept_float", ()))
+    with stage(f"calibrating int8 ranges on {len(calibration)} patches", shown):
+        calibrate(prepared, calibration)
     # Fake quantization simulates int8 rounding on float32 values: bf16/fp16 autocast would blur the grid,
     # and the fake-quantized graph trains as it is, uncompiled.
-    result = Healing(config.training).run(ctx, prepared, config.training, "qat", amp=False, compile=False)
+    result = Healing(config.training).run(ctx, prepared, config.training, "qat", "quantization-aware training",
+                                          amp=False, compile=False)
     if not distributed.is_main():
         return None
-    freeze_observers(prepared)
-    fake_quant = ctx.predict(prepared.cpu(), ctx.holdout)
-    converted = convert(prepared)
-    details.update({"qat_steps": config.training.steps, "qat_lr": config.training.lr,
-                    "qat_batch_size": config.training.batch_size, "qat_seconds": result.seconds,
-                    "qat_history": result.history,
-                    "fake_quant_vs_int8_agreement": agreement(fake_quant, ctx.predict(converted, ctx.holdout))})
-    return QuantizeResult(int8_onnx_bytes(converted, ctx.teacher.input_size), converted, details,
-                          processes_report(result))
+    with stage("converting to int8", shown):
+        freeze_observers(prepared)
+        fake_quant = ctx.predict(prepared.cpu(), ctx.holdout)
+        converted = convert(prepared)
+        details.update({"qat_steps": config.training.steps, "qat_lr": config.training.lr,
+                        "qat_batch_size": config.training.batch_size, "qat_seconds": result.seconds,
+                        "qat_history": result.history,
+                        "fake_quant_vs_int8_agreement": agreement(fake_quant, ctx.predict(converted, ctx.holdout))})
+    with stage("exporting the int8 model to ONNX", shown):
+        onnx_bytes = int8_onnx_bytes(converted, ctx.teacher.input_size)
+    return QuantizeResult(onnx_bytes, converted, details, processes_report(result))
 
 
 # The config's type picks the method.
@@ -328,6 +354,11 @@ class Measurements:
 
 def measure(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None) -> Measurements:
     """The final model (the int8 ONNX graph when there is one) against the teacher."""
+    with stage("measuring the final model", ctx.run.progress):
+        return _measure(ctx, student, int8)
+
+
+def _measure(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None) -> Measurements:
     final = onnx_runner(int8.onnx_bytes) if int8 is not None else student.module.cpu().eval()
     measured = Measurements(agreement(ctx.teacher_holdout, ctx.predict(final, ctx.holdout)))
     if ctx.labelled is not None:
@@ -356,6 +387,11 @@ class Exported:
 
 def export(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None, pruned: bool) -> Exported:
     """Write the models into the output folder; the ONNX graph only once it reproduces PyTorch."""
+    with stage("exporting model.onnx and checking it against PyTorch", ctx.run.progress):
+        return _export(ctx, student, int8, pruned)
+
+
+def _export(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None, pruned: bool) -> Exported:
     fp32, out = student.module.cpu().eval(), ctx.out_dir
     common = dict(input_size=ctx.teacher.input_size, mean=ctx.teacher.mean, std=ctx.teacher.std,
                   classes=ctx.teacher.classes, check_inputs=normalize(ctx.holdout[:64], ctx.teacher.mean,
@@ -403,20 +439,22 @@ def save_float_model(model: LoadedModel, out: Path, stem: str) -> None:
 
 @dataclass
 class Latency:
-    timing: dict  # model name -> {"b1_ms", "b32_ms"}
+    timing: dict  # model name -> {"b1_ms", "b32_ms"}: a key per batch size timed
     onnx_bytes: dict  # model name -> the size of the ONNX graph timed
     int8: bool
+    threads: int
 
     def report(self) -> dict:
         final = list(self.timing)[-1]
-        report = {"latency_ms": self.timing, "dense_onnx_bytes": self.onnx_bytes["dense"],
-                  "onnx_bytes_by_model": self.onnx_bytes}
-        for batch in ("b1", "b32"):
+        report = {"latency_ms": self.timing, "latency_threads": self.threads,
+                  "dense_onnx_bytes": self.onnx_bytes["dense"], "onnx_bytes_by_model": self.onnx_bytes}
+        batches = [key.removesuffix("_ms") for key in self.timing["dense"]]
+        for batch in batches:
             report[f"speedup_{batch}"] = self.timing["dense"][f"{batch}_ms"] / self.timing[final][f"{batch}_ms"]
             if self.int8:  # int8 against the float model it was made from
                 same = "pruned" if "pruned" in self.timing else "dense"
                 report[f"int8_speedup_{batch}"] = self.timing[same][f"{batch}_ms"] / self.timing["int8"][f"{batch}_ms"]
-        slower = [batch for batch in ("b1", "b32") if report.get(f"int8_speedup_{batch}", 1) < 1]
+        slower = [batch for batch in batches if report.get(f"int8_speedup_{batch}", 1) < 1]
         if slower:
             report["speed_warning"] = (
                 f"int8 ran slower than fp32 in ONNX Runtime on this machine at batch "
@@ -426,12 +464,16 @@ class Latency:
         return report
 
 
-def latency(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None, pruned: bool) -> Latency:
+def latency(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None, pruned: bool,
+            config: LatencyConfig = LatencyConfig()) -> Latency:
     """The original, the pruned and the int8 model timed against each other in one run of ONNX Runtime."""
-    models = {"dense": onnx_model_bytes(ctx.teacher.module, ctx.teacher.input_size)}
-    if pruned:
-        models["pruned"] = onnx_model_bytes(student.module.cpu().eval(), ctx.teacher.input_size)
-    if int8 is not None:
-        models["int8"] = int8.onnx_bytes
-    sizes = {name: len(graph) for name, graph in models.items()}
-    return Latency(compare_latency(models, ctx.teacher.input_size), sizes, int8 is not None)
+    names = ["dense"] + ["pruned"] * pruned + ["int8"] * (int8 is not None)
+    with stage(f"timing the {', '.join(names)} models in ONNX Runtime", ctx.run.progress):
+        models = {"dense": onnx_model_bytes(ctx.teacher.module, ctx.teacher.input_size)}
+        if pruned:
+            models["pruned"] = onnx_model_bytes(student.module.cpu().eval(), ctx.teacher.input_size)
+        if int8 is not None:
+            models["int8"] = int8.onnx_bytes
+        threads = config.threads or os.cpu_count() or 1
+        timing = compare_latency(models, ctx.teacher.input_size, config.batches, rounds=config.rounds, threads=threads)
+    return Latency(timing, {name: len(graph) for name, graph in models.items()}, int8 is not None, threads)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,6 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import distributed
 from .augment import MIXES, Augment, default_augment
@@ -33,6 +31,7 @@ from .errors import InputError, TrainingError
 from .evaluate import agreement, kl_divergence, normalize, predict, top1
 from .losses import TEACHER_SIGNALS, LossFn, kl_loss
 from .outputs import atomic_write
+from .progress import Bar
 
 # How the peak learning rate follows the number of processes N (the global batch grows N-fold):
 # "none" keeps lr, "sqrt" multiplies it by sqrt(N) (often advised for Adam-type optimizers),
@@ -299,14 +298,15 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
                      run: RunConfig = RunConfig(), *, mean: tuple, std: tuple, holdout: torch.Tensor,
                      checkpoint_dir: str | Path | None = None, loss_fn: LossFn | None = None,
                      augment: Augment | None = None, eval_fn: Callable[[nn.Module], dict] | None = None,
-                     hooks: Sequence[TrainingHook] = ()) -> TrainResult:
+                     hooks: Sequence[TrainingHook] = (), label: str = "distilling") -> TrainResult:
     """Train `student` to match the frozen `teacher` on patches; returns what happened.
 
     `mean`/`std` are the normalisation both models expect (patches are in [0, 1]).
     `holdout` holds fixed patches (float NCHW in [0, 1]) never used for training, on
     which agreement and KL are measured every `run.eval_every` steps. With `checkpoint_dir`,
     a checkpoint is kept there and `run.resume` continues from it. `loss_fn` and `augment`
-    default to what `config` describes (losses.kl_loss, augment.default_augment).
+    default to what `config` describes (losses.kl_loss, augment.default_augment). `label` names the
+    progress bar (progress.Bar, shown with `run.progress`).
 
     Under torchrun every rank calls this with the same arguments: each trains on its own
     `config.batch_size` patches per step (see `batch_index`), DDP averages the gradients,
@@ -324,7 +324,7 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     start_step, history, earlier_seconds = _resume(checkpoint_path, config, run, placement, student, optimization)
     model = torch.compile(distributed.wrap(student, device)) if run.compile else distributed.wrap(student, device)
-    progress = _Progress(config.steps, start_step, run.progress and main, earlier_seconds)
+    progress = _Progress(label, config.steps, start_step, run.progress and main, earlier_seconds)
 
     def measure(step: int) -> dict:
         # On the plain student, not through DDP: no collective that other ranks would wait for.
@@ -398,11 +398,10 @@ class _Progress:
     """What the loop shows and counts: the bar (rank 0), the smoothed loss, and the training time,
     which leaves evaluation out so that patches/s measures training alone."""
 
-    def __init__(self, steps: int, start_step: int, shown: bool, earlier_seconds: float):
-        # In a log file (no terminal) a bar line every 30 s is plenty.
-        self.bar = tqdm(total=steps, initial=start_step, disable=not shown, desc="distilling", unit="step",
-                        dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
-        self.shown, self.earlier_seconds = shown, earlier_seconds
+    def __init__(self, label: str, steps: int, start_step: int, shown: bool, earlier_seconds: float):
+        # Outside a terminal (a pipe, a log file): a line every 10% of the steps.
+        self.bar = Bar(label, steps, initial=start_step, shown=shown, every=0.1)
+        self.earlier_seconds = earlier_seconds
         self.started, self.seen, self.eval_seconds = time.perf_counter(), 0, 0.0
         self.loss = float("nan")
 
@@ -413,11 +412,10 @@ class _Progress:
     def stepped(self, loss: float, patches: int, teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> None:
         self.seen += patches
         self.loss = loss if math.isnan(self.loss) else 0.9 * self.loss + 0.1 * loss
-        self.bar.update(1)
         # On the batch being trained on: the held-out agreement is in the evaluation lines and the report.
         batch_agreement = agreement(teacher_logits.float(), student_logits.detach().float())
-        self.bar.set_postfix(refresh=False, loss=f"{self.loss:.3f}", batch_agree=f"{batch_agreement:.0f}%",
-                             patches_s=f"{self.seen / (self.seconds - self.earlier_seconds):.0f}")
+        self.bar.update(1, loss=f"{self.loss:.3f}", batch_agree=f"{batch_agreement:.0f}%",
+                        patches_s=f"{self.seen / (self.seconds - self.earlier_seconds):.0f}")
 
     @contextlib.contextmanager
     def evaluating(self):
@@ -428,8 +426,7 @@ class _Progress:
             self.eval_seconds += time.perf_counter() - started
 
     def write(self, row: dict) -> None:
-        if self.shown:
-            self.bar.write(_format_row(row), file=sys.stderr)
+        self.bar.write(_format_row(row))
 
     def close(self) -> None:
         self.bar.close()

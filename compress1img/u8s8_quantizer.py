@@ -84,7 +84,18 @@ class U8S8Quantizer(Quantizer):
     then does it run the classifier as an int8 QGemm. SiLU is written as x * sigmoid(x)
     first, the way the ONNX graph computes it, so that both halves get int8 kernels
     (QLinearSigmoid, QLinearMul) instead of a float island between two convs.
+
+    Nodes that run inside the modules named in `keep_float` (full names, as `named_modules` gives
+    them) are left alone, so they stay float.
     """
+
+    def __init__(self, keep_float=()):
+        super().__init__()
+        self.keep_float = tuple(keep_float)
+
+    def is_kept_float(self, node: Node) -> bool:
+        scopes = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
+        return any(path == kept or path.startswith(kept + ".") for path in scopes for kept in self.keep_float)
 
     def transform_for_annotation(self, model: GraphModule) -> GraphModule:
         graph = model.graph
@@ -105,7 +116,7 @@ class U8S8Quantizer(Quantizer):
 
     def annotate(self, model: GraphModule) -> GraphModule:
         for node in model.graph.nodes:
-            if node.op != "call_function" or "quantization_annotation" in node.meta:
+            if node.op != "call_function" or "quantization_annotation" in node.meta or self.is_kept_float(node):
                 continue
             if (node.target in SIGMOIDS and is_float_tensor(node.args[0])) or is_gate(node):
                 node.meta["quantization_annotation"] = QuantizationAnnotation(

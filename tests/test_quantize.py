@@ -262,3 +262,74 @@ def test_a_failed_qat_run_resumes_without_training_again(tmp_path, monkeypatch):
     assert calls == []  # the checkpoint was at the last step: nothing retrained
     assert report["quantization"]["float_convs"] == 0 and (out / "model.onnx").exists()
     assert not (out / ".work").exists()
+
+
+def logits_op(onnx_bytes: bytes, tmp_path: Path) -> tuple[str, int]:
+    """(op type, weight dtype) of what computes the logits in the graph ONNX Runtime runs, fully optimised."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    producers = {output: node for node in graph.node for output in node.output}
+    node = producers[graph.output[0].name]
+    while node.op_type in ("DequantizeLinear", "Reshape", "Flatten"):
+        node = producers[node.input[0]]
+    weights = {i.name: i.data_type for i in graph.initializer}
+    return node.op_type, weights.get(node.input[1] if node.op_type != "QGemm" else node.input[3])
+
+
+def test_ptq_keeps_the_classifier_named_in_keep_float_in_float_with_the_calibration_chosen(tmp_path):
+    model = bundled_teacher()  # a CIFAR ResNet-20: its classifier is `linear`
+    int8 = quantize(model, "coffee", PTQConfig(calibration_size=32), run=quiet(), measure_latency=False)
+    kept = quantize(model, "coffee", PTQConfig(calibration_size=32, calibration="entropy", keep_float=("linear",)),
+                    run=quiet(), measure_latency=False)
+    assert logits_op(int8.int8_onnx, tmp_path)[0] == "QGemm"
+    assert logits_op(kept.int8_onnx, tmp_path) in (("Gemm", onnx.TensorProto.FLOAT),
+                                                   ("MatMul", onnx.TensorProto.FLOAT))
+    details = kept.report["quantization"]
+    assert details["kept_float"] == ["linear"] and details["calibration"] == "entropy"
+    assert details["int8_convs"] == 19 and details["float_convs"] == 0
+
+
+def test_qat_keeps_layers_of_a_type_or_a_block_in_float():
+    config = QATConfig(training=DistillConfig(steps=2, batch_size=16, lr=QAT_LR), keep_float=("Linear", "layer3.2"))
+    result = quantize(bundled_teacher(), "coffee", config, run=quiet(), measure_latency=False)
+    details = result.report["quantization"]
+    assert details["kept_float"][:1] == ["layer3.2"] and "linear" in details["kept_float"]
+    assert (details["int8_convs"], details["float_convs"]) == (17, 2)  # layer3.2's two convs stay float
+    assert (details["int8_adds"], details["float_adds"]) == (8, 1)
+    assert "QGemm" not in runtime_ops(result.int8_onnx)
+
+
+def test_percentile_calibration_clips_the_ranges_minmax_keeps_whole():
+    from onnx import numpy_helper
+
+    from compress1img.export import onnx_model_bytes
+    from compress1img.quantization import ptq_onnx_bytes
+
+    def input_scale(onnx_bytes: bytes) -> float:
+        graph = onnx.load_from_string(onnx_bytes).graph
+        first = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == graph.input[0].name)
+        return float(numpy_helper.to_array(next(i for i in graph.initializer if i.name == first.input[1])))
+
+    torch.manual_seed(0)
+    float_onnx = onnx_model_bytes(SqueezeExcitation().eval(), (3, 16, 16))
+    calibration = torch.randn(64, 3, 16, 16)
+    minmax = input_scale(ptq_onnx_bytes(float_onnx, calibration))
+    assert input_scale(ptq_onnx_bytes(float_onnx, calibration, method="percentile")) < minmax
+
+
+def test_a_keep_float_name_the_model_lacks_or_calibration_with_qat_fails_at_once_in_one_line(cli, tmp_path):
+    model = (BUNDLED_TEACHER, "--arch", "cifar_resnet20")
+    code, err = cli("quantize", *model, "--keep-float", "fc", "--out", tmp_path / "a")
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: --keep-float 'fc' names no layer or layer type of the model: its layers are "
+                             "named like conv1, bn1, relu, ..., linear; its layer types are ")
+    assert cli("quantize", *model, "--calibration", "entropy", "--out", tmp_path / "b") == (
+        2, ["error: --calibration applies to --method ptq: quantization-aware training learns its ranges"])
+    assert cli("quantize", *model, "--method", "ptq", "--calibration", "kl", "--out", tmp_path / "c") == (
+        2, ["error: --calibration must be one of minmax, percentile, entropy (got 'kl')"])
+    assert not any(tmp_path.iterdir())

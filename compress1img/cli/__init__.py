@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from .. import distributed
+from .. import distributed, progress
 from ..errors import Compress1imgError, InputError, first_line
 from ..report import command_line
 from ..training import TrainingInterrupted
@@ -28,6 +28,14 @@ __all__ = ["app", "main"]
 class _WarningFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+class _LineHandler(logging.StreamHandler):
+    """Warnings on a line of their own, also while a stage's progress line is open."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        progress.break_line()
+        super().emit(record)
 
 
 def _take_nproc(argv: list[str]) -> tuple[list[str], int]:
@@ -53,6 +61,7 @@ def _take_nproc(argv: list[str]) -> tuple[list[str], int]:
 def _say(message: str, every_rank: bool) -> None:
     """An error line on stderr. In several processes rank 0 says what all ranks hit alike (bad input,
     Ctrl-C); anything else every rank that meets it says, naming itself."""
+    progress.break_line()
     if distributed.is_main():
         print(message, file=sys.stderr)
     elif every_rank:
@@ -64,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     typed = ["compress1img", *argv]  # what the report records
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _LineHandler(sys.stderr)
     handler.setFormatter(_WarningFormatter())
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO if distributed.is_main() else logging.ERROR)

@@ -11,16 +11,18 @@ import typer
 from .. import api, distributed
 from ..config import RunConfig
 from ..errors import InputError
+from ..latency import LatencyConfig
 from ..pruning import PruneConfig
-from ..quantization import METHODS, QAT_LR, QAT_STEPS, QATConfig, QuantizeConfig
+from ..quantization import METHODS, QAT_LR, QAT_STEPS, PTQConfig, QATConfig, QuantizeConfig
 from ..scoring import PREDICTORS
 from ..training import DistillConfig
-from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, CalibrationOpt, ChannelsOpt,
-    CheckpointEveryOpt, CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt, FreezeBnOpt,
-    IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt,
-    ModelArg, NoHealOpt, NprocOpt, OutOpt, OverwriteOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt,
-    ResumeOpt, RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build,
-    load, read_lines)
+from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, CalibrationMethodOpt, CalibrationOpt,
+    ChannelsOpt, CheckpointEveryOpt, CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt, FreezeBnOpt,
+    IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, KeepFloatOpt,
+    LatencyBatchesOpt, LatencyThreadsOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt, ModelArg, NoHealOpt,
+    NprocOpt, OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt,
+    RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build,
+    batch_sizes, latency_config, load, packaged_recipes, read_lines, show_config)
 from ..models.user import parse_args
 from .summaries import print_compress_summary, print_distill_summary
 
@@ -100,10 +102,13 @@ def distill(
     mean: MeanOpt = None,
     std: StdOpt = None,
     recipe: RecipeOpt = None,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Train a student from scratch to imitate a teacher, on patches of one image."""
     params = locals()
     config, run = build(DistillConfig, params), build(RunConfig, params)
+    if print_config:
+        show_config("distill", params)
     teacher_model = load(teacher, arch, trust_model, input_size, mean, std, arch_args)
     result = api.distill(teacher_model, student, image, config, run=run, eval_data=eval_data, patches_file=patches,
                          image_mode=image_mode, student_args=parse_args(student_args, "--student-args"))
@@ -120,7 +125,12 @@ def _quantize_config(params: dict, training: DistillConfig) -> QuantizeConfig:
     if params["method"] not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)} (got {params['method']!r})")
     cls = METHODS[params["method"]]
-    return build(cls, params, training=training) if cls is QATConfig else build(cls, params)
+    keep_float = tuple(params["keep_float"] or ())
+    if cls is QATConfig:
+        if params["calibration"] != PTQConfig.calibration:
+            raise InputError("--calibration applies to --method ptq: quantization-aware training learns its ranges")
+        return build(cls, params, training=training, keep_float=keep_float)
+    return build(cls, params, keep_float=keep_float)
 
 
 @app.command()
@@ -153,6 +163,8 @@ def prune(
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
+    latency_threads: LatencyThreadsOpt = None,
+    latency_batches: LatencyBatchesOpt = "1,32",
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = RunConfig.device,
@@ -163,13 +175,18 @@ def prune(
     mean: MeanOpt = None,
     std: StdOpt = None,
     recipe: RecipeOpt = None,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Prune a pretrained model and heal it by distillation from the original on patches of one image."""
     params = locals()
     config, run = _prune_config(params), build(RunConfig, params)
     heal = None if no_heal else build(DistillConfig, params)
+    timing = latency_config(params)
+    if print_config:
+        show_config("prune", params)
     loaded = load(model, arch, trust_model, input_size, mean, std, arch_args)
-    result = api.prune(loaded, image, config, heal=heal, run=run, eval_data=eval_data, image_mode=image_mode)
+    result = api.prune(loaded, image, config, heal=heal, run=run, eval_data=eval_data, image_mode=image_mode,
+                       timing=timing)
     print_compress_summary(result.report, out)
 
 
@@ -179,6 +196,8 @@ def quantize(
     int8: Int8Opt = True,
     method: MethodOpt = "qat",
     calibration_size: CalibrationOpt = 512,
+    calibration: CalibrationMethodOpt = "minmax",
+    keep_float: KeepFloatOpt = None,
     arch: ArchOpt = None,
     arch_args: ArchArgsOpt = None,
     image: ImageOpt = None,
@@ -193,6 +212,8 @@ def quantize(
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
+    latency_threads: LatencyThreadsOpt = None,
+    latency_batches: LatencyBatchesOpt = "1,32",
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = RunConfig.device,
@@ -201,12 +222,16 @@ def quantize(
     mean: MeanOpt = None,
     std: StdOpt = None,
     recipe: RecipeOpt = None,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Quantize a pretrained (or pruned) model to int8 for ONNX Runtime, trained against the original on patches."""
     params = locals()
     config, run = _quantize_config(params, build(DistillConfig, params)), build(RunConfig, params)
+    timing = latency_config(params)
+    if print_config:
+        show_config("quantize", params)
     loaded = load(model, arch, trust_model, input_size, mean, std, arch_args)
-    result = api.quantize(loaded, image, config, run=run, eval_data=eval_data, image_mode=image_mode)
+    result = api.quantize(loaded, image, config, run=run, eval_data=eval_data, image_mode=image_mode, timing=timing)
     print_compress_summary(result.report, out)
 
 
@@ -227,6 +252,8 @@ def compress_(
     reconstruct_patches: ReconstructOpt = None,
     method: MethodOpt = "qat",
     calibration_size: CalibrationOpt = 512,
+    calibration: CalibrationMethodOpt = "minmax",
+    keep_float: KeepFloatOpt = None,
     arch: ArchOpt = None,
     arch_args: ArchArgsOpt = None,
     image: ImageOpt = None,
@@ -244,6 +271,8 @@ def compress_(
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
+    latency_threads: LatencyThreadsOpt = None,
+    latency_batches: LatencyBatchesOpt = "1,32",
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = RunConfig.device,
@@ -255,6 +284,7 @@ def compress_(
     mean: MeanOpt = None,
     std: StdOpt = None,
     recipe: RecipeOpt = None,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Prune, heal, then quantize to int8 in one run with one report (both stages distil from the original)."""
     params = locals()
@@ -262,9 +292,13 @@ def compress_(
     heal = build(DistillConfig, params)
     # Quantization-aware training distils as the healing does, with its own steps and learning rate.
     training = build(DistillConfig, params, {"steps": "--qat-steps", "lr": "--qat-lr"}, steps=qat_steps, lr=qat_lr)
+    quantize_config = _quantize_config(params, training)
+    timing = latency_config(params)
+    if print_config:
+        show_config("compress", params)
     loaded = load(model, arch, trust_model, input_size, mean, std, arch_args)
-    result = api.compress(loaded, image, prune=prune_config, quantize=_quantize_config(params, training), heal=heal,
-                          run=run, eval_data=eval_data, image_mode=image_mode)
+    result = api.compress(loaded, image, prune=prune_config, quantize=quantize_config, heal=heal,
+                          run=run, eval_data=eval_data, image_mode=image_mode, timing=timing)
     print_compress_summary(result.report, out)
 
 
@@ -407,3 +441,47 @@ def list_models_() -> None:
         print(f"{BUNDLED_PREFIX + name:24s} pretrained: {description}, {len(classes)} classes")
 
 
+
+
+@app.command("recipes")
+def recipes_() -> None:
+    """List the packaged recipes, for --recipe NAME (each is a TOML file of options; --print-config shows one
+    resolved)."""
+    for name, recipe in packaged_recipes().items():
+        comment = []
+        for line in recipe.read_text(encoding="utf-8").splitlines():
+            if not line.startswith("#"):
+                break
+            comment.append(line.lstrip("# "))
+        summary = " ".join(comment).split(": ")[0].split(". ")[0]
+        print(f"{name:28s} {summary}")
+
+
+@app.command()
+def bench(
+    files: Annotated[list[Path], typer.Argument(help="ONNX files to time against each other (one input size); the "
+                                                     "first is the one the others' speed-ups are relative to.")],
+    batches: Annotated[str, typer.Option("--batches", help="Batch sizes, comma-separated.")] = "1,32",
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", help="ONNX Runtime threads (intra-op). Default: every core of this machine.")] = None,
+    repeats: Annotated[int, typer.Option(
+        "--repeats", help="Rounds: each round times every file once, in turn, so that changes in the machine's "
+                          "speed hit all files alike; the median round is kept.")] = LatencyConfig.rounds,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of the table.")] = False,
+) -> None:
+    """Time ONNX models against each other in ONNX Runtime: milliseconds per batch and speed-up over the first."""
+    timing = build(LatencyConfig, {}, {"threads": "--threads", "batches": "--batches", "rounds": "--repeats"},
+                   threads=threads, batches=batch_sizes(batches, "--batches"), rounds=repeats)
+    result = api.bench_onnx(files, timing)
+    if as_json:
+        print(json.dumps(result))
+        return
+    threads = f"{result['threads']} thread" + ("s" if result["threads"] != 1 else "")
+    print(f"ONNX Runtime, {threads}, median of {result['rounds']} interleaved rounds; "
+          f"speed-up: the first file's time over this file's")
+    header = [f"b{b} ms" for b in timing.batches] + [f"b{b} speed-up" for b in timing.batches]
+    print("  ".join(f"{h:>12}" for h in header) + "  file")
+    for row in result["models"]:
+        cells = [f"{row[f'b{b}_ms']:>12.3f}" for b in timing.batches] + \
+                [f"{row[f'speedup_b{b}']:>11.2f}x" for b in timing.batches]
+        print("  ".join(cells) + f"  {row['file']}")

@@ -3,6 +3,8 @@ option values become the API's settings classes (`build`): a field's option has 
 from __future__ import annotations
 
 import dataclasses
+import json
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -11,6 +13,7 @@ import typer
 
 from ..config import ConfigError
 from ..errors import InputError
+from ..progress import stage
 
 
 def flag(field: str) -> str:
@@ -31,12 +34,31 @@ def build(cls, params: dict[str, Any], flags: dict[str, str] | None = None, **va
         raise InputError(e.render(lambda field: flags.get(field, flag(field)))) from None
 
 
+def packaged_recipes() -> dict[str, Any]:
+    """The recipes shipped in the package (compress1img/recipes/NAME.toml), by name."""
+    folder = resources.files("compress1img").joinpath("recipes")
+    return {item.name.removesuffix(".toml"): item for item in sorted(folder.iterdir(), key=lambda i: i.name)
+            if item.name.endswith(".toml")}
+
+
+def recipe_text(value: Path) -> str:
+    """The TOML of `--recipe VALUE`: a file, or a packaged recipe named without .toml and without a folder."""
+    name = str(value)
+    if Path(name).suffix == "" and Path(name).name == name and not Path(name).exists():
+        recipes = packaged_recipes()
+        if name not in recipes:
+            raise InputError(f"no packaged recipe {name!r}: the packaged ones are {', '.join(recipes)} "
+                             f"(`compress1img recipes`), or give a .toml file")
+        return recipes[name].read_text(encoding="utf-8")
+    return Path(value).read_text(encoding="utf-8")
+
+
 def load_recipe(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
-    """`--recipe FILE`: a TOML table of option values (names as in --help, - or _) used as defaults."""
+    """`--recipe FILE|NAME`: a TOML table of option values (names as in --help, - or _) used as defaults."""
     if value is None:
         return value
     try:
-        recipe = tomllib.loads(Path(value).read_text(encoding="utf-8"))
+        recipe = tomllib.loads(recipe_text(value))
     except FileNotFoundError:
         raise InputError(f"recipe not found: {value}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, IsADirectoryError) as e:
@@ -52,6 +74,34 @@ def load_recipe(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
         values[name] = [item] if getattr(known[name], "multiple", False) and isinstance(item, str) else item
     ctx.default_map = {**(ctx.default_map or {}), **values}
     return value
+
+
+# What a printed configuration leaves out: how the settings were given, not what they are.
+NOT_SETTINGS = ("recipe", "print_config")
+
+
+def show_config(command: str, params: dict[str, Any]) -> None:
+    """`--print-config`: the command's resolved options (recipe, then command line, then defaults) as a
+    TOML recipe that `--recipe` reads back to the same options; then exit without doing anything."""
+    lines = [f"# compress1img {command}: the settings of one run; run it again with --recipe FILE",
+             "# (options not set, whose value is chosen when the run starts, show as comments)"]
+    for name, value in params.items():
+        if name in NOT_SETTINGS:
+            continue
+        lines.append(f"# {name} = (not set)" if value is None or value == [] else f"{name} = {toml_value(value)}")
+    print("\n".join(lines))
+    raise typer.Exit(0)
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal of an option's value: bool, number, string (or path) or a list of them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # JSON's string escapes are TOML's
 
 
 # Options shared by the commands, declared once so every command explains them the same way.
@@ -106,7 +156,11 @@ CompileOpt = Annotated[bool, typer.Option(
                       "minute or so; rarely worth it on a CPU.")]
 RecipeOpt = Annotated[Optional[Path], typer.Option(
     "--recipe", is_eager=True, callback=load_recipe,
-    help="TOML file of option values (see recipes/); options given on the command line win.")]
+    help="A packaged recipe by name (`compress1img recipes` lists them) or a TOML file of option values (as "
+         "--print-config writes them); options given on the command line win.")]
+PrintConfigOpt = Annotated[bool, typer.Option(
+    "--print-config", help="Print the settings this command would run with (the recipe's, then the command line's, "
+                           "then the defaults) as a TOML recipe for --recipe, and exit without doing any work.")]
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-model", help="Allow loading a fully pickled model. Pickles can run arbitrary code: only for files "
                           "you made yourself.")]
@@ -185,6 +239,21 @@ MethodOpt = Annotated[str, typer.Option(
 CalibrationOpt = Annotated[int, typer.Option(
     "--calibration-size", help="Patches that calibrate the activation ranges, before training (qat) or "
                                "instead of it (ptq).")]
+CalibrationMethodOpt = Annotated[str, typer.Option(
+    "--calibration", help="How --method ptq sets each activation's int8 range from the calibration patches (ONNX "
+                          "Runtime's calibration methods): minmax (their whole range), percentile (a high percentile "
+                          "of their histogram: outliers clipped), entropy (the range whose int8 histogram loses least "
+                          "information).")]
+KeepFloatOpt = Annotated[Optional[list[str]], typer.Option(
+    "--keep-float", help="Leave a layer in float, repeatable: a layer name as in model.named_modules() (fc, "
+                         "layer1.0.conv1; a block keeps all its layers) or a layer type (Linear, Conv2d). For layers "
+                         "that lose too much accuracy in int8, or run no faster in it.")]
+LatencyThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--latency-threads", help="ONNX Runtime threads (intra-op) for timing the models. Default: every core of this "
+                              "machine; set it to the number the deployment will use.")]
+LatencyBatchesOpt = Annotated[str, typer.Option(
+    "--latency-batches", help="Batch sizes the models are timed at, comma-separated; the report has the "
+                              "milliseconds and speed-up at each.")]
 QatStepsOpt = Annotated[int, typer.Option("--qat-steps", help="Quantization-aware training steps.")]
 QAT_LR_HELP = ("Learning rate of quantization-aware training (it starts from a trained model: keep it small; "
                "docs/benchmarks.md, \"Int8: quantizing the ResNet-56\").")
@@ -197,8 +266,10 @@ def load(model: str, arch: str | None, trust_model: bool, input_size: int | None
     from ..models import load_model
     from ..models.user import parse_args
 
-    return load_model(model, arch, trust_model=trust_model, input_size=input_size, mean=floats(mean, "--mean"),
-                      std=floats(std, "--std"), arch_args=parse_args(arch_args, "--arch-args"))
+    mean_values, std_values = floats(mean, "--mean"), floats(std, "--std")
+    with stage(f"loading {model}"):
+        return load_model(model, arch, trust_model=trust_model, input_size=input_size, mean=mean_values,
+                          std=std_values, arch_args=parse_args(arch_args, "--arch-args"))
 
 
 def read_lines(path: Path, option: str) -> list[str]:
@@ -207,6 +278,22 @@ def read_lines(path: Path, option: str) -> list[str]:
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read {option} {path}: {getattr(e, 'strerror', None) or e}") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def batch_sizes(text: str, option: str) -> tuple[int, ...]:
+    """`1,32` -> (1, 32)."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated batch sizes like 1,32 (got {text!r})") from None
+
+
+def latency_config(params: dict[str, Any]):
+    """The LatencyConfig of --latency-threads and --latency-batches."""
+    from ..latency import LatencyConfig
+
+    return build(LatencyConfig, {}, {"threads": "--latency-threads", "batches": "--latency-batches"},
+                 threads=params["latency_threads"], batches=batch_sizes(params["latency_batches"], "--latency-batches"))
 
 
 def floats(text: str | None, option: str) -> list[float] | None:

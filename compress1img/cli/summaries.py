@@ -31,9 +31,10 @@ def print_compress_summary(report: dict, out: Path | None) -> None:
     if "final_top1" in report:
         lines.append(f"  top-1 on {report['eval_data']}: {report['final_top1']:.2f}%, original "
                      f"{report['teacher_top1']:.2f}% ({report['top1_change']:+.2f} pt)")
-    if "speedup_b32" in report:
-        lines.append(f"  ONNX Runtime speed-up vs the original: {report['speedup_b1']:.2f}x at batch 1, "
-                     f"{report['speedup_b32']:.2f}x at batch 32")
+    speedups = [(key.removeprefix("speedup_b"), value) for key, value in report.items() if key.startswith("speedup_b")]
+    if speedups:
+        lines.append("  ONNX Runtime speed-up vs the original: "
+                     + ", ".join(f"{value:.2f}x at batch {batch}" for batch, value in speedups))
     if "speedup_note" in report:
         lines.append(f"  note: {report['speedup_note']}")
     if out is not None:
