@@ -262,7 +262,7 @@ def _summary(report: dict) -> list[str]:
                      None))
     rows.append((f"agreement with the {original_name} on {_count(report['holdout_patches'])} held-out patches",
                  "holdout", _percent, None))
-    for batch in ("b1", "b32"):
+    for batch in _timed_batches(report):
         rows.append((f"latency at batch {batch[1:]} (ONNX Runtime, this machine)", batch, _ms,
                      lambda a, b: f"{a / b:.2f}x {'faster' if a >= b else 'slower'}"))
     heading = "Teacher vs student" if report["command"] == "distill" else "Original vs compressed"
@@ -283,6 +283,13 @@ def _summary(report: dict) -> list[str]:
     return lines + [""]
 
 
+def _timed_batches(report: dict) -> list[str]:
+    """The batch sizes the run timed ("b1", "b32", ... as the latency keys name them), in the order timed."""
+    timing = report.get("latency_ms") or {}
+    first = next(iter(timing.values()), {})
+    return [key.removesuffix("_ms") for key in first] or ["b1", "b32"]
+
+
 def _columns(report: dict) -> list[tuple[str, dict]]:
     """The models the summary compares, the original first, each with the figures the run measured for it."""
     if report["command"] == "distill":
@@ -295,7 +302,8 @@ def _columns(report: dict) -> list[tuple[str, dict]]:
     timing, sizes = report.get("latency_ms", {}), report.get("onnx_bytes_by_model", {})
 
     def model(name: str, **figures) -> dict:
-        return {"onnx": sizes.get(name), **{b: timing.get(name, {}).get(f"{b}_ms") for b in ("b1", "b32")}, **figures}
+        return {"onnx": sizes.get(name), **{b: timing.get(name, {}).get(f"{b}_ms") for b in _timed_batches(report)},
+                **figures}
 
     columns = [("original", model("dense", params=report.get("params_before", report.get("params")),
                                   macs=report.get("macs_before", report.get("macs")), top1=report.get("teacher_top1")))]
@@ -372,9 +380,11 @@ def _details(report: dict) -> list[str]:
             lines += ["", f"### {key}", "", "| | |", "|---|---|"]
             lines += [f"| {k} | {_human(k, v)} |" for k, v in value.items() if flat(v)]
     if "latency_ms" in report:
-        lines += ["", "### latency (ONNX Runtime, median ms per forward pass)", "", "| model | batch 1 | batch 32 |",
-                  "|---|---|---|"]
-        lines += [f"| {name} | {_ms(t['b1_ms'])} | {_ms(t['b32_ms'])} |" for name, t in report["latency_ms"].items()]
+        batches = _timed_batches(report)
+        lines += ["", "### latency (ONNX Runtime, median ms per forward pass)", "",
+                  "| model | " + " | ".join(f"batch {b[1:]}" for b in batches) + " |", "|---|" + "---|" * len(batches)]
+        lines += [f"| {name} | " + " | ".join(_ms(t[f"{b}_ms"]) for b in batches) + " |"
+                  for name, t in report["latency_ms"].items()]
     return lines + ["", "Everything else (the histories, the channels kept per layer) is in report.json.", ""]
 
 
