@@ -40,6 +40,7 @@ from .progress import stage
 from .pruning import PruneConfig, check_drop_blocks, count
 from .quantization import QATConfig, QuantizeConfig, check_keep_float
 from .report import provenance, quality_warnings, settings
+from .runtime import OnnxModule
 from .sources import ImageArg
 from .stages import CALIBRATION_BATCH_INDEX, Healing, export, latency, measure, prune_stage, quantize_stage, \
     save_float_model
@@ -192,7 +193,10 @@ def _timed(seconds: dict, name: str, stage, *args):
         seconds[name] = time.perf_counter() - started
 
 
-def _params_and_macs(model: LoadedModel) -> tuple[int, int]:
+def _params_and_macs(model: LoadedModel) -> tuple[int | None, int | None]:
+    """Parameters and MACs per image; (None, None) for a compiled program, whose layers cannot be hooked."""
+    if model.program is not None:
+        return None, None
     macs, params = count(model.module.cpu().eval(), torch.zeros(1, *model.input_size))
     return params, macs
 
@@ -363,11 +367,17 @@ def bench_onnx(files: Sequence[str | Path], timing: LatencyConfig = LatencyConfi
         raise InputError("bench needs at least one ONNX file")
     sizes = []
     for path in files:
-        model = OnnxModel.load(path)
-        fixed = model.session.get_inputs()[0].shape[0]
-        if isinstance(fixed, int) and any(batch != fixed for batch in timing.batches):
+        if Path(path).suffix.lower() != ".onnx":
+            raise InputError(f"bench times ONNX files: {path} is not one")
+        if not Path(path).is_file():
+            raise InputError(f"ONNX file not found: {path}")
+        graph = OnnxModule(Path(path).read_bytes())
+        fixed = graph.static_batch
+        if fixed is not None and any(batch != fixed for batch in timing.batches):
             raise InputError(f"{path} takes batches of exactly {fixed} only: time it with --batches {fixed}")
-        sizes.append(model.input_size)
+        if None in graph.input_shape[1:] or len(graph.input_shape) != 4:
+            raise InputError(f"{path} does not take fixed-size NCHW images (input shape {graph.input_shape})")
+        sizes.append(tuple(graph.input_shape[1:]))
     if len(set(sizes)) > 1:
         raise InputError("the files take inputs of different sizes (" + ", ".join(
             f"{path}: {'x'.join(map(str, size))}" for path, size in zip(files, sizes)) + "): time them separately")

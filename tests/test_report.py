@@ -135,7 +135,8 @@ def test_a_calibrated_model_shows_its_calibration_patches_and_no_healing_curve(t
     out = tmp_path / "ptq"
     report = quantize(bundled_teacher(), "coffee", PTQConfig(calibration_size=32), run=quiet(out),
                       measure_latency=False).report
-    assert report["config"]["quantize"] == {"method": "ptq", "calibration_size": 32}
+    assert report["config"]["quantize"] == {"method": "ptq", "calibration_size": 32, "keep_float": [],
+                                           "calibration": "minmax"}
     assert report["params"] == sum(p.numel() for p in bundled_teacher().module.parameters())
     assert (out / "patches.png").is_file() and not (out / "healing.png").exists()
     text = (out / "report.md").read_text()
