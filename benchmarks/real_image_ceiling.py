@@ -15,7 +15,13 @@ NAME=VALUE settings as for benchmarks/pilots/prune_pilot.py (DistillConfig, RunC
 does; the decay warms up as min(DECAY, (1 + t) / (10 + t))) and scores the averaged model: a healing
 variant that is not part of the package, put in through a TrainingHook. `--balance K` draws K times
 the batch of patches and keeps a class-balanced batch by the teacher's top-1 (the most confident patches of
-each class in turn): teacher-guided selection, put in as a patch source of the script's own.
+each class in turn): teacher-guided selection, put in as a patch source of the script's own. `--hard K` draws
+K times the batch and keeps the patches on which the student, as it is at that step, disagrees most with the
+teacher (largest KL at T = 8). `--refine POOL` heals on a pool of POOL patches whose pixels were first refined
+so that the teacher's per-layer batch statistics match its BatchNorm running statistics (DeepInversion's loss,
+started from the image's patches; `--refine-iterations`, `--refine-lr`, `--refine-tv` for a smoothness prior,
+`--refine-ce` for DeepInversion's class term towards evenly spread random classes); `--refine POOL
+--refine-iterations 0` is the same pool unrefined, the control.
 """
 import argparse
 import json
@@ -119,6 +125,93 @@ class ClassBalanced:
         return candidates[torch.tensor(chosen)]
 
 
+class HardPatches(TrainingHook):
+    """Batch `index` of `inner`, `factor` times larger, cut down to the `n` patches on which the student (as it is
+    at that step, in eval mode) disagrees most with the teacher: the largest KL(teacher || student) at T = 8.
+    Also a TrainingHook, to be handed the student when training starts."""
+
+    def __init__(self, inner, teacher, factor: int, temperature: float = 8.0):
+        self.inner, self.teacher, self.factor, self.temperature = inner, teacher, factor, temperature
+        self.size, self.student = inner.size, None
+
+    def on_start(self, teacher, student):
+        self.student = student
+
+    @torch.no_grad()
+    def batch(self, n: int, index: int) -> torch.Tensor:
+        candidates = self.inner.batch(n * self.factor, index)
+        if self.student is None:  # the held-out batch, drawn before training starts
+            return candidates[:n]
+        x = normalize(candidates, self.teacher.mean, self.teacher.std)
+        was_training = self.student.training
+        self.student.eval()
+        t = (self.teacher.module(x) / self.temperature).log_softmax(1)
+        s = (self.student(x).float() / self.temperature).log_softmax(1)
+        self.student.train(was_training)
+        kl = (t.exp() * (t - s)).sum(1)
+        return candidates[kl.topk(n).indices.sort().values]
+
+
+class BatchNormRefined:
+    """A pool of `pool` patches of `inner`, refined once by `iterations` Adam steps on their pixels so that the
+    teacher's per-layer batch means and variances (chunks of 256) match its BatchNorm running statistics, the
+    data prior it carries from its training set (DeepInversion's loss, started from the image's patches
+    instead of noise); batch `index` draws from the pool, seeded by `index`."""
+
+    CHUNK = 256
+
+    def __init__(self, inner, teacher, pool: int, iterations: int, lr: float, tv: float, seed: int = 0,
+                 ce: float = 0.0):
+        self.size, self.seed = inner.size, seed
+        module = teacher.module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        gaps: list[torch.Tensor] = []
+
+        def record(layer, inputs, _):
+            x = inputs[0]
+            gaps.append((x.mean((0, 2, 3)) - layer.running_mean).norm()
+                        + (x.var((0, 2, 3), unbiased=False) - layer.running_var).norm())
+
+        handles = [m.register_forward_hook(record) for m in norms]
+        chunks, self.before, self.after = [], [], []
+        started = time.time()
+        for c in range(math.ceil(pool / self.CHUNK)):
+            x = inner.batch(min(self.CHUNK, pool - c * self.CHUNK), c).clone().requires_grad_(True)
+            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 7919 + c))
+            targets = order % teacher.num_classes  # every class about equally often
+            optimizer = torch.optim.Adam([x], lr=lr)
+            for it in range(iterations + 1):
+                gaps.clear()
+                logits = module(normalize(x, teacher.mean, teacher.std))
+                loss = torch.stack(gaps).sum()
+                if it == 0:
+                    self.before.append(loss.item())
+                if it == iterations:
+                    self.after.append(loss.item())
+                    break
+                smooth = (x[:, :, 1:] - x[:, :, :-1]).square().mean() + (x[..., 1:] - x[..., :-1]).square().mean()
+                optimizer.zero_grad()
+                objective = loss + tv * smooth
+                if ce:  # DeepInversion's class term: every class evenly, the targets drawn at random
+                    objective = objective + ce * torch.nn.functional.cross_entropy(logits, targets)
+                objective.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    x.clamp_(0, 1)
+            chunks.append(x.detach())
+            print(f"refined chunk {c}: statistics gap {self.before[-1]:.1f} -> {self.after[-1]:.1f} "
+                  f"({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+        for h in handles:
+            h.remove()
+        self.pool = torch.cat(chunks)
+
+    def batch(self, n: int, index: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 7919 + index)
+        return self.pool[torch.randint(len(self.pool), (n,), generator=g)]
+
+
 def mcnemar(a_right: np.ndarray, b_right: np.ndarray) -> dict:
     """Exact two-sided McNemar test: are A and B right on different images more often than chance says?"""
     only_a, only_b = int((a_right & ~b_right).sum()), int((~a_right & b_right).sum())
@@ -145,6 +238,15 @@ def main() -> None:
     parser.add_argument("--name", help="name of the run's prediction file (default: from the source and mode)")
     parser.add_argument("--ema", type=float, help="heal with a moving average of the weights (decay, e.g. 0.998)")
     parser.add_argument("--balance", type=int, help="draw this many times the batch and keep a class-balanced one")
+    parser.add_argument("--hard", type=int, metavar="K",
+                        help="draw K times the batch and keep the patches the student gets most wrong")
+    parser.add_argument("--refine", type=int, metavar="POOL",
+                        help="heal on a pool of POOL patches refined to match the teacher's BatchNorm statistics")
+    parser.add_argument("--refine-iterations", type=int, default=20, help="pixel steps per pool chunk")
+    parser.add_argument("--refine-lr", type=float, default=0.01, help="Adam step size on pixels in [0, 1]")
+    parser.add_argument("--refine-tv", type=float, default=0.0, help="weight of the smoothness prior")
+    parser.add_argument("--refine-ce", type=float, default=0.0,
+                        help="weight of a cross-entropy term towards random, evenly spread classes")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two earlier runs by name")
     args = parser.parse_args()
     if args.compare:
@@ -167,6 +269,20 @@ def main() -> None:
         teacher = load_model(R56, "cifar_resnet56")
         images = ClassBalanced(open_source(images, 32, run.seed, 1, mode=args.image_mode).train, teacher,
                                args.balance)
+    if args.hard:
+        name += f"-hard{args.hard}"
+        teacher = load_model(R56, "cifar_resnet56")
+        images = HardPatches(open_source(images, 32, run.seed, 1, mode=args.image_mode).train, teacher, args.hard)
+        hooks.append(images)
+    if args.refine:
+        name += f"-refine{args.refine}x{args.refine_iterations}-lr{args.refine_lr}" + (
+            f"-tv{args.refine_tv}" if args.refine_tv else "") + (
+            f"-ce{args.refine_ce}" if args.refine_ce else "")
+        teacher = load_model(R56, "cifar_resnet56")
+        refined = BatchNormRefined(open_source(images, 32, run.seed, 1, mode=args.image_mode).train, teacher,
+                                   args.refine, args.refine_iterations, args.refine_lr, args.refine_tv, run.seed,
+                                   args.refine_ce)
+        images = refined
     odd = odd_half_file()
 
     started = time.time()
@@ -177,7 +293,11 @@ def main() -> None:
     predictions = predict(result.model.module, labelled.images, teacher.mean, teacher.std).argmax(1).numpy()
     np.save(RESULTS / f"{name}.npy", predictions)
     report = result.report
-    print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance,
+    print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance, "hard": args.hard,
+                      "refine": args.refine and {"pool": args.refine, "iterations": args.refine_iterations,
+                                                 "lr": args.refine_lr, "tv": args.refine_tv, "ce": args.refine_ce,
+                                                 "gap_before": float(np.mean(refined.before)),
+                                                 "gap_after": float(np.mean(refined.after))},
                       "image_mode": report["image_mode"],
                       "images_used": report["images_used"], "steps": args.steps, "options": args.overrides,
                       "top1": report["final_top1"], "teacher_top1": report["teacher_top1"],
