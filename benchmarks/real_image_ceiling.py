@@ -11,19 +11,21 @@ prints one JSON line (top-1 on the odd half, the teacher's, agreement with the t
 its predictions in benchmarks/results/ceiling/NAME.npy, so that `--compare` can test two runs
 pairwise (exact McNemar test on the images one gets right and the other wrong).
 NAME=VALUE settings as for benchmarks/pilots/prune_pilot.py (DistillConfig, RunConfig, PruneConfig fields).
-`--ema DECAY` heals with an exponential moving average of the weights (buffers too, as timm's ModelEmaV2
-does; the decay warms up as min(DECAY, (1 + t) / (10 + t))) and scores the averaged model: a healing
-variant that is not part of the package, put in through a TrainingHook. `--balance K` draws K times
-the batch of patches and keeps a class-balanced batch by the teacher's top-1 (the most confident patches of
-each class in turn): teacher-guided selection, put in as a patch source of the script's own. `--hard K` draws
-K times the batch and keeps the patches on which the student, as it is at that step, disagrees most with the
-teacher (largest KL at T = 8). `--refine POOL` heals on a pool of POOL patches whose pixels were first refined
-so that the teacher's per-layer batch statistics match its BatchNorm running statistics (DeepInversion's loss,
-started from the image's patches; `--refine-iterations`, `--refine-lr`, `--refine-tv` for a smoothness prior,
-`--refine-ce` for DeepInversion's class term towards evenly spread random classes); `--refine POOL
---refine-iterations 0` is the same pool unrefined, the control.
+`--ema DECAY` heals with an exponential moving average of the weights (buffers too, as timm's ModelEmaV2 does;
+the decay warms up as min(DECAY, (1 + t) / (10 + t))) and scores the averaged model: a healing variant that is
+not part of the package, put in through a TrainingHook. `--balance K` draws K times the batch of patches and
+keeps a class-balanced batch by the teacher's top-1 (the most confident patches of each class in turn):
+teacher-guided selection, put in as a patch source of the script's own. `--hard K` is the package's
+`hardest_of=K` (DistillConfig; `--hardest-of K` on the command line): K times the batch drawn, the patches on
+which the student, as it is at that step, disagrees most with the teacher kept (largest KL at T = 8).
+`--refine POOL` heals on a pool of POOL patches whose pixels were first refined so that the teacher's
+per-layer batch statistics match its BatchNorm running statistics (DeepInversion's loss, started from the
+image's patches; `--refine-iterations`, `--refine-lr`, `--refine-tv` for a smoothness prior, `--refine-ce` for
+DeepInversion's class term towards evenly spread random classes); `--refine POOL --refine-iterations 0` is the
+same pool unrefined, the control.
 """
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -125,31 +127,36 @@ class ClassBalanced:
         return candidates[torch.tensor(chosen)]
 
 
-class HardPatches(TrainingHook):
-    """Batch `index` of `inner`, `factor` times larger, cut down to the `n` patches on which the student (as it is
-    at that step, in eval mode) disagrees most with the teacher: the largest KL(teacher || student) at T = 8.
-    Also a TrainingHook, to be handed the student when training starts."""
+class AdversarialPatches(TrainingHook):
+    """Batch `index` of `inner`, each patch moved `steps` signed-gradient steps (within `eps` of itself per pixel,
+    pixels kept in [0, 1]) towards a larger KL(teacher || student) at T = 8, with the student as it is at that
+    step: patches the student gets wrong, made instead of chosen (the pixel-space form of the generator of
+    data-free adversarial distillation). Also a TrainingHook, handed both models when training starts; the
+    held-out batch, drawn before that, stays as drawn."""
 
-    def __init__(self, inner, teacher, factor: int, temperature: float = 8.0):
-        self.inner, self.teacher, self.factor, self.temperature = inner, teacher, factor, temperature
-        self.size, self.student = inner.size, None
+    def __init__(self, inner, mean, std, eps: float, steps: int, temperature: float = 8.0):
+        self.inner, self.mean, self.std, self.eps, self.steps = inner, mean, std, eps, steps
+        self.temperature, self.size, self.teacher, self.student = temperature, inner.size, None, None
+        self.step_size = eps if steps == 1 else 2.5 * eps / steps  # Madry et al.'s rule for several steps
 
     def on_start(self, teacher, student):
-        self.student = student
+        self.teacher, self.student = teacher, student
 
-    @torch.no_grad()
     def batch(self, n: int, index: int) -> torch.Tensor:
-        candidates = self.inner.batch(n * self.factor, index)
-        if self.student is None:  # the held-out batch, drawn before training starts
-            return candidates[:n]
-        x = normalize(candidates, self.teacher.mean, self.teacher.std)
+        x = self.inner.batch(n, index)
+        if self.student is None:
+            return x
         was_training = self.student.training
         self.student.eval()
-        t = (self.teacher.module(x) / self.temperature).log_softmax(1)
-        s = (self.student(x).float() / self.temperature).log_softmax(1)
+        delta = torch.zeros_like(x, requires_grad=True)
+        for _ in range(self.steps):
+            inputs = normalize((x + delta).clamp(0, 1), self.mean, self.std)
+            t = (self.teacher(inputs).float() / self.temperature).log_softmax(1)
+            s = (self.student(inputs).float() / self.temperature).log_softmax(1)
+            (grad,) = torch.autograd.grad((t.exp() * (t - s)).sum(), delta)
+            delta = (delta + self.step_size * grad.sign()).clamp(-self.eps, self.eps).detach().requires_grad_()
         self.student.train(was_training)
-        kl = (t.exp() * (t - s)).sum(1)
-        return candidates[kl.topk(n).indices.sort().values]
+        return (x + delta).clamp(0, 1).detach()
 
 
 class BatchNormRefined:
@@ -240,6 +247,9 @@ def main() -> None:
     parser.add_argument("--balance", type=int, help="draw this many times the batch and keep a class-balanced one")
     parser.add_argument("--hard", type=int, metavar="K",
                         help="draw K times the batch and keep the patches the student gets most wrong")
+    parser.add_argument("--adversarial", type=float, metavar="EPS",
+                        help="move each patch towards what the student gets wrong, at most EPS per pixel in [0, 1]")
+    parser.add_argument("--adversarial-steps", type=int, default=1, help="signed-gradient steps per batch")
     parser.add_argument("--refine", type=int, metavar="POOL",
                         help="heal on a pool of POOL patches refined to match the teacher's BatchNorm statistics")
     parser.add_argument("--refine-iterations", type=int, default=20, help="pixel steps per pool chunk")
@@ -271,8 +281,12 @@ def main() -> None:
                                args.balance)
     if args.hard:
         name += f"-hard{args.hard}"
+        heal = dataclasses.replace(heal, hardest_of=args.hard)
+    if args.adversarial:
+        name += f"-adv{args.adversarial:g}x{args.adversarial_steps}"
         teacher = load_model(R56, "cifar_resnet56")
-        images = HardPatches(open_source(images, 32, run.seed, 1, mode=args.image_mode).train, teacher, args.hard)
+        images = AdversarialPatches(open_source(images, 32, run.seed, 1, mode=args.image_mode).train, teacher.mean,
+                                    teacher.std, args.adversarial, args.adversarial_steps)
         hooks.append(images)
     if args.refine:
         name += f"-refine{args.refine}x{args.refine_iterations}-lr{args.refine_lr}" + (
@@ -294,6 +308,7 @@ def main() -> None:
     np.save(RESULTS / f"{name}.npy", predictions)
     report = result.report
     print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance, "hard": args.hard,
+                      "adversarial": args.adversarial and {"eps": args.adversarial, "steps": args.adversarial_steps},
                       "refine": args.refine and {"pool": args.refine, "iterations": args.refine_iterations,
                                                  "lr": args.refine_lr, "tv": args.refine_tv, "ce": args.refine_ce,
                                                  "gap_before": float(np.mean(refined.before)),

@@ -12,6 +12,7 @@ in as arguments: the loss (`loss_fn`), the augmentation (`augment`), labelled me
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import threading
@@ -39,7 +40,8 @@ from .progress import Bar
 LR_SCALINGS = ("none", "sqrt", "linear")
 CHECKPOINT_NAME = "checkpoint.pt"
 # A checkpoint made with other values of these would not continue the same run.
-RESUME_MUST_MATCH = ("steps", "batch_size", "seed", "lr", "lr_scaling", "mix", "teacher_signal", "temperature")
+RESUME_MUST_MATCH = ("steps", "batch_size", "seed", "lr", "lr_scaling", "mix", "teacher_signal", "temperature",
+                     "hardest_of")
 
 
 class PatchSource(Protocol):
@@ -71,6 +73,10 @@ class DistillConfig:
     # Tempting when healing a pretrained model (its statistics come from real data), but after
     # pruning they no longer fit (docs/benchmarks.md, "BatchNorm statistics while healing").
     freeze_bn_stats: bool = False
+    # Draw hardest_of x batch_size patches a step and train on the batch_size of them the student gets
+    # most wrong (the largest KL to the teacher): 1 trains on every patch drawn. Costs a forward pass of
+    # both models over all the candidates (docs/benchmarks.md, "Harder patches").
+    hardest_of: int = 1
 
     def __post_init__(self):
         require_int(self, "steps", 1)
@@ -84,6 +90,7 @@ class DistillConfig:
         require_int(self, "topk", 1)
         require_choice(self, "mix", MIXES)
         require_positive(self, "mix_alpha")
+        require_int(self, "hardest_of", 1)
 
 
 @dataclass
@@ -271,11 +278,33 @@ class _Placement:
 
 
 def make_batch(patches: PatchSource, augment: Augment, batch_size: int, index: int, seed: int, mean, std,
-               placement: _Placement) -> torch.Tensor:
-    """Batch `index`: patches, augmented with a seed of (run seed, index), normalised, on the device."""
-    x = augment(patches.batch(batch_size, index).to(placement.device, non_blocking=True), _step_seed(seed, index))
-    x = normalize(x, mean, std)
+               placement: _Placement, hardest_of: int = 1,
+               choose: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:
+    """Batch `index`: patches (with `choose`, the `batch_size` it keeps of `hardest_of` times as many drawn),
+    augmented with a seed of (run seed, index), normalised, on the device."""
+    x = patches.batch(batch_size * hardest_of, index).to(placement.device, non_blocking=True)
+    if choose is not None:
+        x = choose(x, batch_size)
+    x = normalize(augment(x, _step_seed(seed, index)), mean, std)
     return x.contiguous(memory_format=torch.channels_last) if placement.channels_last else x
+
+
+@torch.no_grad()
+def hardest_patches(x: torch.Tensor, n: int, *, teacher: nn.Module, student: nn.Module, temperature: float,
+                    mean, std, autocast: Callable = contextlib.nullcontext,
+                    freeze_bn_stats: bool = False) -> torch.Tensor:
+    """The `n` patches of `x` (in [0, 1]) on which the student, as it is now, disagrees most with the teacher:
+    the largest KL(teacher || student) at `temperature`, in the order they were drawn. The student is
+    scored in eval mode, so that choosing does not move its BatchNorm statistics."""
+    inputs = normalize(x, mean, std)
+    student.eval()
+    with autocast():
+        teacher_logits, student_logits = teacher(inputs), student(inputs)
+    _set_train_mode(student, freeze_bn_stats)
+    t = torch.log_softmax(teacher_logits.float() / temperature, dim=1)
+    s = torch.log_softmax(student_logits.float() / temperature, dim=1)
+    kl = (t.exp() * (t - s)).sum(1)
+    return x[kl.topk(n).indices.sort().values]
 
 
 def train_step(model: nn.Module, teacher: nn.Module, x: torch.Tensor, loss_fn: LossFn,
@@ -324,6 +353,10 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     start_step, history, earlier_seconds = _resume(checkpoint_path, config, run, placement, student, optimization)
     model = torch.compile(distributed.wrap(student, device)) if run.compile else distributed.wrap(student, device)
+    choose = functools.partial(hardest_patches, teacher=teacher, student=student, temperature=config.temperature,
+                               mean=mean, std=std, autocast=placement.autocast,
+                               freeze_bn_stats=config.freeze_bn_stats) \
+        if config.hardest_of > 1 else None
     progress = _Progress(label, config.steps, start_step, run.progress and main, earlier_seconds)
 
     def measure(step: int) -> dict:
@@ -341,7 +374,7 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
             for step in range(start_step, config.steps):
                 # -- one step on this rank's batch ---------------------------------------------------
                 x = make_batch(patches, augment, config.batch_size, batch_index(step, placement.rank, world),
-                               run.seed, mean, std, placement)
+                               run.seed, mean, std, placement, config.hardest_of, choose)
                 loss, teacher_logits, student_logits = train_step(model, teacher, x, loss_fn, optimization,
                                                                   placement, step, checkpoint_path, config)
                 # -- bookkeeping: every rank stops at the same step; the loss shown is the whole batch's

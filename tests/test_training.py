@@ -13,7 +13,8 @@ from torch import nn
 from compress1img import DistillConfig, RunConfig, TrainingError, TrainingHook, distillation_loss, run_distillation
 from compress1img.augment import flip_and_shift, mix_batch
 from compress1img.devices import autocast_dtype
-from compress1img.training import CHECKPOINT_NAME, TrainingInterrupted, cosine_with_warmup
+from compress1img.errors import InputError
+from compress1img.training import CHECKPOINT_NAME, TrainingInterrupted, cosine_with_warmup, hardest_patches
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -215,6 +216,49 @@ def test_the_loop_takes_its_loss_augmentation_and_hooks_as_arguments():
     assert calls["loss"] == 4 and calls["steps"] == [1, 2, 3, 4] and calls["started"] == calls["ended"] == 1
     assert len(set(calls["augment"])) == 4  # every step its own seed
     assert result.final_loss > 0
+
+
+class Brightness(nn.Module):
+    """A teacher more confident in class 0 the brighter the patch."""
+
+    def forward(self, x):
+        return F.pad(10 * x.mean((1, 2, 3))[:, None], (0, 9))
+
+
+class Undecided(nn.Module):
+    """A student that has learned nothing yet: the same logits for every patch."""
+
+    def forward(self, x):
+        return torch.zeros(len(x), 10)
+
+
+def test_the_hardest_patches_are_those_the_student_gets_most_wrong_in_the_order_drawn():
+    patches = torch.stack([torch.full((3, 4, 4), level) for level in (0.55, 0.9, 0.6, 0.8)])
+    kept = hardest_patches(patches, 2, teacher=Brightness(), student=Undecided(), temperature=8.0, mean=MEAN, std=STD)
+    assert kept[:, 0, 0, 0].tolist() == pytest.approx([0.9, 0.8])
+
+
+def test_with_hardest_of_each_step_draws_k_times_the_batch_and_trains_on_one_batch_of_them():
+    drawn, trained = [], []
+
+    class Counted(RandomPatches):
+        def batch(self, n, index):
+            drawn.append(n)
+            return super().batch(n, index)
+
+    def counted_kl(student_logits, teacher_logits):
+        trained.append((len(student_logits), student.training))
+        return distillation_loss(student_logits, teacher_logits, temperature=8.0)
+
+    teacher, student = tiny_cnn(0), tiny_cnn(1)
+    run_distillation(teacher, student, Counted(), DistillConfig(steps=3, batch_size=8, hardest_of=3), QUIET_CPU,
+                     mean=MEAN, std=STD, holdout=RandomPatches().batch(16, 10_000), loss_fn=counted_kl)
+    assert drawn == [24, 24, 24]
+    assert trained == [(8, True)] * 3  # and the student trains in train mode after being scored in eval mode
+    from compress1img.cli.options import build
+
+    with pytest.raises(InputError, match=r"^--hardest-of must be at least 1 \(got 0\)$"):  # as the CLI says it
+        build(DistillConfig, {"hardest_of": 0})
 
 
 def test_topk_signal_has_finite_gradients():

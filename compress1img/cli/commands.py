@@ -18,7 +18,7 @@ from ..scoring import PREDICTORS
 from ..training import DistillConfig
 from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, CalibrationMethodOpt, CalibrationOpt,
     ChannelsOpt, CheckpointEveryOpt, CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt,
-    FreezeBnOpt, IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, KeepFloatOpt,
+    FreezeBnOpt, HardestOfOpt, IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, KeepFloatOpt,
     LatencyBatchesOpt, LatencyThreadsOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt, ModelArg, NoHealOpt,
     NprocOpt, OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt,
     RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build, batch_sizes,
@@ -85,6 +85,7 @@ def distill(
         "--teacher-signal", help="What the student learns from: soft (full softmax), topk (only the teacher's "
                                  "--topk largest logits), hard (argmax only).")] = DistillConfig.teacher_signal,
     topk: Annotated[int, typer.Option("--topk", help="k for --teacher-signal topk.")] = DistillConfig.topk,
+    hardest_of: HardestOfOpt = DistillConfig.hardest_of,
     seed: SeedOpt = RunConfig.seed,
     eval_data: EvalDataOpt = None,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement (and accuracy) every N "
@@ -160,6 +161,7 @@ def prune(
     temperature: TempOpt = DistillConfig.temperature,
     seed: SeedOpt = RunConfig.seed,
     freeze_bn_stats: FreezeBnOpt = False,
+    hardest_of: HardestOfOpt = DistillConfig.hardest_of,
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
@@ -208,6 +210,7 @@ def quantize(
     lr: Annotated[float, typer.Option("--lr", help=QAT_LR_HELP)] = QAT_LR,
     lr_scaling: LrScalingOpt = DistillConfig.lr_scaling,
     temperature: TempOpt = DistillConfig.temperature,
+    hardest_of: HardestOfOpt = DistillConfig.hardest_of,
     seed: SeedOpt = RunConfig.seed,
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
@@ -268,6 +271,7 @@ def compress_(
     temperature: TempOpt = DistillConfig.temperature,
     seed: SeedOpt = RunConfig.seed,
     freeze_bn_stats: FreezeBnOpt = False,
+    hardest_of: HardestOfOpt = DistillConfig.hardest_of,
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
