@@ -13,10 +13,9 @@ import copy
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
-import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
@@ -24,6 +23,9 @@ from .config import require, require_choice, require_int
 from .errors import Compress1imgError, InputError, first_line
 from .models.transforms import (ShortcutConv, attention_layers, drop_block,  # noqa: F401 (re-export)
                                 freeze_shortcuts, make_prunable, sync_attention_dims)
+
+if TYPE_CHECKING:
+    import torch_pruning as tp
 
 MODES = ("structured", "unstructured")
 IMPORTANCES = ("l2", "taylor", "bn")
@@ -85,8 +87,16 @@ class PruneConfig:
                 "macs needs {} structured: zeroed weights still cost MACs", "mode")
 
 
+def _torch_pruning():
+    """torch-pruning, imported when first needed: it imports timm and torchvision, seconds of every start."""
+    import torch_pruning
+
+    return torch_pruning
+
+
 def count(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     """(MACs, parameters) as torch-pruning counts them."""
+    tp = _torch_pruning()
     macs, params = tp.utils.count_ops_and_params(model, example)
     return int(macs), int(params)
 
@@ -122,6 +132,7 @@ def residual_layers(model: nn.Module, example: torch.Tensor, ignored: list[nn.Mo
     keeping the streams and pruning only inside blocks did far less damage (ResNet-56,
     50% of parameters: 26% top-1 right after the cut instead of 10%).
     """
+    tp = _torch_pruning()
     try:
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     except Exception as e:  # DepGraph tracing failures come as assorted exception types
@@ -138,6 +149,7 @@ def residual_layers(model: nn.Module, example: torch.Tensor, ignored: list[nn.Mo
 
 
 def _importance(name: str):
+    tp = _torch_pruning()
     return {"l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
             "taylor": lambda: tp.importance.GroupTaylorImportance(),
             "bn": lambda: tp.importance.BNScaleImportance()}[name]()
@@ -147,6 +159,7 @@ def make_pruner(model: nn.Module, example: torch.Tensor, config: PruneConfig, ra
                 ignored: list[nn.Module]) -> tp.pruner.BasePruner:
     """The torch-pruning pruner for one cut of `model` at channel `ratio` in `config`'s layout; `ignored`
     layers keep their channels. `pruner.step()` cuts; `pruner.step(interactive=True)` yields the groups."""
+    tp = _torch_pruning()
     # Attention: narrow each head (torch-pruning keeps the heads' channels together), keep their number.
     heads = {m.qkv: m.num_heads for m in attention_layers(model)}
     try:

@@ -1,11 +1,19 @@
 """Shared fixtures."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+# pytest runs two processes side by side (pyproject.toml): one thread each, and one for the commands the tests
+# start, so that threads never outnumber the two cores (OpenMP threads waiting on a busy core made training
+# steps 10-50x slower).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 # The repository is checked out next to shared/, which holds the real test material (see shared/data/MANIFEST.md).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
