@@ -10,7 +10,6 @@ from .api import (Result, bench_onnx, compress, demo, distill, evaluate_model, p
 from .config import ConfigError, RunConfig
 from .data import EvalData, load_eval_data
 from .errors import Compress1imgError, InputError, TrainingError
-from .evaluate import OnnxModel
 from .export import export_onnx
 from .images import load_image
 from .latency import LatencyConfig
@@ -31,7 +30,7 @@ from .training import DistillConfig, TrainingHook, run_distillation
 __version__ = "0.1.0"
 __all__ = [
     "Compress1imgError", "ConfigError", "DistillConfig", "EvalData", "InputError", "LatencyConfig", "LoadedModel",
-    "OnnxModel", "PTQConfig", "PatchArray", "PatchConfig", "PatchGenerator", "PruneConfig", "QATConfig", "Result",
+    "PTQConfig", "PatchArray", "PatchConfig", "PatchGenerator", "PruneConfig", "QATConfig", "Result",
     "RunConfig", "TrainingError", "TrainingHook", "bench_onnx", "bundled_teacher", "compress",
     "create_model_from_name", "demo", "distill", "distillation_loss", "evaluate_model", "export_onnx", "list_models",
     "load_eval_data", "load_image", "load_model", "prune", "quantize", "run_distillation", "save_model",

@@ -25,7 +25,7 @@ from . import distributed, scoring
 from .augment import Augment
 from .config import RunConfig
 from .context import ModelLike, RunContext, as_model, load_labelled, open_run
-from .data import EvalData, check_num_classes, load_eval_data
+from .data import EvalData, check_num_classes
 from .devices import device_name, resolve_device
 from .errors import InputError, first_line
 from .evaluate import normalize, predict, top1
@@ -33,7 +33,7 @@ from .export import export_onnx
 from .images import DEFAULT_IMAGE, NOISE_IMAGE, load_image, min_image_side, resolve_image
 from .latency import LatencyConfig, compare_latency
 from .losses import LossFn
-from .models import BUNDLED_TEACHER, LoadedModel, bundled_teacher, create_model_from_name, save_model
+from .models import BUNDLED_TEACHER, LoadedModel, bundled_teacher, create_model_from_name
 from .outputs import check_writable, remove_if_empty
 from .patches import PatchConfig
 from .progress import stage

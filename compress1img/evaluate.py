@@ -1,16 +1,10 @@
 """Measuring models: top-1 accuracy on labelled data and teacher-student agreement."""
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
-
-from .errors import InputError, first_line
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,42 +46,3 @@ def kl_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor, te
     t = torch.log_softmax(teacher_logits.float() / temperature, dim=1)
     s = torch.log_softmax(student_logits.float() / temperature, dim=1)
     return torch.nn.functional.kl_div(s, t, log_target=True, reduction="batchmean").item()
-
-
-@dataclass
-class OnnxModel:
-    """An ONNX model run by ONNX Runtime, with the preprocessing stored in its metadata."""
-
-    path: Path
-    session: object
-    input_name: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    input_size: tuple[int, int, int]
-    classes: list[str] | None
-
-    @classmethod
-    def load(cls, path: str | Path, threads: int | None = None) -> "OnnxModel":
-        from .runtime import ort_session
-
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"ONNX model not found: {path}")
-        try:
-            session = ort_session(path, threads=threads)
-        except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise InputError(f"cannot load ONNX model {path}: {first_line(e)}") from None
-        meta = session.get_modelmeta().custom_metadata_map
-        inp = session.get_inputs()[0]
-        shape = [d if isinstance(d, int) else None for d in inp.shape]
-        size = tuple(json.loads(meta["input_size"])) if "input_size" in meta else tuple(shape[1:])
-        if None in size or len(size) != 3:
-            raise InputError(f"{path} does not state its input size (no 'input_size' metadata, dynamic shape)")
-        mean = tuple(json.loads(meta.get("mean", "[0.485, 0.456, 0.406]")))
-        std = tuple(json.loads(meta.get("std", "[0.229, 0.224, 0.225]")))
-        classes = json.loads(meta["classes"]) if "classes" in meta else None
-        return cls(path, session, inp.name, mean, std, size, classes)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)})
-        return torch.from_numpy(out[0])
