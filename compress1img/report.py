@@ -18,6 +18,7 @@ import importlib.metadata
 import json
 import math
 import numbers
+import os
 import platform
 import shlex
 from contextvars import ContextVar
@@ -41,14 +42,17 @@ _SECTIONED = ("command", "command_line", "api_function", "warnings", "config", "
               "history", "per_iteration", "stage_seconds", "latency_ms", "onnx_bytes_by_model", "speed_warning")
 
 _command_line: ContextVar[str | None] = ContextVar("compress1img_command_line", default=None)
+# `--nproc N` starts the ranks with a command line of their own: this tells them the one the user typed.
+LAUNCHED_AS = "COMPRESS1IMG_COMMAND_LINE"
 
 
 # --- what makes a run repeatable -----------------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def command_line(argv: list[str]):
-    """While the CLI runs a command: the command line its report records."""
-    token = _command_line.set(shlex.join(argv))
+    """While the CLI runs a command: the command line its report records (in a rank that `--nproc`
+    started, the one the user typed)."""
+    token = _command_line.set(os.environ.get(LAUNCHED_AS) or shlex.join(argv))
     try:
         yield
     finally:

@@ -84,6 +84,7 @@ def test_nproc_distill_writes_one_set_of_outputs_and_states_the_batch_and_lr(tmp
     assert result.stdout.count("distill: ") == 1 and "8 patches (2 processes x 4)" in result.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["batch_size"] == 4 and report["patches_seen"] == 2 * 8
+    assert report["command_line"].startswith("compress1img --nproc 2 distill --teacher ")  # as typed, to repeat it
     precision = "bfloat16" if autocast_dtype(torch.device("cpu")) is not None else "float32"
     assert report["processes"] == {"world_size": 2, "backend": "gloo", "batch_per_process": 4, "global_batch": 8,
                                    "lr_given": 1e-3, "lr_used": 2e-3, "lr_scaling": "linear", "precision": precision}

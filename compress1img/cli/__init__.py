@@ -10,13 +10,15 @@ Errors are one line; `--debug` (anywhere on the command line) shows the tracebac
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import sys
 
 import typer
 
 from .. import distributed, progress
 from ..errors import Compress1imgError, InputError, first_line
-from ..report import command_line
+from ..report import LAUNCHED_AS, command_line
 from ..training import TrainingInterrupted
 from .commands import app
 
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             if name not in distributed.TRAINING_COMMANDS:
                 raise InputError(f"--nproc applies to {', '.join(distributed.TRAINING_COMMANDS)}, not "
                                  f"{name or 'no command'}")
+            os.environ[LAUNCHED_AS] = shlex.join(typed)
             sys.exit(distributed.launch(nproc, argv + ["--debug"] * debug, quiet=not debug))
         distributed.check_command(name)
         with command_line(typed):
