@@ -51,8 +51,8 @@ def as_model(model: ModelLike, arch: str | None = None, trust_model: bool = Fals
     """A LoadedModel from a LoadedModel, a path or name (models.load_model), or an nn.Module.
 
     An nn.Module must declare its input as attributes: `input_size` (3, H, W) and, unless it
-    takes ImageNet-normalised input, `mean` and `std` (timm models' `pretrained_cfg` counts),
-    or come wrapped in a LoadedModel.
+    takes ImageNet-normalised input, `mean` and `std` (timm models' `pretrained_cfg` counts, and
+    gives `interpolation` and `crop_pct` too), or come wrapped in a LoadedModel.
     """
     if isinstance(model, LoadedModel):
         return model
@@ -79,7 +79,8 @@ def as_model(model: ModelLike, arch: str | None = None, trust_model: bool = Fals
     spec, args = rebuilt_spec(module) or (None, None)
     return LoadedModel(module=module, arch=spec, input_size=size, mean=tuple(declared.get("mean") or IMAGENET_MEAN),
                        std=tuple(declared.get("std") or IMAGENET_STD), num_classes=int(out.shape[1]),
-                       source=f"{name} (nn.Module)", arch_args=args)
+                       source=f"{name} (nn.Module)", arch_args=args, interpolation=declared["interpolation"],
+                       crop_pct=declared["crop_pct"])
 
 
 def load_labelled(eval_data: str | Path | EvalData | None, model: LoadedModel) -> EvalData | None:

@@ -147,6 +147,13 @@ def tiny_timm_model():
     return timm.create_model("test_resnet", num_classes=3, pretrained_cfg_overlay=overlay).eval()
 
 
+def test_a_timm_module_handed_over_as_it_is_keeps_its_resize_and_crop():
+    from compress1img.context import as_model
+
+    loaded = as_model(tiny_timm_model())
+    assert (loaded.input_size, loaded.interpolation, loaded.crop_pct) == ((3, 64, 64), "bicubic", 0.95)
+
+
 def test_timm_hub_name_loads_from_the_local_cache_with_its_preprocessing(hub_cache, tmp_path):
     from timm.models import save_for_hf
 

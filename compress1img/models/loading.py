@@ -357,14 +357,17 @@ def _own_class(module: nn.Module, cfg: dict, input_size: tuple[int, int, int] | 
 
 
 def declared_preprocessing(module: nn.Module) -> dict:
-    """What a module declares of its input: `input_size`, `mean`, `std` attributes (or timm's pretrained_cfg);
-    None where it declares nothing."""
+    """What a module declares of its input: `input_size`, `mean`, `std`, `interpolation` and `crop_pct`
+    attributes (or timm's pretrained_cfg); None where it declares nothing."""
     declared = dict(getattr(module, "pretrained_cfg", None) or {})
-    for name in ("input_size", "mean", "std"):
+    for name in ("input_size", "mean", "std", "interpolation", "crop_pct"):
         if getattr(module, name, None) is not None:
             declared[name] = getattr(module, name)
-    return {name: tuple(declared[name]) if declared.get(name) is not None else None
-            for name in ("input_size", "mean", "std")}
+    found = {name: tuple(declared[name]) if declared.get(name) is not None else None
+             for name in ("input_size", "mean", "std")}
+    crop_pct = declared.get("crop_pct")
+    return {**found, "interpolation": declared.get("interpolation"),
+            "crop_pct": float(crop_pct) if crop_pct is not None else None}
 
 
 def _archive_kind(path: Path) -> str | None:
@@ -547,6 +550,7 @@ def _pickled_module(module: nn.Module, path: Path, arch: str | None, num_classes
                       input_size or _parse_input_size(declared["input_size"]))
     if declared["mean"] is not None and declared["std"] is not None:
         loaded.mean, loaded.std, loaded.assumed_normalisation = declared["mean"], declared["std"], False
+    loaded.interpolation, loaded.crop_pct = declared["interpolation"], declared["crop_pct"]
     loaded.arch, loaded.arch_args = user.rebuilt_spec(module) or (None, None)
     return loaded
 
