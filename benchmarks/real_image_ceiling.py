@@ -34,10 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from compress1img import DistillConfig, PruneConfig, RunConfig, TrainingHook, load_eval_data, prune
 from compress1img.evaluate import normalize, predict
+from compress1img.losses import kl_loss
 from compress1img.models import load_model
 from compress1img.sources import open_source
 
@@ -159,6 +161,35 @@ class AdversarialPatches(TrainingHook):
         return (x + delta).clamp(0, 1).detach()
 
 
+class LastFeatures(TrainingHook):
+    """MiR ("Compressing Models with Few Samples: Mimicking then Replacing", CVPR 2022) put in through the loop's
+    extension points: keeps the last feature map (the output of `layer3`, before pooling) of teacher and
+    student while training and freezes the student's classifier, which the cut kept as the teacher's; `loss`
+    is the mean squared error between the two maps over the teacher's energy, with `kl_weight` x the default
+    KL loss added (0: the student only mimics, as MiR does)."""
+
+    def __init__(self, heal: DistillConfig, kl_weight: float = 0.0, layer: str = "layer3", head: str = "linear"):
+        self.kl, self.kl_weight, self.layer, self.head = kl_loss(heal), kl_weight, layer, head
+        self.features, self.handles = {}, []
+
+    def on_start(self, teacher, student):
+        for role, model in (("teacher", teacher), ("student", student)):
+            module = dict(model.named_modules())[self.layer]
+            self.handles.append(module.register_forward_hook(
+                lambda m, i, o, role=role: self.features.__setitem__(role, o)))
+        dict(student.named_modules())[self.head].requires_grad_(False)  # AdamW skips what gets no gradient
+
+    def on_end(self, student):
+        for handle in self.handles:
+            handle.remove()
+        dict(student.named_modules())[self.head].requires_grad_(True)
+
+    def loss(self, student_logits, teacher_logits):
+        t, s = self.features["teacher"].float(), self.features["student"].float()
+        mimic = F.mse_loss(s, t) / (t.pow(2).mean() + 1e-6)
+        return mimic + self.kl_weight * self.kl(student_logits, teacher_logits) if self.kl_weight else mimic
+
+
 class BatchNormRefined:
     """A pool of `pool` patches of `inner`, refined once by `iterations` Adam steps on their pixels so that the
     teacher's per-layer batch means and variances (chunks of 256) match its BatchNorm running statistics, the
@@ -250,6 +281,8 @@ def main() -> None:
     parser.add_argument("--adversarial", type=float, metavar="EPS",
                         help="move each patch towards what the student gets wrong, at most EPS per pixel in [0, 1]")
     parser.add_argument("--adversarial-steps", type=int, default=1, help="signed-gradient steps per batch")
+    parser.add_argument("--mimic", type=float, metavar="KL_WEIGHT",
+                        help="MiR: match the teacher's last feature map, classifier frozen, plus KL_WEIGHT x the KL")
     parser.add_argument("--refine", type=int, metavar="POOL",
                         help="heal on a pool of POOL patches refined to match the teacher's BatchNorm statistics")
     parser.add_argument("--refine-iterations", type=int, default=20, help="pixel steps per pool chunk")
@@ -288,6 +321,12 @@ def main() -> None:
         images = AdversarialPatches(open_source(images, 32, run.seed, 1, mode=args.image_mode).train, teacher.mean,
                                     teacher.std, args.adversarial, args.adversarial_steps)
         hooks.append(images)
+    loss_fn = None
+    if args.mimic is not None:
+        name += f"-mimic{args.mimic:g}"
+        mimic = LastFeatures(heal, args.mimic)
+        hooks.append(mimic)
+        loss_fn = mimic.loss
     if args.refine:
         name += f"-refine{args.refine}x{args.refine_iterations}-lr{args.refine_lr}" + (
             f"-tv{args.refine_tv}" if args.refine_tv else "") + (
@@ -301,13 +340,13 @@ def main() -> None:
 
     started = time.time()
     result = prune(str(R56), images, config, heal=heal, run=run, arch="cifar_resnet56", eval_data=odd,
-                   measure_latency=False, image_mode=args.image_mode, hooks=hooks)
+                   measure_latency=False, image_mode=args.image_mode, hooks=hooks, loss_fn=loss_fn)
     labelled = load_eval_data(odd)
     teacher = result.model  # same normalisation as the teacher
     predictions = predict(result.model.module, labelled.images, teacher.mean, teacher.std).argmax(1).numpy()
     np.save(RESULTS / f"{name}.npy", predictions)
     report = result.report
-    print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance, "hard": args.hard,
+    print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance, "hard": args.hard, "mimic": args.mimic,
                       "adversarial": args.adversarial and {"eps": args.adversarial, "steps": args.adversarial_steps},
                       "refine": args.refine and {"pool": args.refine, "iterations": args.refine_iterations,
                                                  "lr": args.refine_lr, "tv": args.refine_tv, "ce": args.refine_ce,
