@@ -346,7 +346,8 @@ def main() -> None:
     predictions = predict(result.model.module, labelled.images, teacher.mean, teacher.std).argmax(1).numpy()
     np.save(RESULTS / f"{name}.npy", predictions)
     report = result.report
-    print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance, "hard": args.hard, "mimic": args.mimic,
+    print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance, "hard": args.hard,
+                      "mimic": args.mimic,
                       "adversarial": args.adversarial and {"eps": args.adversarial, "steps": args.adversarial_steps},
                       "refine": args.refine and {"pool": args.refine, "iterations": args.refine_iterations,
                                                  "lr": args.refine_lr, "tv": args.refine_tv, "ce": args.refine_ce,

@@ -228,10 +228,10 @@ FreezeBnOpt = Annotated[bool, typer.Option(
     "--freeze-bn-stats", help="Keep the model's BatchNorm running statistics while healing instead of "
                               "re-estimating them on patches (measured worse after pruning: see docs).")]
 HardestOfOpt = Annotated[int, typer.Option(
-    "--hardest-of", metavar="K", help="Draw K times the batch of patches each step and train on the patches of it the model "
-                         "being trained gets most wrong (the largest KL to the teacher); 1 trains on every patch "
-                         "drawn. Each step then also runs both models over all K x --batch-size patches; see "
-                         "docs/benchmarks.md, \"Harder patches\".")]
+    "--hardest-of", metavar="K",
+    help="Draw K times the batch of patches each step and train on the patches of it that the model being trained "
+         "gets most wrong (the largest KL to the teacher); 1 trains on every patch drawn. Each step then also runs "
+         "both models over all K x --batch-size patches. Measured: docs/benchmarks.md, \"Harder patches\".")]
 EvalEveryOpt = Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement every N training "
                                                                 "steps.")]
 Int8Opt = Annotated[bool, typer.Option(
