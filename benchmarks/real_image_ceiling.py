@@ -18,6 +18,9 @@ keeps a class-balanced batch by the teacher's top-1 (the most confident patches 
 teacher-guided selection, put in as a patch source of the script's own. `--hard K` is the package's
 `hardest_of=K` (DistillConfig; `--hardest-of K` on the command line): K times the batch drawn, the patches on
 which the student, as it is at that step, disagrees most with the teacher kept (largest KL at T = 8).
+`--adversarial EPS` moves each patch by signed-gradient steps (`--adversarial-steps`, at most EPS per pixel)
+towards a larger KL between teacher and student. `--mimic W` is MiR: the student matches the teacher's last
+feature map, its classifier frozen, plus W x the KL loss (0: feature matching alone).
 `--refine POOL` heals on a pool of POOL patches whose pixels were first refined so that the teacher's
 per-layer batch statistics match its BatchNorm running statistics (DeepInversion's loss, started from the
 image's patches; `--refine-iterations`, `--refine-lr`, `--refine-tv` for a smoothness prior, `--refine-ce` for
