@@ -1,7 +1,7 @@
 """The real-image ceiling: the default 50% cut of the ResNet-56 healed on unlabeled CIFAR images instead of patches.
 
     python benchmarks/real_image_ceiling.py SOURCE [--steps 1000] [--image-mode auto] [NAME=VALUE ...]
-    python benchmarks/real_image_ceiling.py --compare A B     # paired test of two runs' predictions
+    python benchmarks/real_image_ceiling.py --compare A B [A2 B2 ...]   # paired test of runs' predictions
 
 SOURCE is `animals` (or any --image the package takes: a bundled name, a file) for one image's
 patches, or a number N: N images of the EVEN-indexed half of cifar10_test_jpeg75.npz, N/10 per
@@ -253,21 +253,28 @@ class BatchNormRefined:
         return self.pool[torch.randint(len(self.pool), (n,), generator=g)]
 
 
-def mcnemar(a_right: np.ndarray, b_right: np.ndarray) -> dict:
-    """Exact two-sided McNemar test: are A and B right on different images more often than chance says?"""
-    only_a, only_b = int((a_right & ~b_right).sum()), int((~a_right & b_right).sum())
+def exact_sign_test(only_a: int, only_b: int) -> dict:
+    """Exact two-sided McNemar test on the discordant counts: is one right where the other is wrong more often
+    than chance says?"""
     n, k = only_a + only_b, min(only_a, only_b)
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n if n else 1.0
     return {"only_a_right": only_a, "only_b_right": only_b, "p_value": min(1.0, 2 * tail)}
 
 
-def compare(a: str, b: str) -> None:
+def compare(names: list[str]) -> None:
+    """Pairs A B [A2 B2 ...]: each pair's test, and with several pairs (seeds) one test on their summed counts."""
     labels = np.load(odd_half_file())["labels"]
-    pa, pb = np.load(RESULTS / f"{a}.npy"), np.load(RESULTS / f"{b}.npy")
-    right_a, right_b = pa == labels, pb == labels
-    print(json.dumps({"a": a, "b": b, "top1_a": 100 * right_a.mean(), "top1_b": 100 * right_b.mean(),
-                      "difference_pt": 100 * (right_a.mean() - right_b.mean()), "agreement": 100 * (pa == pb).mean(),
-                      **mcnemar(right_a, right_b)}))
+    totals = [0, 0]
+    for a, b in zip(names[0::2], names[1::2]):
+        pa, pb = np.load(RESULTS / f"{a}.npy"), np.load(RESULTS / f"{b}.npy")
+        right_a, right_b = pa == labels, pb == labels
+        test = exact_sign_test(int((right_a & ~right_b).sum()), int((~right_a & right_b).sum()))
+        totals = [totals[0] + test["only_a_right"], totals[1] + test["only_b_right"]]
+        print(json.dumps({"a": a, "b": b, "top1_a": 100 * right_a.mean(), "top1_b": 100 * right_b.mean(),
+                          "difference_pt": 100 * (right_a.mean() - right_b.mean()),
+                          "agreement": 100 * (pa == pb).mean(), **test}))
+    if len(names) > 2:
+        print(json.dumps({"pairs": len(names) // 2, **exact_sign_test(*totals)}))
 
 
 def main() -> None:
@@ -276,7 +283,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", metavar="NAME=VALUE", help="settings to change")
     parser.add_argument("--steps", type=int, default=1000, help="healing steps")
     parser.add_argument("--image-mode", default="auto", help="auto, patches or whole (as `prune --image-mode`)")
-    parser.add_argument("--name", help="name of the run's prediction file (default: from the source and mode)")
+    parser.add_argument("--name", help="name of the run's prediction file (default: from the source, mode, steps "
+                                       "and options)")
     parser.add_argument("--ema", type=float, help="heal with a moving average of the weights (decay, e.g. 0.998)")
     parser.add_argument("--balance", type=int, help="draw this many times the batch and keep a class-balanced one")
     parser.add_argument("--hard", type=int, metavar="K",
@@ -293,10 +301,14 @@ def main() -> None:
     parser.add_argument("--refine-tv", type=float, default=0.0, help="weight of the smoothness prior")
     parser.add_argument("--refine-ce", type=float, default=0.0,
                         help="weight of a cross-entropy term towards random, evenly spread classes")
-    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two earlier runs by name")
+    parser.add_argument("--compare", nargs="+", metavar="A B",
+                        help="compare two earlier runs by name; more pairs (A2 B2 ...: other seeds) are also tested "
+                             "together")
     args = parser.parse_args()
     if args.compare:
-        return compare(*args.compare)
+        if len(args.compare) % 2:
+            parser.error("--compare takes pairs of run names")
+        return compare(args.compare)
     if args.source is None:
         parser.error("give a SOURCE or --compare A B")
     options = parse(args.overrides)
@@ -307,8 +319,8 @@ def main() -> None:
         parser.error(f"unknown settings: {', '.join(options)}")
     images = str(even_folder(int(args.source))) if args.source.isdigit() else \
         str(ANIMALS) if args.source == "animals" else args.source
-    name = args.name or f"{Path(args.source).stem}-{args.image_mode}-{args.steps}" + (f"-ema{args.ema}" if args.ema
-                                                                                         else "")
+    name = f"{Path(args.source).stem}-{args.image_mode}-{args.steps}" + (f"-seed{run.seed}" if run.seed else "") + (
+        f"-ema{args.ema}" if args.ema else "")
     hooks = [WeightAverage(args.ema)] if args.ema else []
     if args.balance:
         name += f"-balance{args.balance}"
@@ -339,6 +351,7 @@ def main() -> None:
                                    args.refine, args.refine_iterations, args.refine_lr, args.refine_tv, run.seed,
                                    args.refine_ce)
         images = refined
+    name = args.name or name
     odd = odd_half_file()
 
     started = time.time()
