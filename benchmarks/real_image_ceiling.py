@@ -177,9 +177,12 @@ class LastFeatures(TrainingHook):
 
     def on_start(self, teacher, student):
         for role, model in (("teacher", teacher), ("student", student)):
-            module = dict(model.named_modules())[self.layer]
-            self.handles.append(module.register_forward_hook(
-                lambda m, i, o, role=role: self.features.__setitem__(role, o)))
+            if self.layer == "head":  # the classifier's input: the pooled features
+                self.handles.append(dict(model.named_modules())[self.head].register_forward_pre_hook(
+                    lambda m, i, role=role: self.features.__setitem__(role, i[0])))
+            else:
+                self.handles.append(dict(model.named_modules())[self.layer].register_forward_hook(
+                    lambda m, i, o, role=role: self.features.__setitem__(role, o)))
         dict(student.named_modules())[self.head].requires_grad_(False)  # AdamW skips what gets no gradient
 
     def on_end(self, student):
@@ -294,6 +297,8 @@ def main() -> None:
     parser.add_argument("--adversarial-steps", type=int, default=1, help="signed-gradient steps per batch")
     parser.add_argument("--mimic", type=float, metavar="KL_WEIGHT",
                         help="MiR: match the teacher's last feature map, classifier frozen, plus KL_WEIGHT x the KL")
+    parser.add_argument("--mimic-layer", default="layer3",
+                        help="the module whose output is matched, or head: the classifier's input (pooled)")
     parser.add_argument("--refine", type=int, metavar="POOL",
                         help="heal on a pool of POOL patches refined to match the teacher's BatchNorm statistics")
     parser.add_argument("--refine-iterations", type=int, default=20, help="pixel steps per pool chunk")
@@ -338,8 +343,8 @@ def main() -> None:
         hooks.append(images)
     loss_fn = None
     if args.mimic is not None:
-        name += f"-mimic{args.mimic:g}"
-        mimic = LastFeatures(heal, args.mimic)
+        name += f"-mimic{args.mimic:g}" + ("" if args.mimic_layer == "layer3" else f"-{args.mimic_layer}")
+        mimic = LastFeatures(heal, args.mimic, args.mimic_layer)
         hooks.append(mimic)
         loss_fn = mimic.loss
     if args.refine:
@@ -363,7 +368,7 @@ def main() -> None:
     np.save(RESULTS / f"{name}.npy", predictions)
     report = result.report
     print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance, "hard": args.hard,
-                      "mimic": args.mimic,
+                      "mimic": args.mimic, "mimic_layer": args.mimic_layer if args.mimic is not None else None,
                       "adversarial": args.adversarial and {"eps": args.adversarial, "steps": args.adversarial_steps},
                       "refine": args.refine and {"pool": args.refine, "iterations": args.refine_iterations,
                                                  "lr": args.refine_lr, "tv": args.refine_tv, "ce": args.refine_ce,
