@@ -268,6 +268,9 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
     (verified against PyTorch), `report.json` and `report.md` there, and keeps a
     checkpoint while training so `run.resume` continues an interrupted run.
     """
+    if config.match == "features":
+        raise InputError("--match features heals a pruned copy, which keeps the teacher's classifier; a new "
+                         "student learns the teacher's outputs (--match logits or auto)")
     wall_start = time.perf_counter()
     teacher = as_model(teacher, arch, trust_model)
     torch.manual_seed(run.seed)  # the student's initialisation is part of the run's seed

@@ -84,6 +84,7 @@ class PruneResult:
     config: PruneConfig
     heal_steps: int
     heal_batch_size: int
+    heal_match: str | None  # what healing taught: "logits" or "features"
     params_before: int
     macs_before: int
     params_after: int
@@ -109,7 +110,7 @@ class PruneResult:
             report["speedup_note"] = ("unstructured sparsity zeroes weights but keeps every channel: dense runtimes "
                                       "such as ONNX Runtime run it no faster; only the compressed file shrinks")
         report.update({"heal_steps": self.heal_steps, "heal_batch_size": self.heal_batch_size,
-                       "pruned_holdout_agreement": self.holdout_agreement})
+                       "heal_match": self.heal_match, "pruned_holdout_agreement": self.holdout_agreement})
         if self.heal_processes is not None:
             report["heal_processes"] = self.heal_processes
         if self.top1 is not None:
@@ -125,6 +126,8 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
     macs_before, params_before = count(teacher.module, example)
     structured = config.mode == "structured"
     heal = healing.config if healing is not None else DistillConfig()
+    if heal.match == "auto":  # the pruned copy keeps the teacher's classifier and last feature map
+        heal = dataclasses.replace(heal, match="features")
     student.source = f"{teacher.source}, pruned"
     # A model that served as a teacher before has frozen weights; torch-pruning traces
     # its dependency graph through autograd and would find nothing to prune.
@@ -189,7 +192,8 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
         holdout_agreement = agreement(ctx.teacher_holdout, ctx.predict(pruned, ctx.holdout))
         pruned_top1 = ctx.labelled_top1(pruned) if ctx.labelled is not None else None
     return PruneResult(student=student, config=config, heal_steps=heal.steps if healing is not None else 0,
-                       heal_batch_size=heal.batch_size, params_before=params_before, macs_before=macs_before,
+                       heal_batch_size=heal.batch_size, heal_match=heal.match if healing is not None else None,
+                       params_before=params_before, macs_before=macs_before,
                        params_after=params, macs_after=macs, holdout_agreement=holdout_agreement,
                        top1=pruned_top1, iterations=iterations,
                        dropped_blocks=[d["block"] for d in dropped],

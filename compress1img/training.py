@@ -31,6 +31,7 @@ from .devices import autocast_dtype, resolve_device
 from .errors import InputError, TrainingError
 from .evaluate import agreement, kl_divergence, normalize, predict, top1
 from .losses import TEACHER_SIGNALS, LossFn, kl_loss
+from .mimicry import FeatureMimicry
 from .outputs import atomic_write
 from .progress import Bar
 
@@ -41,7 +42,11 @@ LR_SCALINGS = ("none", "sqrt", "linear")
 CHECKPOINT_NAME = "checkpoint.pt"
 # A checkpoint made with other values of these would not continue the same run.
 RESUME_MUST_MATCH = ("steps", "batch_size", "seed", "lr", "lr_scaling", "mix", "teacher_signal", "temperature",
-                     "hardest_of")
+                     "hardest_of", "match")
+# What the student learns to reproduce: the teacher's softened outputs (the paper's KL), or its last feature map
+# with the classifier frozen (mimicry.py); "auto" is features when healing a pruned copy (prune, compress: it
+# healed better) and logits for a new student (distill) and for int8 training.
+MATCHES = ("auto", "logits", "features")
 
 
 class PatchSource(Protocol):
@@ -77,6 +82,7 @@ class DistillConfig:
     # most wrong (the largest KL to the teacher): 1 trains on every patch drawn. Costs a forward pass of
     # both models over all the candidates (docs/benchmarks.md, "Harder patches").
     hardest_of: int = 1
+    match: str = "auto"  # see MATCHES
 
     def __post_init__(self):
         require_int(self, "steps", 1)
@@ -91,6 +97,7 @@ class DistillConfig:
         require_choice(self, "mix", MIXES)
         require_positive(self, "mix_alpha")
         require_int(self, "hardest_of", 1)
+        require_choice(self, "match", MATCHES)
 
 
 @dataclass
@@ -330,7 +337,9 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
                      hooks: Sequence[TrainingHook] = (), label: str = "distilling") -> TrainResult:
     """Train `student` to match the frozen `teacher` on patches; returns what happened.
 
-    `mean`/`std` are the normalisation both models expect (patches are in [0, 1]).
+    `mean`/`std` are the normalisation both models expect (patches are in [0, 1]). With `config.match`
+    "features" (and no `loss_fn`) the student learns the teacher's last feature map, its classifier
+    frozen (mimicry.FeatureMimicry); "auto" is "logits" here (the stages choose it for their models).
     `holdout` holds fixed patches (float NCHW in [0, 1]) never used for training, on
     which agreement and KL are measured every `run.eval_every` steps. With `checkpoint_dir`,
     a checkpoint is kept there and `run.resume` continues from it. `loss_fn` and `augment`
@@ -342,6 +351,11 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
     and rank 0 alone evaluates (sharing the results), checkpoints and shows progress.
     The teacher is left on the device it came on.
     """
+    mimicry = FeatureMimicry.for_models(teacher, student, _example(holdout, mean, std, student)) \
+        if config.match == "features" and loss_fn is None else None
+    if mimicry is not None:
+        mimicry.freeze_classifier(student)
+        loss_fn, hooks = mimicry.loss, [*hooks, mimicry]
     loss_fn = loss_fn or kl_loss(config)
     augment = augment or default_augment(config)
     # -- models on the device, the optimizer, the teacher's view of the held-out patches, resume --
@@ -414,6 +428,12 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
                        final_loss=final["loss"], holdout_agreement=final["holdout_agreement"],
                        holdout_kl=final["holdout_kl"], history=history, config=asdict(config), world_size=world,
                        lr=optimization.lr, precision=str(placement.amp_dtype or torch.float32).removeprefix("torch."))
+
+
+def _example(holdout: torch.Tensor, mean, std, model: nn.Module) -> torch.Tensor:
+    """Two held-out patches, normalised, on the model's device: what probing a model's layers runs on."""
+    device = next(model.parameters()).device
+    return normalize(holdout[:2].to(device), mean, std)
 
 
 def _resume(checkpoint_path: Path | None, config: DistillConfig, run: RunConfig, placement: _Placement,

@@ -168,6 +168,7 @@ def test_prune_cli_writes_a_smaller_model_that_reloads_and_exports(tmp_path, tes
     report = json.loads((out / "report.json").read_text())
     assert abs(report["params_removed"] - 0.5) <= 0.01
     assert [row["iteration"] for row in report["per_iteration"]] == [1, 2]
+    assert report["heal_match"] == "features"  # by default a pruned copy heals on the teacher's last feature map
     assert report["onnx_max_abs_diff"] < 1e-3
     assert report["speedup_b32"] > 0 and report["latency_ms"]["dense"]["b1_ms"] > 0
     assert not (out / ".work").exists()

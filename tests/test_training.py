@@ -261,6 +261,44 @@ def test_with_hardest_of_each_step_draws_k_times_the_batch_and_trains_on_one_bat
         build(DistillConfig, {"hardest_of": 0})
 
 
+def test_matching_features_trains_the_last_feature_map_towards_the_teachers_and_keeps_the_classifier():
+    from compress1img.mimicry import feature_layer
+
+    teacher, student = tiny_cnn(0), tiny_cnn(1)
+    student[5].load_state_dict(teacher[5].state_dict())  # a pruned copy keeps the teacher's classifier
+    holdout = RandomPatches().batch(32, 10_000)
+    assert feature_layer(teacher, holdout[:2]) == "2"  # the ReLU: the last output with more than one position
+
+    def map_distance():
+        with torch.no_grad():
+            x = (holdout - 0.5) / 0.25
+            return F.mse_loss(student[:3].eval()(x), teacher[:3].eval()(x)).item()
+
+    before = map_distance()
+    run_distillation(teacher, student, RandomPatches(), DistillConfig(steps=60, batch_size=16, lr=1e-2,
+                                                                      match="features"),
+                     QUIET_CPU, mean=MEAN, std=STD, holdout=holdout)
+    assert map_distance() < before / 2
+    assert torch.equal(student[5].weight, teacher[5].weight)  # frozen while it trained ...
+    assert all(p.requires_grad for p in student.parameters())  # ... and trainable again afterwards
+
+
+def test_matching_features_needs_a_feature_map_the_cut_left_as_it_was():
+    narrower = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    with pytest.raises(InputError, match=r"^--match features needs the last feature map \(2\) to keep its shape"):
+        run_distillation(tiny_cnn(0), narrower, RandomPatches(), DistillConfig(steps=1, batch_size=4,
+                                                                               match="features"),
+                         QUIET_CPU, mean=MEAN, std=STD, holdout=RandomPatches().batch(4, 10_000))
+
+
+def test_a_new_student_learns_the_logits_it_has_no_teachers_classifier_to_match_features_with():
+    from compress1img import bundled_teacher, distill
+
+    with pytest.raises(InputError, match=r"^--match features heals a pruned copy"):
+        distill(bundled_teacher(), "cifar_resnet20", config=DistillConfig(match="features"))
+
+
 def test_topk_signal_has_finite_gradients():
     student = torch.randn(4, 10, requires_grad=True)
     distillation_loss(student, torch.randn(4, 10), signal="topk", topk=3).backward()

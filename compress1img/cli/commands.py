@@ -18,8 +18,9 @@ from ..scoring import PREDICTORS
 from ..training import DistillConfig
 from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, CalibrationMethodOpt, CalibrationOpt,
     ChannelsOpt, CheckpointEveryOpt, CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt,
-    FreezeBnOpt, HardestOfOpt, IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt, KeepFloatOpt,
-    LatencyBatchesOpt, LatencyThreadsOpt, LrOpt, LrScalingOpt, MeanOpt, MethodOpt, ModeOpt, ModelArg, NoHealOpt,
+    FreezeBnOpt, HardestOfOpt, IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt,
+    KeepFloatOpt, LatencyBatchesOpt, LatencyThreadsOpt, LrOpt, LrScalingOpt, MatchOpt, MeanOpt, MethodOpt, ModeOpt,
+    ModelArg, NoHealOpt,
     NprocOpt, OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt,
     RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build, batch_sizes,
     latency_config, load, packaged_recipes, read_lines, show_config)
@@ -86,6 +87,7 @@ def distill(
                                  "--topk largest logits), hard (argmax only).")] = DistillConfig.teacher_signal,
     topk: Annotated[int, typer.Option("--topk", help="k for --teacher-signal topk.")] = DistillConfig.topk,
     hardest_of: HardestOfOpt = DistillConfig.hardest_of,
+    match: MatchOpt = DistillConfig.match,
     seed: SeedOpt = RunConfig.seed,
     eval_data: EvalDataOpt = None,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement (and accuracy) every N "
@@ -162,6 +164,7 @@ def prune(
     seed: SeedOpt = RunConfig.seed,
     freeze_bn_stats: FreezeBnOpt = False,
     hardest_of: HardestOfOpt = DistillConfig.hardest_of,
+    match: MatchOpt = DistillConfig.match,
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
@@ -211,6 +214,7 @@ def quantize(
     lr_scaling: LrScalingOpt = DistillConfig.lr_scaling,
     temperature: TempOpt = DistillConfig.temperature,
     hardest_of: HardestOfOpt = DistillConfig.hardest_of,
+    match: MatchOpt = DistillConfig.match,
     seed: SeedOpt = RunConfig.seed,
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
@@ -272,6 +276,7 @@ def compress_(
     seed: SeedOpt = RunConfig.seed,
     freeze_bn_stats: FreezeBnOpt = False,
     hardest_of: HardestOfOpt = DistillConfig.hardest_of,
+    match: MatchOpt = DistillConfig.match,
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,

@@ -232,6 +232,12 @@ HardestOfOpt = Annotated[int, typer.Option(
     help="Draw K times the batch of patches each step and train on the patches of it that the model being trained "
          "gets most wrong (the largest KL to the teacher); 1 trains on every patch drawn. Each step then also runs "
          "both models over all K x --batch-size patches. Measured: docs/benchmarks.md, \"Harder patches\".")]
+MatchOpt = Annotated[str, typer.Option(
+    "--match", help="What the model being trained learns to reproduce: logits (the teacher's softened outputs, "
+                    "the paper's KL), features (the teacher's last feature map, its classifier frozen as the "
+                    "teacher's: for a pruned copy) or auto (features when healing a pruned model, logits when "
+                    "distilling a new student or training int8). Measured: docs/benchmarks.md, \"Matching the "
+                    "last feature map\".")]
 EvalEveryOpt = Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement every N training "
                                                                 "steps.")]
 Int8Opt = Annotated[bool, typer.Option(

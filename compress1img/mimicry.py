@@ -1,0 +1,111 @@
+"""Healing a pruned model by feature mimicry instead of the KL of the logits (MiR: Wang et al., "Compressing
+Models with Few Samples: Mimicking then Replacing", CVPR 2022).
+
+The cut keeps the teacher's classifier and the shape of its last feature map (the residual streams are
+not pruned), so the pruned student can learn to reproduce that map, its classifier frozen: per patch a
+signal of C x H x W numbers instead of ten class probabilities, which puts the student's features where
+the teacher's classifier reads them. On one image's patches it healed the ResNet-56 cut better than the
+KL did (docs/benchmarks.md, "Matching the last feature map").
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InputError
+
+# The classifier's input stands in for the feature map in models that have none (a ViT's class token).
+HEAD_INPUT = "the classifier's input"
+
+
+def classifier_name(model: nn.Module, num_classes: int) -> str:
+    """The name of the last layer whose outputs are the classes."""
+    heads = [name for name, m in model.named_modules() if (isinstance(m, nn.Linear) and m.out_features == num_classes)
+             or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes)]
+    if not heads:
+        raise InputError(f"--match features needs a classifier with {num_classes} outputs; none found")
+    return heads[-1]
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, output shape) of the model's top-level children, in the order the forward pass calls them."""
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    handles = [child.register_forward_hook(
+        lambda m, i, o, name=name: calls.append((name, tuple(o.shape) if isinstance(o, torch.Tensor) else ())))
+        for name, child in model.named_children()]
+    was_training = model.training
+    try:
+        model.eval()(example)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def feature_layer(model: nn.Module, example: torch.Tensor) -> str:
+    """The top-level module whose output is the last feature map (4-D, more than one position) of the forward
+    pass, or HEAD_INPUT when the model has none."""
+    maps = [name for name, shape in _outputs(model, example) if len(shape) == 4 and shape[2] * shape[3] > 1]
+    return maps[-1] if maps else HEAD_INPUT
+
+
+class FeatureMimicry:
+    """Feature mimicry for one teacher-student pair, a training hook (training.TrainingHook) that captures both
+    feature maps; `loss` is the loop's loss_fn: the mean squared error between the maps over the teacher's
+    mean energy, so that its size does not depend on the model. `freeze_classifier(student)` keeps the
+    student's classifier as the teacher's until `on_end`."""
+
+    def __init__(self, layer: str, classifier: str):
+        self.layer, self.classifier = layer, classifier
+        self.features: dict[str, torch.Tensor] = {}
+        self.handles: list = []
+        self.trainable: list[tuple[nn.Parameter, bool]] = []
+
+    @classmethod
+    def for_models(cls, teacher: nn.Module, student: nn.Module, example: torch.Tensor) -> "FeatureMimicry":
+        """The feature map to match, checked to have the same shape in both models."""
+        with torch.no_grad():
+            num_classes = teacher.eval()(example).shape[1]
+        layer, classifier = feature_layer(teacher, example), classifier_name(teacher, num_classes)
+        if layer != HEAD_INPUT:
+            shapes = [dict(_outputs(model, example)).get(layer) for model in (teacher, student)]
+            if shapes[0] != shapes[1]:
+                raise InputError(f"--match features needs the last feature map ({layer}) to keep its shape, but the "
+                                 f"cut made it {shapes[1]} from {shapes[0]}: use --match logits or keep the "
+                                 f"residual streams (--channels internal)")
+        return cls(layer, classifier)
+
+    def freeze_classifier(self, student: nn.Module) -> None:
+        """No gradient for the student's classifier (before the loop builds its optimizer and DDP wrapper)."""
+        head = dict(student.named_modules())[self.classifier]
+        self.trainable = [(p, p.requires_grad) for p in head.parameters()]
+        head.requires_grad_(False)
+
+    def on_start(self, teacher: nn.Module, student: nn.Module) -> None:
+        for role, model in (("teacher", teacher), ("student", student)):
+            modules = dict(model.named_modules())
+            if self.layer == HEAD_INPUT:
+                self.handles.append(modules[self.classifier].register_forward_pre_hook(
+                    lambda m, i, role=role: self.features.__setitem__(role, i[0])))
+            else:
+                self.handles.append(modules[self.layer].register_forward_hook(
+                    lambda m, i, o, role=role: self.features.__setitem__(role, o)))
+
+    def after_step(self, step: int, student: nn.Module, loss: float) -> None:
+        pass
+
+    def on_end(self, student: nn.Module) -> None:
+        for handle in self.handles:
+            handle.remove()
+        for p, trainable in self.trainable:
+            p.requires_grad_(trainable)
+        self.handles, self.trainable = [], []
+        self.features.clear()
+
+    def loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        # The teacher ran under inference_mode: a copy made here can be saved for the backward pass.
+        teacher_map, student_map = self.features["teacher"].float().clone(), self.features["student"].float()
+        return F.mse_loss(student_map, teacher_map) / (teacher_map.pow(2).mean() + 1e-6)
