@@ -52,6 +52,20 @@ def feature_layer(model: nn.Module, example: torch.Tensor) -> str:
     return maps[-1] if maps else HEAD_INPUT
 
 
+def _changed_shape(teacher: nn.Module, student: nn.Module, example: torch.Tensor, layer: str) -> str | None:
+    """How the student's `layer` output differs in shape from the teacher's ("(1, 32, 8, 8) from (1, 64, 8, 8)"),
+    None when it does not."""
+    if layer == HEAD_INPUT:
+        return None  # the classifier, kept as the teacher's, reads the same number of features
+    shapes = [dict(_outputs(model, example)).get(layer) for model in (teacher, student)]
+    return None if shapes[0] == shapes[1] else f"{shapes[1]} from {shapes[0]}"
+
+
+def keeps_feature_map(teacher: nn.Module, student: nn.Module, example: torch.Tensor) -> bool:
+    """Whether the student's last feature map has the teacher's shape, so that it can learn to match it."""
+    return _changed_shape(teacher, student, example, feature_layer(teacher, example)) is None
+
+
 class FeatureMimicry:
     """Feature mimicry for one teacher-student pair, a training hook (training.TrainingHook) that captures both
     feature maps; `loss` is the loop's loss_fn: the mean squared error between the maps over the teacher's
@@ -70,12 +84,11 @@ class FeatureMimicry:
         with torch.no_grad():
             num_classes = teacher.eval()(example).shape[1]
         layer, classifier = feature_layer(teacher, example), classifier_name(teacher, num_classes)
-        if layer != HEAD_INPUT:
-            shapes = [dict(_outputs(model, example)).get(layer) for model in (teacher, student)]
-            if shapes[0] != shapes[1]:
-                raise InputError(f"--match features needs the last feature map ({layer}) to keep its shape, but the "
-                                 f"cut made it {shapes[1]} from {shapes[0]}: use --match logits or keep the "
-                                 f"residual streams (--channels internal)")
+        changed = _changed_shape(teacher, student, example, layer)
+        if changed:
+            raise InputError(f"--match features needs the last feature map ({layer}) to keep its shape, but the "
+                             f"cut made it {changed}: use --match logits or keep the residual streams "
+                             f"(--channels internal)")
         return cls(layer, classifier)
 
     def freeze_classifier(self, student: nn.Module) -> None:

@@ -34,6 +34,7 @@ from .errors import InputError, first_line
 from .export import ExportResult, export_onnx, onnx_model_bytes
 from .latency import LatencyConfig, compare_latency
 from .losses import LossFn, distillation_loss
+from .mimicry import keeps_feature_map
 from .models import LoadedModel, load_model, save_model, save_program
 from .models.transforms import DROP_BLOCK, drop_block
 from .models.user import is_class_spec
@@ -126,8 +127,7 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
     macs_before, params_before = count(teacher.module, example)
     structured = config.mode == "structured"
     heal = healing.config if healing is not None else DistillConfig()
-    if heal.match == "auto":  # the pruned copy keeps the teacher's classifier and last feature map
-        heal = dataclasses.replace(heal, match="features")
+    matched = None
     student.source = f"{teacher.source}, pruned"
     # A model that served as a teacher before has frozen weights; torch-pruning traces
     # its dependency graph through autograd and would find nothing to prune.
@@ -173,9 +173,10 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
         # -- heal ----------------------------------------------------------------------------------------------
         steps = heal.steps * k // config.iterations - heal.steps * (k - 1) // config.iterations
         if healing is not None and steps > 0:
-            result = healing.run(ctx, student.module, dataclasses.replace(heal, steps=steps), f"heal-{k}",
-                                 f"healing{of_k}", seed=ctx.run.seed + k - 1)
-            row.update({"heal_steps": steps, "heal_seconds": result.seconds,
+            matched = _healing_match(ctx, student.module, heal.match)
+            result = healing.run(ctx, student.module, dataclasses.replace(heal, steps=steps, match=matched),
+                                 f"heal-{k}", f"healing{of_k}", seed=ctx.run.seed + k - 1)
+            row.update({"heal_steps": steps, "heal_seconds": result.seconds, "heal_match": matched,
                         "holdout_agreement_after_heal": result.holdout_agreement, "heal_history": result.history})
             heal_processes = processes_report(result)
         if not structured:
@@ -192,12 +193,24 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
         holdout_agreement = agreement(ctx.teacher_holdout, ctx.predict(pruned, ctx.holdout))
         pruned_top1 = ctx.labelled_top1(pruned) if ctx.labelled is not None else None
     return PruneResult(student=student, config=config, heal_steps=heal.steps if healing is not None else 0,
-                       heal_batch_size=heal.batch_size, heal_match=heal.match if healing is not None else None,
+                       heal_batch_size=heal.batch_size, heal_match=matched,
                        params_before=params_before, macs_before=macs_before,
                        params_after=params, macs_after=macs, holdout_agreement=holdout_agreement,
                        top1=pruned_top1, iterations=iterations,
                        dropped_blocks=[d["block"] for d in dropped],
                        weight_sparsity=None if structured else weight_sparsity(pruned), heal_processes=heal_processes)
+
+
+def _healing_match(ctx: RunContext, student: nn.Module, match: str) -> str:
+    """What healing the cut `student` matches: "auto" is the teacher's last feature map where the cut kept its
+    shape (with the teacher's classifier, which is never cut), else the logits."""
+    if match != "auto":
+        return match
+    example = normalize(ctx.holdout[:2], ctx.teacher.mean, ctx.teacher.std)
+    if keeps_feature_map(ctx.teacher.module, student.cpu(), example):
+        return "features"
+    log.info("healing on the logits: the cut changed the shape of the last feature map")
+    return "logits"
 
 
 def _taylor_loss(ctx: RunContext, heal: DistillConfig):
