@@ -29,17 +29,24 @@ def classifier_name(model: nn.Module, num_classes: int) -> str:
 
 
 @torch.no_grad()
+def _forward(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
+    """The model's output on `example` in eval mode (BatchNorm statistics untouched), its mode restored."""
+    was_training = model.training
+    try:
+        return model.eval()(example)
+    finally:
+        model.train(was_training)
+
+
 def _outputs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
     """(name, output shape) of the model's top-level children, in the order the forward pass calls them."""
     calls: list[tuple[str, tuple[int, ...]]] = []
     handles = [child.register_forward_hook(
         lambda m, i, o, name=name: calls.append((name, tuple(o.shape) if isinstance(o, torch.Tensor) else ())))
         for name, child in model.named_children()]
-    was_training = model.training
     try:
-        model.eval()(example)
+        _forward(model, example)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return calls
@@ -52,18 +59,27 @@ def feature_layer(model: nn.Module, example: torch.Tensor) -> str:
     return maps[-1] if maps else HEAD_INPUT
 
 
-def _changed_shape(teacher: nn.Module, student: nn.Module, example: torch.Tensor, layer: str) -> str | None:
-    """How the student's `layer` output differs in shape from the teacher's ("(1, 32, 8, 8) from (1, 64, 8, 8)"),
-    None when it does not."""
-    if layer == HEAD_INPUT:
-        return None  # the classifier, kept as the teacher's, reads the same number of features
-    shapes = [dict(_outputs(model, example)).get(layer) for model in (teacher, student)]
-    return None if shapes[0] == shapes[1] else f"{shapes[1]} from {shapes[0]}"
+def _matched_shape(model: nn.Module, example: torch.Tensor, layer: str, classifier: str) -> tuple[int, ...]:
+    """The shape of what mimicry matches in `model`: `layer`'s output, or the classifier's input."""
+    seen: list[torch.Tensor] = []
+    modules = dict(model.named_modules())
+    handle = modules[classifier].register_forward_pre_hook(lambda m, i: seen.append(i[0])) if layer == HEAD_INPUT \
+        else modules[layer].register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        _forward(model, example)
+    finally:
+        handle.remove()
+    return tuple(seen[-1].shape) if seen else ()
 
 
 def keeps_feature_map(teacher: nn.Module, student: nn.Module, example: torch.Tensor) -> bool:
-    """Whether the student's last feature map has the teacher's shape, so that it can learn to match it."""
-    return _changed_shape(teacher, student, example, feature_layer(teacher, example)) is None
+    """Whether the student can learn the teacher's last feature map: the teacher has a classifier and the
+    student's map has the teacher's shape."""
+    try:
+        FeatureMimicry.for_models(teacher, student, example)
+    except InputError:
+        return False
+    return True
 
 
 class FeatureMimicry:
@@ -81,14 +97,13 @@ class FeatureMimicry:
     @classmethod
     def for_models(cls, teacher: nn.Module, student: nn.Module, example: torch.Tensor) -> "FeatureMimicry":
         """The feature map to match, checked to have the same shape in both models."""
-        with torch.no_grad():
-            num_classes = teacher.eval()(example).shape[1]
-        layer, classifier = feature_layer(teacher, example), classifier_name(teacher, num_classes)
-        changed = _changed_shape(teacher, student, example, layer)
-        if changed:
+        layer = feature_layer(teacher, example)
+        classifier = classifier_name(teacher, _forward(teacher, example).shape[1])
+        shapes = [_matched_shape(model, example, layer, classifier) for model in (teacher, student)]
+        if shapes[0] != shapes[1]:
             raise InputError(f"--match features needs the last feature map ({layer}) to keep its shape, but the "
-                             f"cut made it {changed}: use --match logits or keep the residual streams "
-                             f"(--channels internal)")
+                             f"cut made it {shapes[1]} from {shapes[0]}: use --match logits or keep the residual "
+                             f"streams (--channels internal)")
         return cls(layer, classifier)
 
     def freeze_classifier(self, student: nn.Module) -> None:
