@@ -5,14 +5,16 @@
 #         p50-drop6 (6 whole blocks dropped, channels for the rest of the 50%), p50-drop6-long (the same, 2x STEPS),
 #         repair50 (no healing, least-squares repair only), p50-6k and p50-drop6-6k (4x STEPS, bf16 steps),
 #         p50-12k and p50-drop6-12k (8x STEPS)
+# MATCH=logits heals on the KL of the logits, as every row docs/benchmarks.md quotes was (default: auto).
 # Results in benchmarks/results/prune-ROW/ (report.json, report.md); docs/benchmarks.md quotes them.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"  # DATA, R56, CIFAR_TEST, ANIMALS
 STEPS=${STEPS:-1500}
+MATCH=${MATCH:-auto}
 OUT=benchmarks/results
 mkdir -p "$OUT"
 common=("$R56" --arch cifar_resnet56 --eval-data "$CIFAR_TEST"
-        --steps "$STEPS" --eval-every 250 --overwrite)
+        --steps "$STEPS" --match "$MATCH" --eval-every 250 --overwrite)
 animals=$ANIMALS
 run() {  # name, options...
     local name=$1; shift

@@ -14,18 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
+from .models.transforms import classifier_name
 
 # The classifier's input stands in for the feature map in models that have none (a ViT's class token).
 HEAD_INPUT = "the classifier's input"
-
-
-def classifier_name(model: nn.Module, num_classes: int) -> str:
-    """The name of the last layer whose outputs are the classes."""
-    heads = [name for name, m in model.named_modules() if (isinstance(m, nn.Linear) and m.out_features == num_classes)
-             or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes)]
-    if not heads:
-        raise InputError(f"--match features needs a classifier with {num_classes} outputs; none found")
-    return heads[-1]
 
 
 @torch.no_grad()
@@ -98,7 +90,10 @@ class FeatureMimicry:
     def for_models(cls, teacher: nn.Module, student: nn.Module, example: torch.Tensor) -> "FeatureMimicry":
         """The feature map to match, checked to have the same shape in both models."""
         layer = feature_layer(teacher, example)
-        classifier = classifier_name(teacher, _forward(teacher, example).shape[1])
+        num_classes = _forward(teacher, example).shape[1]
+        classifier = classifier_name(teacher, num_classes)
+        if classifier is None:
+            raise InputError(f"--match features needs a classifier with {num_classes} outputs; none found")
         shapes = [_matched_shape(model, example, layer, classifier) for model in (teacher, student)]
         if shapes[0] != shapes[1]:
             raise InputError(f"--match features needs the last feature map ({layer}) to keep its shape, but the "

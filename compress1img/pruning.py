@@ -21,7 +21,7 @@ from torch.nn.utils import prune as torch_prune
 
 from .config import require, require_choice, require_int
 from .errors import Compress1imgError, InputError, first_line
-from .models.transforms import (ShortcutConv, attention_layers, drop_block,  # noqa: F401 (re-export)
+from .models.transforms import (ShortcutConv, attention_layers, classifier_name, drop_block,  # noqa: F401 (re-export)
                                 freeze_shortcuts, make_prunable, sync_attention_dims)
 
 if TYPE_CHECKING:
@@ -113,9 +113,9 @@ def protected_layers(model: nn.Module, num_classes: int, extra: tuple[str, ...])
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and not isinstance(m, ShortcutConv)]
     if convs:
         layers.append(convs[0])
-    heads = [m for m in model.modules() if (isinstance(m, nn.Linear) and m.out_features == num_classes)
-             or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes)]
-    layers.extend(heads[-1:])
+    head = classifier_name(model, num_classes)
+    if head is not None:
+        layers.append(named[head])
     for name in extra:
         if name not in named:
             close = [n for n in named if name in n][:5]

@@ -70,6 +70,13 @@ def apply_transforms(model: nn.Module, transforms: list[str]) -> None:
             drop_block(model, transform[len(DROP_BLOCK):])
 
 
+def classifier_name(model: nn.Module, num_classes: int) -> str | None:
+    """The name of the last layer whose outputs are the classes (a Linear, or a Conv2d head), None if none."""
+    heads = [name for name, m in model.named_modules() if (isinstance(m, nn.Linear) and m.out_features == num_classes)
+             or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes)]
+    return heads[-1] if heads else None
+
+
 def attention_layers(model: nn.Module) -> list[nn.Module]:
     """Self-attention modules with a fused qkv projection split into heads (timm's Attention and kin)."""
     return [m for m in model.modules() if isinstance(getattr(m, "qkv", None), nn.Linear)
