@@ -203,7 +203,7 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
 
 def _healing_match(ctx: RunContext, student: nn.Module, match: str) -> str:
     """What healing the cut `student` matches: "auto" is the teacher's last feature map where the cut kept its
-    shape (with the teacher's classifier, which is never cut), else the logits."""
+    shape (the classifier reading it then is the teacher's: its outputs are never cut), else the logits."""
     if match != "auto":
         return match
     example = normalize(ctx.holdout[:2], ctx.teacher.mean, ctx.teacher.std)
