@@ -37,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from compress1img import DistillConfig, PruneConfig, RunConfig, TrainingHook, load_eval_data, prune
 from compress1img.evaluate import normalize, predict
 from compress1img.losses import kl_loss
+from compress1img.mimicry import HEAD_INPUT, FeatureMimicry
 from compress1img.models import load_model
 from compress1img.sources import open_source
 
@@ -164,35 +164,22 @@ class AdversarialPatches(TrainingHook):
         return (x + delta).clamp(0, 1).detach()
 
 
-class LastFeatures(TrainingHook):
-    """MiR ("Compressing Models with Few Samples: Mimicking then Replacing", CVPR 2022) put in through the loop's
-    extension points: keeps the last feature map (the output of `layer3`, before pooling) of teacher and
-    student while training and freezes the student's classifier, which the cut kept as the teacher's; `loss`
-    is the mean squared error between the two maps over the teacher's energy, with `kl_weight` x the default
-    KL loss added (0: the student only mimics, as MiR does)."""
+class LastFeatures(FeatureMimicry):
+    """MiR ("Compressing Models with Few Samples: Mimicking then Replacing", CVPR 2022): the package's feature
+    mimicry (compress1img/mimicry.py) of `layer`'s output ("head": the classifier's input), the classifier
+    frozen when training starts, with `kl_weight` x the default KL loss added (0: the student only mimics,
+    as MiR does and as `--match features` heals)."""
 
     def __init__(self, heal: DistillConfig, kl_weight: float = 0.0, layer: str = "layer3", head: str = "linear"):
-        self.kl, self.kl_weight, self.layer, self.head = kl_loss(heal), kl_weight, layer, head
-        self.features, self.handles = {}, []
+        super().__init__(HEAD_INPUT if layer == "head" else layer, head)
+        self.kl, self.kl_weight = kl_loss(heal), kl_weight
 
     def on_start(self, teacher, student):
-        for role, model in (("teacher", teacher), ("student", student)):
-            if self.layer == "head":  # the classifier's input: the pooled features
-                self.handles.append(dict(model.named_modules())[self.head].register_forward_pre_hook(
-                    lambda m, i, role=role: self.features.__setitem__(role, i[0])))
-            else:
-                self.handles.append(dict(model.named_modules())[self.layer].register_forward_hook(
-                    lambda m, i, o, role=role: self.features.__setitem__(role, o)))
-        dict(student.named_modules())[self.head].requires_grad_(False)  # AdamW skips what gets no gradient
-
-    def on_end(self, student):
-        for handle in self.handles:
-            handle.remove()
-        dict(student.named_modules())[self.head].requires_grad_(True)
+        self.freeze_classifier(student)  # AdamW skips what gets no gradient
+        super().on_start(teacher, student)
 
     def loss(self, student_logits, teacher_logits):
-        t, s = self.features["teacher"].float(), self.features["student"].float()
-        mimic = F.mse_loss(s, t) / (t.pow(2).mean() + 1e-6)
+        mimic = super().loss(student_logits, teacher_logits)
         return mimic + self.kl_weight * self.kl(student_logits, teacher_logits) if self.kl_weight else mimic
 
 

@@ -9,6 +9,8 @@ KL did (docs/benchmarks.md, "Matching the last feature map").
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,12 +53,19 @@ def feature_layer(model: nn.Module, example: torch.Tensor) -> str:
     return maps[-1] if maps else HEAD_INPUT
 
 
-def _matched_shape(model: nn.Module, example: torch.Tensor, layer: str, classifier: str) -> tuple[int, ...]:
-    """The shape of what mimicry matches in `model`: `layer`'s output, or the classifier's input."""
-    seen: list[torch.Tensor] = []
+def _capture(model: nn.Module, layer: str, classifier: str, record):
+    """Calls `record(features)` with what mimicry matches on every forward pass of `model`: `layer`'s output,
+    or the classifier's input; returns the hook's handle."""
     modules = dict(model.named_modules())
-    handle = modules[classifier].register_forward_pre_hook(lambda m, i: seen.append(i[0])) if layer == HEAD_INPUT \
-        else modules[layer].register_forward_hook(lambda m, i, o: seen.append(o))
+    if layer == HEAD_INPUT:
+        return modules[classifier].register_forward_pre_hook(lambda m, i: record(i[0]))
+    return modules[layer].register_forward_hook(lambda m, i, o: record(o))
+
+
+def _matched_shape(model: nn.Module, example: torch.Tensor, layer: str, classifier: str) -> tuple[int, ...]:
+    """The shape of what mimicry matches in `model`."""
+    seen: list[torch.Tensor] = []
+    handle = _capture(model, layer, classifier, seen.append)
     try:
         _forward(model, example)
     finally:
@@ -108,14 +117,8 @@ class FeatureMimicry:
         head.requires_grad_(False)
 
     def on_start(self, teacher: nn.Module, student: nn.Module) -> None:
-        for role, model in (("teacher", teacher), ("student", student)):
-            modules = dict(model.named_modules())
-            if self.layer == HEAD_INPUT:
-                self.handles.append(modules[self.classifier].register_forward_pre_hook(
-                    lambda m, i, role=role: self.features.__setitem__(role, i[0])))
-            else:
-                self.handles.append(modules[self.layer].register_forward_hook(
-                    lambda m, i, o, role=role: self.features.__setitem__(role, o)))
+        self.handles = [_capture(model, self.layer, self.classifier, functools.partial(self.features.__setitem__, role))
+                        for role, model in (("teacher", teacher), ("student", student))]
 
     def after_step(self, step: int, student: nn.Module, loss: float) -> None:
         pass
