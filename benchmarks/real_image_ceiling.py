@@ -20,7 +20,10 @@ teacher-guided selection, put in as a patch source of the script's own. `--hard 
 which the student, as it is at that step, disagrees most with the teacher kept (largest KL at T = 8).
 `--adversarial EPS` moves each patch by signed-gradient steps (`--adversarial-steps`, at most EPS per pixel)
 towards a larger KL between teacher and student. `--mimic W` is MiR: the student matches the teacher's last
-feature map, its classifier frozen, plus W x the KL loss (0: feature matching alone).
+feature map, its classifier frozen, plus W x the KL loss (0: feature matching alone); `--mimic-layer` matches
+another module's output instead, several at once (comma-separated), or `blocks`: every residual block's output.
+`--anchor PULL` moves every trainable weight PULL of the way back to its value after the cut after each step
+(decoupled L2-SP: healing held near the weights the teacher learnt on real data).
 `--refine POOL` heals on a pool of POOL patches whose pixels were first refined so that the teacher's
 per-layer batch statistics match its BatchNorm running statistics (DeepInversion's loss, started from the
 image's patches; `--refine-iterations`, `--refine-lr`, `--refine-tv` for a smoothness prior, `--refine-ce` for
@@ -183,6 +186,60 @@ class LastFeatures(FeatureMimicry):
         return mimic + self.kl_weight * self.kl(student_logits, teacher_logits) if self.kl_weight else mimic
 
 
+class ManyFeatures(LastFeatures):
+    """Feature mimicry at several layers at once (FitNets-style hints along the network, MiR's loss at each):
+    the mean over `layers` of each map's squared error over the teacher's mean energy there, classifier
+    frozen. `blocks` stands for every residual block's output (layer1.0 ... layer3.8 in the ResNet-56):
+    the cut keeps the residual streams, so every block's output has the teacher's shape."""
+
+    def __init__(self, heal: DistillConfig, kl_weight: float, layers: list[str], head: str = "linear"):
+        super().__init__(heal, kl_weight, layers[-1], head)
+        self.layers = layers
+
+    def on_start(self, teacher, student):
+        self.freeze_classifier(student)
+        modules = {role: dict(model.named_modules()) for role, model in (("teacher", teacher), ("student", student))}
+        self.handles = [modules[role][layer].register_forward_hook(
+            lambda m, i, o, key=(role, layer): self.features.__setitem__(key, o))
+            for role in modules for layer in self.layers]
+
+    def loss(self, student_logits, teacher_logits):
+        total = 0.0
+        for layer in self.layers:
+            t, s = self.features[("teacher", layer)].float().clone(), self.features[("student", layer)].float()
+            total = total + torch.nn.functional.mse_loss(s, t) / (t.pow(2).mean() + 1e-6)
+        mimic = total / len(self.layers)
+        return mimic + self.kl_weight * self.kl(student_logits, teacher_logits) if self.kl_weight else mimic
+
+
+class Anchored(TrainingHook):
+    """Healing held near the weights it starts from (the cut teacher's, learnt on real data): after every
+    optimizer step each trainable parameter moves a fraction `pull` of the way back to its starting value, the
+    decoupled form of L2-SP (Li et al., "Explicit inductive bias for transfer learning", ICML 2018), so that the
+    patches move the weights only where their gradient keeps pushing."""
+
+    def __init__(self, pull: float):
+        self.pull, self.start = pull, []
+
+    def on_start(self, teacher, student):
+        self.start = [(p, p.detach().clone()) for p in student.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def after_step(self, step, student, loss):
+        for p, p0 in self.start:
+            p.lerp_(p0, self.pull)
+
+    def on_end(self, student):
+        self.start = []
+
+
+def mimic_layers(spec: str) -> list[str]:
+    """`--mimic-layer`: one module name, several separated by commas, or `blocks` (every residual block)."""
+    if spec == "blocks":
+        return [f"layer{stage}.{block}" for stage in (1, 2, 3) for block in range(9)]
+    return spec.split(",")
+
+
 class BatchNormRefined:
     """A pool of `pool` patches of `inner`, refined once by `iterations` Adam steps on their pixels so that the
     teacher's per-layer batch means and variances (chunks of 256) match its BatchNorm running statistics, the
@@ -285,7 +342,10 @@ def main() -> None:
     parser.add_argument("--mimic", type=float, metavar="KL_WEIGHT",
                         help="MiR: match the teacher's last feature map, classifier frozen, plus KL_WEIGHT x the KL")
     parser.add_argument("--mimic-layer", default="layer3",
-                        help="the module whose output is matched, or head: the classifier's input (pooled)")
+                        help="the module whose output is matched, or head: the classifier's input (pooled); "
+                             "several separated by commas, or blocks: every residual block's output")
+    parser.add_argument("--anchor", type=float, metavar="PULL",
+                        help="after every step, move each weight PULL of the way back to its value after the cut")
     parser.add_argument("--refine", type=int, metavar="POOL",
                         help="heal on a pool of POOL patches refined to match the teacher's BatchNorm statistics")
     parser.add_argument("--refine-iterations", type=int, default=20, help="pixel steps per pool chunk")
@@ -330,10 +390,16 @@ def main() -> None:
         hooks.append(images)
     loss_fn = None
     if args.mimic is not None:
-        name += f"-mimic{args.mimic:g}" + ("" if args.mimic_layer == "layer3" else f"-{args.mimic_layer}")
-        mimic = LastFeatures(heal, args.mimic, args.mimic_layer)
+        name += f"-mimic{args.mimic:g}" + ("" if args.mimic_layer == "layer3" else
+                                           f"-{args.mimic_layer.replace(',', '+')}")
+        layers = mimic_layers(args.mimic_layer)
+        mimic = LastFeatures(heal, args.mimic, layers[0]) if len(layers) == 1 else \
+            ManyFeatures(heal, args.mimic, layers)
         hooks.append(mimic)
         loss_fn = mimic.loss
+    if args.anchor:
+        name += f"-anchor{args.anchor:g}"
+        hooks.append(Anchored(args.anchor))
     if args.refine:
         name += f"-refine{args.refine}x{args.refine_iterations}-lr{args.refine_lr}" + (
             f"-tv{args.refine_tv}" if args.refine_tv else "") + (
