@@ -33,6 +33,7 @@ from .export import export_onnx
 from .images import DEFAULT_IMAGE, NOISE_IMAGE, load_image, min_image_side, resolve_image
 from .latency import LatencyConfig, compare_latency
 from .losses import LossFn
+from .mimicry import adopt_classifier
 from .models import BUNDLED_TEACHER, LoadedModel, bundled_teacher, create_model_from_name
 from .outputs import check_writable, remove_if_empty
 from .patches import PatchConfig
@@ -264,13 +265,15 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
     """Train a randomly initialised `student` (an architecture name, or a class of one's own "FILE.py:CLASS" built
     with `student_args`) from `teacher` on patches of one image.
 
+    By default (`config.match` "auto") a student whose last feature map and classifier have the teacher's
+    shapes (a CIFAR ResNet-20 from a ResNet-56) gets a copy of the teacher's classifier, frozen, and learns the
+    teacher's last feature map; any other learns the teacher's softened outputs (docs/benchmarks.md,
+    "From-scratch distillation").
+
     With `run.out`, writes `model.pt` (reloadable with `load_model`), `model.onnx`
     (verified against PyTorch), `report.json` and `report.md` there, and keeps a
     checkpoint while training so `run.resume` continues an interrupted run.
     """
-    if config.match == "features":
-        raise InputError("--match features heals a pruned copy, which keeps the teacher's classifier; a new "
-                         "student learns the teacher's outputs (--match logits or auto)")
     wall_start = time.perf_counter()
     teacher = as_model(teacher, arch, trust_model)
     torch.manual_seed(run.seed)  # the student's initialisation is part of the run's seed
@@ -280,6 +283,8 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
     seconds = {"setup": time.perf_counter() - wall_start}
     out_dir = ctx.out_dir
     try:
+        if loss_fn is None:  # a loss of one's own decides what the student learns
+            config = dataclasses.replace(config, match=_student_match(ctx, student_model, config.match))
         if run.resume and out_dir is not None and not (out_dir / CHECKPOINT_NAME).exists():
             if (out_dir / "report.json").exists():
                 raise InputError(f"the run in {out_dir} already finished (no checkpoint to resume); "
@@ -326,6 +331,23 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
     return Result(student_model, report)
 
 
+def _student_match(ctx: RunContext, student: LoadedModel, match: str) -> str:
+    """What a new student learns. With "features" it takes a copy of the teacher's classifier, frozen, and learns
+    the teacher's last feature map, which needs its own map and classifier to have the teacher's shapes; "auto"
+    is "features" where they have, else "logits"."""
+    if match == "logits":
+        return match
+    try:
+        adopt_classifier(ctx.teacher.module, student.module, normalize(ctx.holdout[:2], ctx.teacher.mean,
+                                                                        ctx.teacher.std))
+    except InputError as e:
+        if match == "features":
+            raise
+        log.info(f"distilling on the logits: the student cannot learn the teacher's last feature map ({first_line(e)})")
+        return "logits"
+    return "features"
+
+
 def _distill_report(ctx: RunContext, student: LoadedModel, result, config: DistillConfig) -> dict:
     report = {"command": "distill", "teacher": ctx.teacher.source, "student": student.source,
               **ctx.source_report, "patches_file": str(ctx.patches_file) if ctx.patches_file else None,
@@ -336,7 +358,7 @@ def _distill_report(ctx: RunContext, student: LoadedModel, result, config: Disti
         report["eval_data"] = ctx.labelled.source
         report["teacher_top1"] = top1(ctx.teacher_labelled_logits(), ctx.labelled.labels)
     # batch_size is per process; patches_seen and patches_per_second count all processes.
-    report.update({"steps": result.steps, "batch_size": config.batch_size,
+    report.update({"steps": result.steps, "batch_size": config.batch_size, "match": config.match,
                    "patches_seen": result.steps * result.global_batch_size, "train_seconds": result.seconds,
                    "patches_per_second": result.patches_per_second, "final_loss": result.final_loss,
                    "holdout_patches": len(ctx.holdout), "holdout_agreement": result.holdout_agreement,

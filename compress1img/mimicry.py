@@ -1,11 +1,13 @@
-"""Healing a pruned model by feature mimicry instead of the KL of the logits (MiR: Wang et al., "Compressing
+"""Training a student by feature mimicry instead of the KL of the logits (MiR: Wang et al., "Compressing
 Models with Few Samples: Mimicking then Replacing", CVPR 2022).
 
 The cut keeps the teacher's classifier and the shape of its last feature map (the residual streams are
 not pruned), so the pruned student can learn to reproduce that map, its classifier frozen: per patch a
 signal of C x H x W numbers instead of ten class probabilities, which puts the student's features where
-the teacher's classifier reads them. On one image's patches it healed the ResNet-56 cut better than the
-KL did (docs/benchmarks.md, "Matching the last feature map").
+the teacher's classifier reads them. A new student whose last feature map and classifier have the teacher's
+shapes takes a copy of the classifier (`adopt_classifier`) and learns the same way. On one image's patches
+both learnt more than with the KL (docs/benchmarks.md, "Matching the last feature map" and "Learning the
+teacher's last feature map").
 """
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ def _matched_shape(model: nn.Module, example: torch.Tensor, layer: str, classifi
 
 def keeps_feature_map(teacher: nn.Module, student: nn.Module, example: torch.Tensor) -> bool:
     """Whether the student can learn the teacher's last feature map: the teacher has a classifier and the
-    student's map has the teacher's shape."""
+    student's map and classifier have the teacher's shapes."""
     try:
         FeatureMimicry.for_models(teacher, student, example)
     except InputError:
@@ -83,42 +85,80 @@ def keeps_feature_map(teacher: nn.Module, student: nn.Module, example: torch.Ten
     return True
 
 
+def _parameter_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(p.shape) for name, p in module.state_dict().items()}
+
+
+def adopt_classifier(teacher: nn.Module, student: nn.Module, example: torch.Tensor) -> None:
+    """Copies the teacher's classifier into a new student whose last feature map and classifier have the
+    teacher's shapes (checked as `FeatureMimicry.for_models` does), so that it can learn the teacher's features."""
+    mimicry = FeatureMimicry.for_models(teacher, student, example, new_student=True)
+    heads = [dict(model.named_modules())[name] for model, name in ((teacher, mimicry.classifier),
+                                                                   (student, mimicry.student_classifier))]
+    heads[1].load_state_dict(heads[0].state_dict())
+
+
 class FeatureMimicry:
     """Feature mimicry for one teacher-student pair, a training hook (training.TrainingHook) that captures both
     feature maps; `loss` is the loop's loss_fn: the mean squared error between the maps over the teacher's
     mean energy, so that its size does not depend on the model. `freeze_classifier(student)` keeps the
-    student's classifier as the teacher's until `on_end`."""
+    student's classifier as the teacher's until `on_end`. The student's layers have the teacher's names (a
+    pruned copy) unless `student_layer` and `student_classifier` name its own (a new student)."""
 
-    def __init__(self, layer: str, classifier: str):
+    def __init__(self, layer: str, classifier: str, student_layer: str | None = None,
+                 student_classifier: str | None = None):
         self.layer, self.classifier = layer, classifier
+        self.student_layer, self.student_classifier = student_layer or layer, student_classifier or classifier
         self.features: dict[str, torch.Tensor] = {}
         self.handles: list = []
         self.trainable: list[tuple[nn.Parameter, bool]] = []
 
     @classmethod
-    def for_models(cls, teacher: nn.Module, student: nn.Module, example: torch.Tensor) -> "FeatureMimicry":
-        """The feature map to match, checked to have the same shape in both models."""
+    def for_models(cls, teacher: nn.Module, student: nn.Module, example: torch.Tensor,
+                   new_student: bool = False) -> "FeatureMimicry":
+        """The feature maps to match, checked to have the same shape in both models, and the classifiers reading
+        them, checked to have the same parameter shapes. The student's layers are those of the teacher's names
+        where it has them (a pruned copy, a student of the same family), else its own last feature map and
+        classifier, found as the teacher's are. `new_student` only words the errors for a student that was not
+        cut from the teacher."""
         layer = feature_layer(teacher, example)
         num_classes = _forward(teacher, example).shape[1]
         classifier = classifier_name(teacher, num_classes)
         if classifier is None:
             raise InputError(f"--match features needs a classifier with {num_classes} outputs; none found")
-        shapes = [_matched_shape(model, example, layer, classifier) for model in (teacher, student)]
+        names = dict(student.named_modules())
+        student_layer = layer if layer == HEAD_INPUT or layer in names else feature_layer(student, example)
+        student_classifier = classifier if classifier in names else classifier_name(student, num_classes)
+        if student_classifier is None:
+            raise InputError(f"--match features needs a student classifier with {num_classes} outputs; none found")
+        shapes = [_matched_shape(teacher, example, layer, classifier),
+                  _matched_shape(student, example, student_layer, student_classifier)]
+        if shapes[0] != shapes[1] and new_student:
+            raise InputError(f"--match features needs a student whose last feature map has the teacher's shape, "
+                             f"{shapes[0][1:]} ({layer}); the student's ({student_layer}) is {shapes[1][1:]}: "
+                             f"use --match logits")
         if shapes[0] != shapes[1]:
             raise InputError(f"--match features needs the last feature map ({layer}) to keep its shape, but the "
                              f"cut made it {shapes[1]} from {shapes[0]}: use --match logits or keep the residual "
                              f"streams (--channels internal)")
-        return cls(layer, classifier)
+        heads = [_parameter_shapes(dict(model.named_modules())[name])
+                 for model, name in ((teacher, classifier), (student, student_classifier))]
+        if heads[0] != heads[1]:
+            raise InputError(f"--match features needs a student classifier of the teacher's shape ({classifier}: "
+                             f"{heads[0]}); the student's ({student_classifier}) has {heads[1]}: use --match logits")
+        return cls(layer, classifier, student_layer, student_classifier)
 
     def freeze_classifier(self, student: nn.Module) -> None:
         """No gradient for the student's classifier (before the loop builds its optimizer and DDP wrapper)."""
-        head = dict(student.named_modules())[self.classifier]
+        head = dict(student.named_modules())[self.student_classifier]
         self.trainable = [(p, p.requires_grad) for p in head.parameters()]
         head.requires_grad_(False)
 
     def on_start(self, teacher: nn.Module, student: nn.Module) -> None:
-        self.handles = [_capture(model, self.layer, self.classifier, functools.partial(self.features.__setitem__, role))
-                        for role, model in (("teacher", teacher), ("student", student))]
+        self.handles = [_capture(model, layer, classifier, functools.partial(self.features.__setitem__, role))
+                        for role, model, layer, classifier in (
+                            ("teacher", teacher, self.layer, self.classifier),
+                            ("student", student, self.student_layer, self.student_classifier))]
 
     def after_step(self, step: int, student: nn.Module, loss: float) -> None:
         pass

@@ -234,8 +234,10 @@ def _model_name(report: dict) -> str:
 def _what_was_done(report: dict) -> str:
     command, image = report["command"], report.get("image") or "the patch file"
     if command == "distill":
+        learnt = (", learning its last feature map under a frozen copy of its classifier" if report.get("match") ==
+                  "features" else "")
         return (f"{report['student']} trained from scratch for {report['steps']:,} steps to imitate "
-                f"{report['teacher']} on patches of {image}.")
+                f"{report['teacher']}{learnt} on patches of {image}.")
     done = []
     if "params_after" in report:
         if "weight_sparsity" in report:

@@ -44,8 +44,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 RESUME_MUST_MATCH = ("steps", "batch_size", "seed", "lr", "lr_scaling", "mix", "teacher_signal", "temperature",
                      "hardest_of", "match")
 # What the student learns to reproduce: the teacher's softened outputs (the paper's KL), or its last feature map
-# with the classifier frozen (mimicry.py); "auto" is features when healing a pruned copy (prune, compress: it
-# healed better) and logits for a new student (distill) and for int8 training.
+# with the classifier frozen as the teacher's (mimicry.py); "auto" is features when healing a pruned copy (prune,
+# compress) and for a new student whose last feature map and classifier have the teacher's shapes (distill, which
+# gives it a copy of the teacher's classifier): both learnt more that way; logits otherwise and for int8 training.
 MATCHES = ("auto", "logits", "features")
 
 
@@ -339,7 +340,7 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
 
     `mean`/`std` are the normalisation both models expect (patches are in [0, 1]). With `config.match`
     "features" (and no `loss_fn`) the student learns the teacher's last feature map, its classifier
-    frozen (mimicry.FeatureMimicry); "auto" is "logits" here (the stages choose it for their models).
+    frozen (mimicry.FeatureMimicry); "auto" is "logits" here (the commands choose it for their models).
     `holdout` holds fixed patches (float NCHW in [0, 1]) never used for training, on
     which agreement and KL are measured every `run.eval_every` steps. With `checkpoint_dir`,
     a checkpoint is kept there and `run.resume` continues from it. `loss_fn` and `augment`

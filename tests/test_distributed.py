@@ -82,6 +82,7 @@ def test_nproc_distill_writes_one_set_of_outputs_and_states_the_batch_and_lr(tmp
     assert sorted(p.name for p in out.iterdir()) == ["healing.png", "model.onnx", "model.pt", "patches.png",
                                                      "report.json", "report.md"]
     assert result.stdout.count("distill: ") == 1 and "8 patches (2 processes x 4)" in result.stdout
+    assert "learning the teacher's last feature map" in result.stdout  # its classifier frozen in both processes
     report = json.loads((out / "report.json").read_text())
     assert report["batch_size"] == 4 and report["patches_seen"] == 2 * 8
     assert report["command_line"].startswith("compress1img --nproc 2 distill --teacher ")  # as typed, to repeat it

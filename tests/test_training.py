@@ -14,6 +14,7 @@ from compress1img import DistillConfig, RunConfig, TrainingError, TrainingHook, 
 from compress1img.augment import flip_and_shift, mix_batch
 from compress1img.devices import autocast_dtype
 from compress1img.errors import InputError
+from compress1img.report import render_markdown
 from compress1img.training import CHECKPOINT_NAME, TrainingInterrupted, cosine_with_warmup, hardest_patches
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -292,11 +293,30 @@ def test_matching_features_needs_a_feature_map_the_cut_left_as_it_was():
                          QUIET_CPU, mean=MEAN, std=STD, holdout=RandomPatches().batch(4, 10_000))
 
 
-def test_a_new_student_learns_the_logits_it_has_no_teachers_classifier_to_match_features_with():
-    from compress1img import bundled_teacher, distill
+def test_a_new_student_with_the_teachers_feature_map_learns_it_through_a_frozen_copy_of_the_classifier(tiny_teacher):
+    from compress1img import RunConfig, distill, load_model
 
-    with pytest.raises(InputError, match=r"^--match features heals a pruned copy"):
-        distill(bundled_teacher(), "cifar_resnet20", config=DistillConfig(match="features"))
+    teacher = load_model(tiny_teacher)
+    result = distill(teacher, "cifar_resnet20", "coffee", DistillConfig(steps=2, batch_size=8),  # match="auto"
+                     run=RunConfig(holdout_size=16, progress=False))
+    assert result.report["match"] == "features" and result.report["config"]["distill"]["match"] == "features"
+    assert torch.equal(result.model.module.linear.weight, teacher.module.linear.weight)  # the teacher's, kept
+    assert all(p.requires_grad for p in result.model.module.parameters())  # trainable again afterwards
+    assert "learning its last feature map" in render_markdown("distill", result.report)
+
+
+def test_a_new_student_whose_feature_map_differs_from_the_teachers_learns_the_logits(tiny_teacher, tmp_path):
+    from compress1img import distill
+
+    result = distill(tiny_teacher, "wrn_16_4", "coffee", DistillConfig(steps=1, batch_size=4),
+                     run=RunConfig(holdout_size=8, progress=False))
+    assert result.report["match"] == "logits"  # by default; asked for features, it is refused before any training
+    with pytest.raises(InputError, match=r"^--match features needs a student whose last feature map has the "
+                                         r"teacher's shape, \(64, 8, 8\) \(layer3\); the student's \(relu\) "
+                                         r"is \(256, 8, 8\): use --match logits$"):
+        distill(tiny_teacher, "wrn_16_4", "coffee", DistillConfig(steps=1, batch_size=4, match="features"),
+                run=RunConfig(out=tmp_path / "run", holdout_size=8, progress=False))
+    assert not (tmp_path / "run").exists()  # nothing left behind
 
 
 def test_topk_signal_has_finite_gradients():

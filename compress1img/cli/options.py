@@ -234,10 +234,11 @@ HardestOfOpt = Annotated[int, typer.Option(
          "both models over all K x --batch-size patches. Measured: docs/benchmarks.md, \"Harder patches\".")]
 MatchOpt = Annotated[str, typer.Option(
     "--match", help="What the model being trained learns to reproduce: logits (the teacher's softened outputs, "
-                    "the paper's KL), features (the teacher's last feature map, its classifier frozen as the "
-                    "teacher's: for a pruned copy) or auto (features when healing a pruned model, logits when "
-                    "distilling a new student or training int8). Measured: docs/benchmarks.md, \"Matching the "
-                    "last feature map\".")]
+                    "the paper's KL) or features (the teacher's last feature map, read by the teacher's own "
+                    "classifier, frozen: a pruned copy keeps it, a new student gets a copy, which needs its last "
+                    "feature map and classifier to have the teacher's shapes); auto: features wherever the model "
+                    "allows it, logits otherwise and when training int8. Measured: docs/benchmarks.md, "
+                    "\"Matching the last feature map\" and \"From-scratch distillation\".")]
 EvalEveryOpt = Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement every N training "
                                                                 "steps.")]
 Int8Opt = Annotated[bool, typer.Option(

@@ -43,6 +43,9 @@ def print_compress_summary(report: dict, out: Path | None) -> None:
     print("\n".join(lines))
 
 
+MATCHED = {"features": "last feature map (its classifier copied, frozen)", "logits": "softened outputs (KL)"}
+
+
 def print_distill_summary(report: dict, out: Path | None) -> None:
     if not distributed.is_main():  # rank 0 speaks for the run
         return
@@ -51,7 +54,8 @@ def print_distill_summary(report: dict, out: Path | None) -> None:
              f"{processes['global_batch']} patches ({processes['world_size']} processes x {report['batch_size']})")
     lines = [f"{report['command']}: {report['student']} from {report['teacher']}", *_source(report),
              f"  {report['steps']} steps x {batch} in {report['train_seconds']:.0f} s "
-             f"({report['patches_per_second']:.0f} patches/s)",
+             f"({report['patches_per_second']:.0f} patches/s), learning the teacher's "
+             f"{MATCHED.get(report.get('match'), 'outputs')}",
              f"  agreement with the teacher on {report['holdout_patches']:,} held-out patches (never trained on): "
              f"{report['holdout_agreement']:.1f}% (KL {report['holdout_kl']:.3f})"]
     if "student_top1" in report:

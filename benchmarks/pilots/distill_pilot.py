@@ -1,0 +1,103 @@
+"""From-scratch distillation ResNet-56 -> ResNet-20 on one image, the KL of the logits against feature mimicry.
+
+    python benchmarks/pilots/distill_pilot.py STEPS [--mimic KL_WEIGHT] [--name NAME] [NAME=VALUE ...]
+    python benchmarks/pilots/distill_pilot.py --compare A B       # paired test of two runs' predictions
+
+The settings are the packaged recipe distill-cifar-r56-r20's (NAME=VALUE changes a DistillConfig or RunConfig
+field); scored on all 10,000 images of cifar10_test_jpeg75.npz. Without options the student learns what
+`distill` teaches by default: the ResNet-20 ends in the same 64 x 8 x 8 map as the ResNet-56 (`layer3`'s output)
+and the same classifier shape, so it gets a copy of the teacher's classifier, frozen, and learns to reproduce
+the teacher's last feature map (the mean squared error over the teacher's mean energy, as `--match features`
+heals a pruned copy); `match=logits` is the paper's KL of the softened outputs. `--mimic W` is the same feature
+mimicry put in through the loop's `loss_fn` and `hooks` (the classifier copied when training starts), plus
+W x the default KL. Each run prints one JSON line and keeps its predictions in
+benchmarks/results/distill-pilot/NAME.npy for `--compare`.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from compress1img import DistillConfig, RunConfig, distill, load_eval_data
+from compress1img.evaluate import predict
+from compress1img.losses import kl_loss
+from compress1img.mimicry import FeatureMimicry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: for paths.py
+from paths import ANIMALS, CIFAR_TEST, R56  # noqa: E402
+from overrides import parse, with_overrides  # noqa: E402
+from real_image_ceiling import exact_sign_test  # noqa: E402
+
+RESULTS = Path("benchmarks/results/distill-pilot")
+
+
+class TeacherHeadMimicry(FeatureMimicry):
+    """Feature mimicry for a new student whose last feature map and classifier have the teacher's shapes: the
+    teacher's classifier is copied into the student and frozen when training starts."""
+
+    def __init__(self, heal: DistillConfig, kl_weight: float, layer: str = "layer3", head: str = "linear"):
+        super().__init__(layer, head)
+        self.kl, self.kl_weight = kl_loss(heal), kl_weight
+
+    def on_start(self, teacher, student):
+        teacher_head, student_head = (dict(m.named_modules())[self.classifier] for m in (teacher, student))
+        student_head.load_state_dict(teacher_head.state_dict())
+        self.freeze_classifier(student)  # AdamW skips what gets no gradient
+        super().on_start(teacher, student)
+
+    def loss(self, student_logits, teacher_logits):
+        mimic = super().loss(student_logits, teacher_logits)
+        return mimic + self.kl_weight * self.kl(student_logits, teacher_logits) if self.kl_weight else mimic
+
+
+def compare(a: str, b: str) -> None:
+    labels = np.load(CIFAR_TEST)["labels"]
+    pa, pb = (np.load(RESULTS / f"{name}.npy") for name in (a, b))
+    right_a, right_b = pa == labels, pb == labels
+    print(json.dumps({"a": a, "b": b, "top1_a": 100 * right_a.mean(), "top1_b": 100 * right_b.mean(),
+                      **exact_sign_test(int((right_a & ~right_b).sum()), int((~right_a & right_b).sum()))}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("steps", nargs="?", type=int, help="training steps")
+    parser.add_argument("overrides", nargs="*", metavar="NAME=VALUE", help="settings to change")
+    parser.add_argument("--mimic", type=float, metavar="KL_WEIGHT", help="feature mimicry plus KL_WEIGHT x the KL")
+    parser.add_argument("--name", help="name of the prediction file (default: from the steps and options)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two earlier runs by name")
+    args = parser.parse_args()
+    if args.compare:
+        return compare(*args.compare)
+    if args.steps is None:
+        parser.error("give STEPS or --compare A B")
+    options = parse(args.overrides)
+    config = with_overrides(DistillConfig(steps=args.steps, batch_size=128, lr=0.003, weight_decay=0.0, warmup=0.03,
+                                          temperature=8.0, mix="cutmix", mix_alpha=0.25), options)
+    run = with_overrides(RunConfig(eval_every=max(args.steps // 4, 1), progress=False), options)
+    if options:
+        parser.error(f"unknown settings: {', '.join(options)}")
+    name = args.name or f"r20-{args.steps}-{config.match}" + (
+        f"-mimic{args.mimic:g}" if args.mimic is not None else "") + (f"-seed{run.seed}" if run.seed else "")
+    hooks, loss_fn = [], None
+    if args.mimic is not None:
+        mimic = TeacherHeadMimicry(config, args.mimic)
+        hooks, loss_fn = [mimic], mimic.loss
+    started = time.time()
+    result = distill(str(R56), "cifar_resnet20", str(ANIMALS), config, run=run, eval_data=str(CIFAR_TEST),
+                     arch="cifar_resnet56", loss_fn=loss_fn, hooks=hooks)
+    labelled = load_eval_data(str(CIFAR_TEST))
+    predictions = predict(result.model.module, labelled.images, result.model.mean, result.model.std).argmax(1).numpy()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    np.save(RESULTS / f"{name}.npy", predictions)
+    report = result.report
+    print(json.dumps({"name": name, "steps": args.steps, "mimic": args.mimic, "options": args.overrides,
+                      "match": report.get("match"), "top1": report.get("student_top1"),
+                      "check_top1": 100 * float((predictions == labelled.labels.numpy()).mean()),
+                      "test_agreement": report.get("test_agreement"), "train_seconds": report.get("train_seconds"),
+                      "minutes": (time.time() - started) / 60}))
+
+
+if __name__ == "__main__":
+    main()
