@@ -121,6 +121,11 @@ class FeatureMimicry:
         where it has them (a pruned copy, a student of the same family), else its own last feature map and
         classifier, found as the teacher's are. `new_student` only words the errors for a student that was not
         cut from the teacher."""
+        scripted = [who for who, model in (("teacher", teacher), ("student", student))
+                    if isinstance(model, torch.jit.ScriptModule)]
+        if scripted:  # TorchScript runs no forward hooks
+            raise InputError(f"--match features needs to read the {scripted[0]}'s layers, which a TorchScript model "
+                             f"does not allow: use --match logits")
         layer = feature_layer(teacher, example)
         num_classes = _forward(teacher, example).shape[1]
         classifier = classifier_name(teacher, num_classes)
@@ -133,6 +138,9 @@ class FeatureMimicry:
             raise InputError(f"--match features needs a student classifier with {num_classes} outputs; none found")
         shapes = [_matched_shape(teacher, example, layer, classifier),
                   _matched_shape(student, example, student_layer, student_classifier)]
+        if not shapes[0]:  # a torch.export program runs its graph, not its modules' forward methods
+            raise InputError("--match features needs to read the teacher's layers, which this model does not run as "
+                             "modules: use --match logits")
         if shapes[0] != shapes[1] and new_student:
             raise InputError(f"--match features needs a student whose last feature map has the teacher's shape, "
                              f"{shapes[0][1:]} ({layer}); the student's ({student_layer}) is {shapes[1][1:]}: "

@@ -306,6 +306,12 @@ def test_a_torchscript_teacher_distills_and_a_torch_export_program_quantizes_by_
     code, err, _ = run("distill", "--teacher", "mynet.ts", "--input-size", "16", "--student", "mynet.py:MyNet",
                        *TINY, "--out", tmp_path / "d")
     assert code == 0, err
+    assert json.loads((tmp_path / "d" / "report.json").read_text())["match"] == "logits"  # no layers to read in it
+    code, err, _ = run("distill", "--teacher", "mynet.ts", "--input-size", "16", "--student", "mynet.py:MyNet",
+                       *TINY, "--match", "features", "--out", tmp_path / "f")
+    assert code == 2 and err[-1] == (
+        "error: --match features needs to read the teacher's layers, which a TorchScript model does not allow: "
+        "use --match logits") and not (tmp_path / "f").exists()
     code, err, _ = run("quantize", "dynamic.pt2", "--method", "ptq", "--calibration-size", "16", *TINY,
                        "--out", tmp_path / "q")
     assert code == 0, err
