@@ -84,8 +84,9 @@ def even_folder(count: int) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("*.png"):
             old.unlink()
+        images = data["images"]  # read from the .npz once, not once per image
         for i in chosen:
-            Image.fromarray(data["images"][i]).save(folder / f"{i:05d}.png")
+            Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
     return folder
 
 
