@@ -8,8 +8,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import tomllib
 import typer
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from ..config import ConfigError
 from ..errors import InputError
