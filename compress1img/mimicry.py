@@ -26,10 +26,12 @@ HEAD_INPUT = "the classifier's input"
 
 @torch.no_grad()
 def _forward(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
-    """The model's output on `example` in eval mode (BatchNorm statistics untouched), its mode restored."""
+    """The model's output on `example` in eval mode (BatchNorm statistics untouched), its mode restored; run
+    where the model's parameters are (a teacher may sit on the GPU beside a new student on the CPU)."""
     was_training = model.training
+    weight = next(model.parameters(), None)
     try:
-        return model.eval()(example)
+        return model.eval()(example.to(weight.device) if weight is not None else example)
     finally:
         model.train(was_training)
 

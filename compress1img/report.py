@@ -234,8 +234,8 @@ def _model_name(report: dict) -> str:
 def _what_was_done(report: dict) -> str:
     command, image = report["command"], report.get("image") or "the patch file"
     if command == "distill":
-        learnt = (", learning its last feature map under a frozen copy of its classifier" if report.get("match") ==
-                  "features" else "")
+        learnt = (", learning the teacher's last feature map through a frozen copy of the teacher's classifier"
+                  if report.get("match") == "features" else "")
         return (f"{report['student']} trained from scratch for {report['steps']:,} steps to imitate "
                 f"{report['teacher']}{learnt} on patches of {image}.")
     done = []

@@ -302,7 +302,7 @@ def test_a_new_student_with_the_teachers_feature_map_learns_it_through_a_frozen_
     assert result.report["match"] == "features" and result.report["config"]["distill"]["match"] == "features"
     assert torch.equal(result.model.module.linear.weight, teacher.module.linear.weight)  # the teacher's, kept
     assert all(p.requires_grad for p in result.model.module.parameters())  # trainable again afterwards
-    assert "learning its last feature map" in render_markdown("distill", result.report)
+    assert "learning the teacher's last feature map" in render_markdown("distill", result.report)
 
 
 def test_a_new_student_whose_feature_map_differs_from_the_teachers_learns_the_logits(tiny_teacher, tmp_path):
