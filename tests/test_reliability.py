@@ -434,7 +434,7 @@ def test_out_of_memory_suggests_a_smaller_batch_and_keeps_the_checkpoint(tmp_pat
     out = tmp_path / "run"
     code, lines = cli("distill", "--teacher", tiny_teacher, "--student", "cifar_resnet20", "--image", "coffee",
                       "--steps", "5", "--batch-size", "64", "--holdout-size", "8", "--checkpoint-every", "2",
-                      "--device", "cpu", "--out", out)
+                      "--device", "cpu", "--match", "logits", "--out", out)  # logits: the loss replaced here
     assert code == 1
     assert lines[-1] == (f"error: out of memory with --batch-size 64; the last good checkpoint (step 2) is kept in "
                          f"{out / 'checkpoint.pt'}; try a smaller --batch-size (e.g. 32)")
@@ -449,7 +449,7 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory(tmp_path, tiny_tea
 
     monkeypatch.setattr(losses, "distillation_loss", broken_loss)
     code, lines = cli("distill", "--teacher", tiny_teacher, "--student", "cifar_resnet20", "--image", "coffee",
-                      "--steps", "2", "--batch-size", "4", "--holdout-size", "8", "--device", "cpu")
+                      "--steps", "2", "--batch-size", "4", "--holdout-size", "8", "--device", "cpu", "--match", "logits")
     assert code == 1 and "--batch-size" not in lines[-1] and "mat1 and mat2" in lines[-1]
 
 
