@@ -110,14 +110,19 @@ class PatchParams:
         return len(self.angle)
 
 
-def mix_seed(seed: int, index: int) -> int:
-    """A 64-bit generator seed for batch `index` of a run seeded `seed`.
+def mix_seed(seed: int, index: int, stream: str = "patches") -> int:
+    """A 64-bit generator seed for batch `index` of a run seeded `seed`, one per random `stream`.
 
-    A hash of both (blake2b, 64 bits) rather than a linear mix such as
-    seed * 1_000_003 + index: with a linear mix, offset seeds (the API's held-out
-    patches use seed + 1_000_003) could replay another run's batches.
+    The one seed mixer of the package: the patches, the loop's augmentation ("augment"), and with
+    several images each image's patch seed ("image") and the choice among them ("image-choice")
+    each draw from a stream of their own, so that no two of them replay the same random numbers.
+    A hash of all three (blake2b, 64 bits) rather than a linear mix such as seed * 1_000_003 +
+    index: with a linear mix, offset seeds (the held-out patches use seed + 1_000_003) could
+    replay another run's batches. The patches' key names no stream: it predates the streams, and
+    keeping it keeps every run's patches as they were.
     """
-    digest = hashlib.blake2b(f"compress1img/{seed}/{index}".encode(), digest_size=8).digest()
+    key = f"compress1img/{seed}/{index}" if stream == "patches" else f"compress1img/{stream}/{seed}/{index}"
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
 

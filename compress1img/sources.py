@@ -63,7 +63,8 @@ class Source:
 
 class MultiImagePatches:
     """The paper's patches from several images: each patch of batch `index` comes from an image drawn
-    with a generator seeded by (seed, index), then cut by that image's own PatchGenerator."""
+    with a generator seeded by (seed, index) in a stream of its own, then cut by that image's own
+    PatchGenerator (whose draws, from the patches' stream, are then independent of the choice)."""
 
     def __init__(self, generators: list[PatchGenerator], seed: int):
         self.generators, self.seed = generators, seed
@@ -73,7 +74,7 @@ class MultiImagePatches:
         return self.generators[0].size
 
     def batch(self, n: int, index: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(mix_seed(self.seed, index))
+        g = torch.Generator().manual_seed(mix_seed(self.seed, index, "image-choice"))
         chosen = torch.randint(len(self.generators), (n,), generator=g)
         out = None
         for i in chosen.unique().tolist():
@@ -132,12 +133,19 @@ def open_source(images: ImageArg, patch_size: int, seed: int, holdout_size: int,
         if mode == "whole" or (mode == "auto" and all(small)):
             return _whole(pictures, names, patch_size, seed, holdout_size, device)
         pictures = _upscaled(pictures, small, side)
-    generators = [PatchGenerator(p, config, seed=seed, device=device) for p in pictures]
-    held = [PatchGenerator(p, config, seed=seed + HOLDOUT_SEED_OFFSET, device=device) for p in pictures]
+    generators = [PatchGenerator(p, config, seed=s, device=device) for p, s in zip(pictures, _seeds(seed, pictures))]
+    held_seed = seed + HOLDOUT_SEED_OFFSET
+    held = [PatchGenerator(p, config, seed=s, device=device) for p, s in zip(pictures, _seeds(held_seed, pictures))]
     if len(generators) == 1:
         return Source(generators[0], held[0].batch(holdout_size, 0).cpu(), names, "patches")
     return Source(MultiImagePatches(generators, seed), MultiImagePatches(held, seed + HOLDOUT_SEED_OFFSET)
                   .batch(holdout_size, 0).cpu(), names, "patches")
+
+
+def _seeds(seed: int, pictures: list) -> list[int]:
+    """One patch seed per image: the run's own for one image; with several, each its own stream, so that
+    no two images are cut with the same crops, angles and jitter in the same batch."""
+    return [seed] if len(pictures) == 1 else [mix_seed(seed, i, "image") for i in range(len(pictures))]
 
 
 def _upscaled(pictures: list, small: list[bool], side: int) -> list:

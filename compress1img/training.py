@@ -33,6 +33,7 @@ from .evaluate import agreement, kl_divergence, normalize, predict, top1
 from .losses import TEACHER_SIGNALS, LossFn, kl_loss
 from .mimicry import FeatureMimicry
 from .outputs import atomic_write
+from .patches import mix_seed
 from .progress import Bar
 
 # How the peak learning rate follows the number of processes N (the global batch grows N-fold):
@@ -144,11 +145,6 @@ def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(total - warmup, 1)
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _step_seed(seed: int, step: int) -> int:
-    # On-the-fly augmentation of step k depends on (seed, k) only, never on history.
-    return (seed * 1_000_003 + step * 7_919 + 17) % (2**63)
 
 
 def batch_index(step: int, rank: int, world_size: int) -> int:
@@ -293,7 +289,7 @@ def make_batch(patches: PatchSource, augment: Augment, batch_size: int, index: i
     x = patches.batch(batch_size * hardest_of, index).to(placement.device, non_blocking=True)
     if choose is not None:
         x = choose(x, batch_size)
-    x = normalize(augment(x, _step_seed(seed, index)), mean, std)
+    x = normalize(augment(x, mix_seed(seed, index, "augment")), mean, std)
     return x.contiguous(memory_format=torch.channels_last) if placement.channels_last else x
 
 

@@ -26,6 +26,7 @@ from compress1img.patches import (
     PatchConfig,
     PatchGenerator,
     color_jitter,
+    mix_seed,
     generate_patches,
     save_patches,
     save_preview,
@@ -83,6 +84,12 @@ def test_determinism():
         fresh.batch(32, k)
     torch.manual_seed(123)  # nor on the global RNG
     assert torch.equal(fresh.batch(32, 5), b.batch(32, 5))
+
+
+def test_each_random_stream_has_its_own_seeds_and_the_patches_keep_theirs():
+    assert mix_seed(3, 5) == mix_seed(3, 5, "patches") == 0x534b9d1a91507301  # the patches' seeds as they always were
+    streams = {mix_seed(3, 5, s) for s in ("patches", "augment", "image", "image-choice")}
+    assert len(streams) == 4 and mix_seed(3, 5, "augment") != mix_seed(3, 6, "augment")
 
 
 def test_too_small_image_is_an_input_error():

@@ -57,6 +57,17 @@ def test_several_images_share_each_batch_and_every_patch_comes_from_one_of_them(
     assert source.mode == "patches" and source.describe()["images_used"] == 2
 
 
+def test_two_copies_of_one_image_are_cut_differently_so_a_batch_repeats_no_patch(tmp_path):
+    # Each image has its own patch seed and the choice among them its own stream: the same seed for
+    # every image would cut the same crops out of each, and copies would give the same patches.
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8))
+    picture.save(tmp_path / "a.png")
+    picture.save(tmp_path / "b.png")
+    source = open_source([tmp_path / "a.png", tmp_path / "b.png"], 32, 0, 8).train
+    for index in range(20):
+        assert len(torch.unique(source.batch(16, index).flatten(1), dim=0)) == 16
+
+
 def test_bad_image_sets_are_one_line_input_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="image folder .*empty holds no images"):
