@@ -24,6 +24,9 @@ feature map, its classifier frozen, plus W x the KL loss (0: feature matching al
 another module's output instead, several at once (comma-separated), or `blocks`: every residual block's output.
 `--anchor PULL` moves every trainable weight PULL of the way back to its value after the cut after each step
 (decoupled L2-SP: healing held near the weights the teacher learnt on real data).
+`--crop-scale MIN` / `--jitter J` give images used whole stronger views (each image's own random resized crop
+keeping at least MIN of its area, brightness/contrast/saturation factors in [1 - J, 1 + J]) before the loop's flip,
+shift and CutMix; `--blend SHARE` draws that share of every batch from Animals' patches and the rest from SOURCE.
 `--refine POOL` heals on a pool of POOL patches whose pixels were first refined so that the teacher's
 per-layer batch statistics match its BatchNorm running statistics (DeepInversion's loss, started from the
 image's patches; `--refine-iterations`, `--refine-lr`, `--refine-tv` for a smoothness prior, `--refine-ce` for
@@ -43,10 +46,12 @@ import torch
 from PIL import Image
 
 from compress1img import DistillConfig, PruneConfig, RunConfig, TrainingHook, load_eval_data, prune
+from compress1img.augment import default_augment
 from compress1img.evaluate import normalize, predict
 from compress1img.losses import kl_loss
 from compress1img.mimicry import HEAD_INPUT, FeatureMimicry
 from compress1img.models import load_model
+from compress1img.patches import mix_seed
 from compress1img.sources import open_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -134,6 +139,19 @@ class ClassBalanced:
                 if queue and len(chosen) < n:
                     chosen.append(queue.pop(0))
         return candidates[torch.tensor(chosen)]
+
+
+class Blended:
+    """Batch `index`: a share `share` of one image's patches (`extra`), the rest from `inner` (the real images),
+    shuffled together so that CutMix pairs them at random: the images' domain with the patches' variety."""
+
+    def __init__(self, inner, extra, share: float):
+        self.inner, self.extra, self.share, self.size = inner, extra, share, inner.size
+
+    def batch(self, n: int, index: int) -> torch.Tensor:
+        k = round(n * self.share)
+        x = torch.cat([self.inner.batch(n - k, index), self.extra.batch(k, index)])
+        return x[torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(index, 0, "blend")))]
 
 
 class AdversarialPatches(TrainingHook):
@@ -234,6 +252,44 @@ class Anchored(TrainingHook):
         self.start = []
 
 
+def stronger_views(heal: DistillConfig, crop_scale: float, jitter: float):
+    """An `augment` for images used whole: each image first gets its own random resized crop (a share of its
+    area in [crop_scale, 1], aspect ratio 3/4 to 4/3, bilinear, back to the input size) and its brightness,
+    contrast and saturation each scaled by a factor in [1 - jitter, 1 + jitter], in random order per batch;
+    then the loop's own flip, shift and CutMix. More views of each image, as "Knowledge distillation: a good
+    teacher is patient and consistent" (Beyer et al., CVPR 2022) gives its few-image students: the teacher
+    labels every view as it is shown."""
+    loop_augment = default_augment(heal)
+
+    def augment(x: torch.Tensor, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(mix_seed(seed, 0, "stronger-views"))
+        n = len(x)
+        if crop_scale < 1:
+            area = torch.empty(n).uniform_(crop_scale, 1.0, generator=g)
+            ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g).exp()
+            width, height = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
+            theta = torch.zeros(n, 2, 3)
+            theta[:, 0, 0], theta[:, 1, 1] = width, height
+            theta[:, 0, 2] = (torch.rand(n, generator=g) * 2 - 1) * (1 - width)
+            theta[:, 1, 2] = (torch.rand(n, generator=g) * 2 - 1) * (1 - height)
+            grid = torch.nn.functional.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+            x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
+                                                align_corners=False)
+        if jitter:
+            factors = (1 + (torch.rand(n, 3, generator=g) * 2 - 1) * jitter).to(x.device).view(n, 3, 1, 1, 1)
+
+            def gray(y):
+                return (0.299 * y[:, 0] + 0.587 * y[:, 1] + 0.114 * y[:, 2]).unsqueeze(1)
+
+            ops = [lambda y, f: y * f,
+                   lambda y, f: (y - gray(y).mean((1, 2, 3), keepdim=True)) * f + gray(y).mean((1, 2, 3), keepdim=True),
+                   lambda y, f: (y - gray(y)) * f + gray(y)]
+            for op in torch.randperm(3, generator=g).tolist():
+                x = ops[op](x, factors[:, op]).clamp(0, 1)
+        return loop_augment(x, seed)
+    return augment
+
+
 def mimic_layers(spec: str) -> list[str]:
     """`--mimic-layer`: one module name, several separated by commas, or `blocks` (every residual block)."""
     if spec == "blocks":
@@ -268,7 +324,8 @@ class BatchNormRefined:
         started = time.time()
         for c in range(math.ceil(pool / self.CHUNK)):
             x = inner.batch(min(self.CHUNK, pool - c * self.CHUNK), c).clone().requires_grad_(True)
-            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 7919 + c))
+            g = torch.Generator().manual_seed(mix_seed(seed, c, "refine-classes"))
+            order = torch.randperm(len(x), generator=g)
             targets = order % teacher.num_classes  # every class about equally often
             optimizer = torch.optim.Adam([x], lr=lr)
             for it in range(iterations + 1):
@@ -297,7 +354,7 @@ class BatchNormRefined:
         self.pool = torch.cat(chunks)
 
     def batch(self, n: int, index: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 7919 + index)
+        g = torch.Generator().manual_seed(mix_seed(self.seed, index, "refine-pool"))
         return self.pool[torch.randint(len(self.pool), (n,), generator=g)]
 
 
@@ -347,6 +404,12 @@ def main() -> None:
                              "several separated by commas, or blocks: every residual block's output")
     parser.add_argument("--anchor", type=float, metavar="PULL",
                         help="after every step, move each weight PULL of the way back to its value after the cut")
+    parser.add_argument("--blend", type=float, metavar="SHARE",
+                        help="this share of every batch from Animals' patches, the rest from SOURCE")
+    parser.add_argument("--crop-scale", type=float, default=1.0, metavar="MIN",
+                        help="stronger views: each image's random resized crop keeps this share of its area or more")
+    parser.add_argument("--jitter", type=float, default=0.0,
+                        help="stronger views: brightness, contrast, saturation factors in [1 - J, 1 + J]")
     parser.add_argument("--refine", type=int, metavar="POOL",
                         help="heal on a pool of POOL patches refined to match the teacher's BatchNorm statistics")
     parser.add_argument("--refine-iterations", type=int, default=20, help="pixel steps per pool chunk")
@@ -410,18 +473,28 @@ def main() -> None:
                                    args.refine, args.refine_iterations, args.refine_lr, args.refine_tv, run.seed,
                                    args.refine_ce)
         images = refined
+    if args.blend:
+        name += f"-blend{args.blend:g}"
+        images = Blended(open_source(images, 32, run.seed, 1, mode=args.image_mode).train,
+                         open_source(str(ANIMALS), 32, run.seed, 1).train, args.blend)
+    augment = None
+    if args.crop_scale < 1 or args.jitter:
+        name += f"-views{args.crop_scale:g}x{args.jitter:g}"
+        augment = stronger_views(heal, args.crop_scale, args.jitter)
     name = args.name or name
     odd = odd_half_file()
 
     started = time.time()
     result = prune(str(R56), images, config, heal=heal, run=run, arch="cifar_resnet56", eval_data=odd,
-                   measure_latency=False, image_mode=args.image_mode, hooks=hooks, loss_fn=loss_fn)
+                   measure_latency=False, image_mode=args.image_mode, hooks=hooks, loss_fn=loss_fn,
+                   augment=augment)
     labelled = load_eval_data(odd)
     teacher = result.model  # same normalisation as the teacher
     predictions = predict(result.model.module, labelled.images, teacher.mean, teacher.std).argmax(1).numpy()
     np.save(RESULTS / f"{name}.npy", predictions)
     report = result.report
     print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance, "hard": args.hard,
+                      "crop_scale": args.crop_scale, "jitter": args.jitter, "blend": args.blend,
                       "mimic": args.mimic, "mimic_layer": args.mimic_layer if args.mimic is not None else None,
                       "adversarial": args.adversarial and {"eps": args.adversarial, "steps": args.adversarial_steps},
                       "refine": args.refine and {"pool": args.refine, "iterations": args.refine_iterations,
