@@ -1,10 +1,11 @@
-"""The teacher shipped with the package, so that a first run needs no download; by name `bundled:NAME`."""
+"""The teacher shipped with the package, so that a first run needs no download; by name `bundled:NAME`.
+
+What is shipped, not how it loads: loading.py loads it (`bundled_model`), and imports this table."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import InputError
-from .loading import LoadedModel, load_model
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_TEACHER = Path(__file__).parent.parent / "assets" / "models" / "cifar10_resnet20_akamaster.th"
@@ -17,17 +18,10 @@ BUNDLED_MODELS = {
 }
 
 
-def bundled_model(name: str) -> LoadedModel:
-    """A pretrained model shipped with the package, by its name in BUNDLED_MODELS (`bundled:NAME` on the CLI)."""
+def bundled_entry(name: str) -> tuple[Path, str, list[str], str]:
+    """(weights file, architecture, classes, description) of the bundled model `name` (loading.bundled_model
+    loads it)."""
     if name not in BUNDLED_MODELS:
         known = ", ".join(BUNDLED_PREFIX + n for n in BUNDLED_MODELS)
         raise InputError(f"no bundled model {name!r}: the bundled models are {known}")
-    path, arch, classes, description = BUNDLED_MODELS[name]
-    model = load_model(path, arch)
-    model.classes, model.source = list(classes), description
-    return model
-
-
-def bundled_teacher() -> LoadedModel:
-    """The ResNet-20 CIFAR-10 teacher shipped with the package (BSD-2, akamaster)."""
-    return bundled_model(BUNDLED_TEACHER_ARCH)
+    return BUNDLED_MODELS[name]

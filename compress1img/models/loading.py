@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import InputError, first_line
 from ..outputs import atomic_write
 from . import hub
+from .bundled import BUNDLED_MODELS, BUNDLED_PREFIX, BUNDLED_TEACHER_ARCH, bundled_entry
 from ..runtime import OnnxModule, in_batches_of
 from .registry import (
     _REGISTRY,
@@ -76,10 +77,10 @@ def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool 
     size = _parse_input_size(input_size)
     if arch_args is not None and not user.is_class_spec(arch):
         raise InputError("--arch-args is for a class of your own (--arch FILE.py:CLASS or package.module:CLASS)")
-    if arch is None and isinstance(model, str) and model.startswith("bundled:"):
-        from .bundled import bundled_model  # (it loads through this module)
-
-        loaded = bundled_model(model[len("bundled:"):])
+    if arch is None and isinstance(model, str) and model.startswith(BUNDLED_PREFIX):
+        path, bundled_arch, classes, description = bundled_entry(model[len(BUNDLED_PREFIX):])
+        loaded = _load_file(path, bundled_arch, False, None, None, None)
+        loaded.classes, loaded.source = list(classes), description
     elif arch is not None or _is_file_argument(model):  # --arch only makes sense with a weights file
         loaded = _load_file(Path(model), arch, trust_model, num_classes, size, arch_args)
     else:
@@ -115,6 +116,16 @@ def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool 
     return loaded
 
 
+def bundled_model(name: str) -> LoadedModel:
+    """A pretrained model shipped with the package, by its name in BUNDLED_MODELS (`bundled:NAME` on the CLI)."""
+    return load_model(BUNDLED_PREFIX + name)
+
+
+def bundled_teacher() -> LoadedModel:
+    """The ResNet-20 CIFAR-10 teacher shipped with the package (BSD-2, akamaster)."""
+    return bundled_model(BUNDLED_TEACHER_ARCH)
+
+
 def create_model_from_name(name: str, num_classes: int | None = None, *, pretrained: bool = False,
                            arch_args: dict | None = None) -> tuple[nn.Module, dict]:
     """Build a registry model, "timm:NAME" or "tv:NAME" (bare timm names too, after the registry), a
@@ -140,8 +151,6 @@ def create_model_from_name(name: str, num_classes: int | None = None, *, pretrai
         return _create_torchvision(name[len("tv:"):], num_classes, pretrained)
     if name in _REGISTRY:
         if pretrained:
-            from .bundled import BUNDLED_MODELS
-
             bundled = f", or use the bundled pretrained one: bundled:{name}" if name in BUNDLED_MODELS else ""
             raise InputError(f"compress1img has no pretrained weights for {name}: "
                              f"pass a weights file and --arch {name}{bundled}")
