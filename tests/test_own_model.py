@@ -48,6 +48,7 @@ MYNET = textwrap.dedent('''
             return self.fc(torch.flatten(self.pool(self.layer1(self.stem(x))), 1))
 ''')
 TINY = ["--steps", "2", "--batch-size", "4", "--image", "coffee", "--device", "cpu"]
+PTQ_TINY = ["--image", "coffee", "--device", "cpu"]  # post-training quantization takes no training options
 
 
 @pytest.fixture
@@ -196,7 +197,7 @@ def test_unstructured_pruning_and_eval_of_your_own_class(mynet, run, tmp_path, t
 def test_quantize_ptq_of_your_own_class(mynet, run, tmp_path):
     out = tmp_path / "ptq"
     code, err, _ = run("quantize", "mynet.pth", "--arch", "mynet.py:MyNet", "--method", "ptq",
-                       "--calibration-size", "16", *TINY, "--out", out)
+                       "--calibration-size", "16", *PTQ_TINY, "--out", out)
     assert code == 0, err
     assert json.loads((out / "report.json").read_text())["quantization"]["method"] == "ptq"
 
@@ -312,7 +313,7 @@ def test_a_torchscript_teacher_distills_and_a_torch_export_program_quantizes_by_
     assert code == 2 and err[-1] == (
         "error: --match features needs to read the teacher's layers, which a TorchScript model does not allow: "
         "use --match logits") and not (tmp_path / "f").exists()
-    code, err, _ = run("quantize", "dynamic.pt2", "--method", "ptq", "--calibration-size", "16", *TINY,
+    code, err, _ = run("quantize", "dynamic.pt2", "--method", "ptq", "--calibration-size", "16", *PTQ_TINY,
                        "--out", tmp_path / "q")
     assert code == 0, err
     assert json.loads((tmp_path / "q" / "report.json").read_text())["holdout_agreement"] > 50
@@ -390,7 +391,7 @@ def test_quantize_ptq_takes_an_onnx_model(mynet, run, tmp_path):
     export_plain_onnx(load_model("mynet.pth", "mynet.py:MyNet").module, tmp_path / "mynet.onnx", batch=None)
     out = tmp_path / "q"
     code, err, _ = run("quantize", tmp_path / "mynet.onnx", "--method", "ptq", "--calibration-size", "16",
-                       "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", *TINY, "--out", out)
+                       "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", *PTQ_TINY, "--out", out)
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert report["quantization"]["int8_convs"] > 0 and report["holdout_agreement"] > 50

@@ -322,7 +322,7 @@ def test_percentile_calibration_clips_the_ranges_minmax_keeps_whole():
     assert input_scale(ptq_onnx_bytes(float_onnx, calibration, method="percentile")) < minmax
 
 
-def test_a_keep_float_name_the_model_lacks_or_calibration_with_qat_fails_at_once_in_one_line(cli, tmp_path):
+def test_a_keep_float_name_the_model_lacks_or_an_option_of_the_other_method_fails_at_once_in_one_line(cli, tmp_path):
     model = (BUNDLED_TEACHER, "--arch", "cifar_resnet20")
     code, err = cli("quantize", *model, "--keep-float", "fc", "--out", tmp_path / "a")
     assert code == 2 and len(err) == 1
@@ -332,4 +332,7 @@ def test_a_keep_float_name_the_model_lacks_or_calibration_with_qat_fails_at_once
         2, ["error: --calibration applies to --method ptq: quantization-aware training learns its ranges"])
     assert cli("quantize", *model, "--method", "ptq", "--calibration", "kl", "--out", tmp_path / "c") == (
         2, ["error: --calibration must be one of minmax, percentile, entropy (got 'kl')"])
+    assert cli("quantize", *model, "--method", "ptq", "--steps", "100", "--lr", "0.01", "--out", tmp_path / "d") == (
+        2, ["error: --steps, --lr apply to --method qat: post-training quantization (--method ptq) does not train "
+            "(its option is --calibration-size)"])
     assert not any(tmp_path.iterdir())

@@ -1,7 +1,9 @@
 """One function per command: its options, then parse -> settings -> API call -> summary."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
+import inspect
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -23,7 +25,7 @@ from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, Cal
     ModelArg, NoHealOpt,
     NprocOpt, OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt,
     RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build, batch_sizes,
-    latency_config, load, packaged_recipes, read_lines, show_config)
+    flag, latency_config, load, packaged_recipes, read_lines, show_config)
 from ..models.user import parse_args
 from .summaries import print_compress_summary, print_distill_summary
 
@@ -120,6 +122,16 @@ def distill(
 
 def _prune_config(params: dict) -> PruneConfig:
     return build(PruneConfig, params, ignore=tuple(params["ignore"] or ()))
+
+
+def _refuse_training_options(params: dict, command) -> None:
+    """Post-training quantization does not train: a training option given to it would be ignored without a word."""
+    defaults = inspect.signature(command).parameters
+    given = [flag(f.name) for f in dataclasses.fields(DistillConfig)
+             if f.name in params and params[f.name] != defaults[f.name].default]
+    if given:
+        raise InputError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --method qat: post-training "
+                         "quantization (--method ptq) does not train (its option is --calibration-size)")
 
 
 def _quantize_config(params: dict, training: DistillConfig) -> QuantizeConfig:
@@ -233,6 +245,8 @@ def quantize(
 ) -> None:
     """Quantize a pretrained (or pruned) model to int8 for ONNX Runtime, trained against the original on patches."""
     params = locals()
+    if method == PTQConfig.method:
+        _refuse_training_options(params, quantize)
     config, run = _quantize_config(params, build(DistillConfig, params)), build(RunConfig, params)
     timing = latency_config(params)
     if print_config:
