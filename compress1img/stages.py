@@ -173,7 +173,8 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
         # -- heal ----------------------------------------------------------------------------------------------
         steps = heal.steps * k // config.iterations - heal.steps * (k - 1) // config.iterations
         if healing is not None and steps > 0:
-            matched = _healing_match(ctx, student.module, heal.match)
+            # A loss of the caller's own replaces the match: the report keeps what was asked ("auto" unresolved).
+            matched = heal.match if healing.loss_fn is not None else _healing_match(ctx, student.module, heal.match)
             result = healing.run(ctx, student.module, dataclasses.replace(heal, steps=steps, match=matched),
                                  f"heal-{k}", f"healing{of_k}", seed=ctx.run.seed + k - 1)
             row.update({"heal_steps": steps, "heal_seconds": result.seconds, "heal_match": matched,

@@ -346,13 +346,19 @@ def test_the_api_takes_an_nn_module_and_gives_the_pruned_module_back(tmp_path):
     assert load_model(tmp_path / "run" / "model.pt2").num_classes == 10
 
 
-def test_healing_matches_the_logits_where_the_cut_changed_the_last_feature_map():
+def test_healing_matches_the_logits_where_the_cut_changed_the_last_feature_map_and_a_loss_of_ones_own_replaces_it():
     from compress1img import DistillConfig, prune
 
     streams_cut = PruneConfig(sparsity=0.3, channels="all")  # the residual streams too: a narrower last feature map
     result = prune(bundled_teacher(), "coffee", streams_cut, heal=DistillConfig(steps=2, batch_size=8), run=QUIET,
                    measure_latency=False)
     assert result.report["heal_match"] == "logits"
+    def squared_error(student_logits, teacher_logits):
+        return (student_logits - teacher_logits).square().mean()
+
+    own_loss = prune(bundled_teacher(), "coffee", PruneConfig(sparsity=0.3), heal=DistillConfig(steps=2, batch_size=8),
+                     run=QUIET, measure_latency=False, loss_fn=squared_error)
+    assert own_loss.report["heal_match"] == "auto"  # a loss of one's own replaces the match: none was resolved
     with pytest.raises(InputError, match=r"^--match features needs the last feature map \(layer3\) to keep its shape"):
         prune(bundled_teacher(), "coffee", streams_cut, heal=DistillConfig(steps=2, batch_size=8, match="features"),
               run=QUIET, measure_latency=False)
