@@ -26,7 +26,8 @@ another module's output instead, several at once (comma-separated), or `blocks`:
 (decoupled L2-SP: healing held near the weights the teacher learnt on real data).
 `--crop-scale MIN` / `--jitter J` give images used whole stronger views (each image's own random resized crop
 keeping at least MIN of its area, brightness/contrast/saturation factors in [1 - J, 1 + J]) before the loop's flip,
-shift and CutMix; `--blend SHARE` draws that share of every batch from Animals' patches and the rest from SOURCE.
+shift and CutMix; `--cutmix-per-image` cuts each image's own CutMix box from its own partner; `--blend SHARE`
+draws that share of every batch from Animals' patches and the rest from SOURCE.
 `--refine POOL` heals on a pool of POOL patches whose pixels were first refined so that the teacher's
 per-layer batch statistics match its BatchNorm running statistics (DeepInversion's loss, started from the
 image's patches; `--refine-iterations`, `--refine-lr`, `--refine-tv` for a smoothness prior, `--refine-ce` for
@@ -290,6 +291,29 @@ def stronger_views(heal: DistillConfig, crop_scale: float, jitter: float):
     return augment
 
 
+def cutmix_per_image(heal: DistillConfig):
+    """An `augment` like the loop's (flip, shift, CutMix with a Beta(mix_alpha, mix_alpha) share) but with CutMix
+    drawn per image: each image its own partner (a random permutation of the batch), its own box size and place,
+    where the loop's CutMix cuts one box, at one place, from the reversed batch into every image. More distinct
+    inputs from the same images, each as close to them as the loop's."""
+    flip_and_shift_only = default_augment(dataclasses.replace(heal, mix="none"))
+
+    def augment(x: torch.Tensor, seed: int) -> torch.Tensor:
+        x = flip_and_shift_only(x, seed)
+        n, _, h, w = x.shape
+        g = torch.Generator().manual_seed(mix_seed(seed, 0, "cutmix-per-image"))
+        share = np.random.default_rng(mix_seed(seed, 1, "cutmix-per-image")).beta(heal.mix_alpha, heal.mix_alpha, n)
+        cut = torch.from_numpy(1.0 - share).float().sqrt()
+        half_h, half_w = (h * cut).long() // 2, (w * cut).long() // 2
+        cy, cx = torch.randint(h, (n,), generator=g), torch.randint(w, (n,), generator=g)
+        partner = torch.randperm(n, generator=g)
+        rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+        inside = ((rows >= (cy - half_h).view(n, 1, 1)) & (rows < (cy + half_h).view(n, 1, 1))
+                  & (cols >= (cx - half_w).view(n, 1, 1)) & (cols < (cx + half_w).view(n, 1, 1)))
+        return torch.where(inside.unsqueeze(1).to(x.device), x[partner.to(x.device)], x)
+    return augment
+
+
 def mimic_layers(spec: str) -> list[str]:
     """`--mimic-layer`: one module name, several separated by commas, or `blocks` (every residual block)."""
     if spec == "blocks":
@@ -404,6 +428,8 @@ def main() -> None:
                              "several separated by commas, or blocks: every residual block's output")
     parser.add_argument("--anchor", type=float, metavar="PULL",
                         help="after every step, move each weight PULL of the way back to its value after the cut")
+    parser.add_argument("--cutmix-per-image", action="store_true",
+                        help="CutMix with a partner, box size and place of each image's own (the loop's: one box)")
     parser.add_argument("--blend", type=float, metavar="SHARE",
                         help="this share of every batch from Animals' patches, the rest from SOURCE")
     parser.add_argument("--crop-scale", type=float, default=1.0, metavar="MIN",
@@ -478,6 +504,11 @@ def main() -> None:
         images = Blended(open_source(images, 32, run.seed, 1, mode=args.image_mode).train,
                          open_source(str(ANIMALS), 32, run.seed, 1).train, args.blend)
     augment = None
+    if args.cutmix_per_image:
+        if args.crop_scale < 1 or args.jitter:
+            parser.error("--cutmix-per-image does not combine with --crop-scale / --jitter")
+        name += "-cutmix-per-image"
+        augment = cutmix_per_image(heal)
     if args.crop_scale < 1 or args.jitter:
         name += f"-views{args.crop_scale:g}x{args.jitter:g}"
         augment = stronger_views(heal, args.crop_scale, args.jitter)
@@ -495,6 +526,7 @@ def main() -> None:
     report = result.report
     print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance, "hard": args.hard,
                       "crop_scale": args.crop_scale, "jitter": args.jitter, "blend": args.blend,
+                      "cutmix_per_image": args.cutmix_per_image,
                       "mimic": args.mimic, "mimic_layer": args.mimic_layer if args.mimic is not None else None,
                       "adversarial": args.adversarial and {"eps": args.adversarial, "steps": args.adversarial_steps},
                       "refine": args.refine and {"pool": args.refine, "iterations": args.refine_iterations,
