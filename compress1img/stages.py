@@ -70,11 +70,12 @@ class Healing:
     hooks: Sequence[TrainingHook] = ()
 
     def run(self, ctx: RunContext, student: nn.Module, config: DistillConfig, name: str, label: str,
-            **run_changes):
+            patches_from_step: int = 0, **run_changes):
         return run_distillation(ctx.teacher.module, student, ctx.source, config, ctx.run_for_stage(**run_changes),
                                 mean=ctx.teacher.mean, std=ctx.teacher.std, holdout=ctx.holdout,
                                 checkpoint_dir=ctx.stage_dir(name), loss_fn=self.loss_fn, augment=self.augment,
-                                eval_fn=ctx.eval_fn, hooks=self.hooks, label=label)
+                                eval_fn=ctx.eval_fn, hooks=self.hooks, label=label,
+                                patches_from_step=patches_from_step)
 
 
 # --- pruning ---------------------------------------------------------------------------------------------------
@@ -171,12 +172,13 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
         if structured and repair_patches:
             row.update(_repair(ctx, student, repair_patches))
         # -- heal ----------------------------------------------------------------------------------------------
-        steps = heal.steps * k // config.iterations - heal.steps * (k - 1) // config.iterations
+        healed_before = heal.steps * (k - 1) // config.iterations
+        steps = heal.steps * k // config.iterations - healed_before
         if healing is not None and steps > 0:
             # A loss of the caller's own replaces the match: the report keeps what was asked ("auto" unresolved).
             matched = heal.match if healing.loss_fn is not None else _healing_match(ctx, student.module, heal.match)
             result = healing.run(ctx, student.module, dataclasses.replace(heal, steps=steps, match=matched),
-                                 f"heal-{k}", f"healing{of_k}", seed=ctx.run.seed + k - 1)
+                                 f"heal-{k}", f"healing{of_k}", patches_from_step=healed_before)
             row.update({"heal_steps": steps, "heal_seconds": result.seconds, "heal_match": matched,
                         "holdout_agreement_after_heal": result.holdout_agreement, "heal_history": result.history})
             heal_processes = processes_report(result)

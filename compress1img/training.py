@@ -331,7 +331,8 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
                      run: RunConfig = RunConfig(), *, mean: tuple, std: tuple, holdout: torch.Tensor,
                      checkpoint_dir: str | Path | None = None, loss_fn: LossFn | None = None,
                      augment: Augment | None = None, eval_fn: Callable[[nn.Module], dict] | None = None,
-                     hooks: Sequence[TrainingHook] = (), label: str = "distilling") -> TrainResult:
+                     hooks: Sequence[TrainingHook] = (), label: str = "distilling",
+                     patches_from_step: int = 0) -> TrainResult:
     """Train `student` to match the frozen `teacher` on patches; returns what happened.
 
     `mean`/`std` are the normalisation both models expect (patches are in [0, 1]). With `config.match`
@@ -341,7 +342,9 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
     which agreement and KL are measured every `run.eval_every` steps. With `checkpoint_dir`,
     a checkpoint is kept there and `run.resume` continues from it. `loss_fn` and `augment`
     default to what `config` describes (losses.kl_loss, augment.default_augment). `label` names the
-    progress bar (progress.Bar, shown with `run.progress`).
+    progress bar (progress.Bar, shown with `run.progress`). Step s trains on the patches and augmentation
+    of step `patches_from_step` + s: a later healing of the same run passes the steps healed before it,
+    so that it goes on to new patches instead of drawing the first ones again.
 
     Under torchrun every rank calls this with the same arguments: each trains on its own
     `config.batch_size` patches per step (see `batch_index`), DDP averages the gradients,
@@ -384,8 +387,9 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
         with _stop_on_sigint() as stop, _out_of_memory_advice(config.batch_size, checkpoint_path, progress.bar):
             for step in range(start_step, config.steps):
                 # -- one step on this rank's batch ---------------------------------------------------
-                x = make_batch(patches, augment, config.batch_size, batch_index(step, placement.rank, world),
-                               run.seed, mean, std, placement, config.hardest_of, choose)
+                x = make_batch(patches, augment, config.batch_size,
+                               batch_index(patches_from_step + step, placement.rank, world), run.seed,
+                               mean, std, placement, config.hardest_of, choose)
                 loss, teacher_logits, student_logits = train_step(model, teacher, x, loss_fn, optimization,
                                                                   placement, step, checkpoint_path, config)
                 # -- bookkeeping: every rank stops at the same step; the loss shown is the whole batch's

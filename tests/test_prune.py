@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress1img import InputError, RunConfig, evaluate_model, load_model
+from compress1img import DistillConfig, InputError, RunConfig, evaluate_model, load_model, prune
 from compress1img.api import BUNDLED_TEACHER, bundled_teacher
 from compress1img.models import create_model_from_name
 from compress1img.pruning import (PruneConfig, PruningError, count, fold_masks, make_prunable, prune_to_budget,
@@ -179,9 +179,21 @@ def test_prune_cli_writes_a_smaller_model_that_reloads_and_exports(tmp_path, tes
     assert evaluate_model(out / "model.onnx", test_slice)["top1"] == pytest.approx(report["pruned_top1"])
 
 
-def test_a_model_frozen_by_an_earlier_run_still_prunes():
-    from compress1img import prune
+def test_each_healing_of_an_iterated_prune_goes_on_to_new_patches():
+    seen = []
 
+    def record(x, seed):  # the loop's augmentation receives each batch of patches as drawn
+        seen.append(x.clone())
+        return x
+
+    prune(bundled_teacher(), "coffee", PruneConfig(sparsity=0.5, iterations=2),
+          heal=DistillConfig(steps=4, batch_size=8), run=RunConfig(holdout_size=16, device="cpu", progress=False),
+          augment=record, measure_latency=False)
+    assert len(seen) == 4  # two steps after each cut
+    assert all(not torch.equal(seen[i], seen[j]) for i in range(4) for j in range(i))
+
+
+def test_a_model_frozen_by_an_earlier_run_still_prunes():
     model = bundled_teacher()
     model.module.requires_grad_(False)  # what serving as a distillation teacher leaves behind
     result = prune(model, "coffee", PruneConfig(sparsity=0.3), heal=None, run=QUIET, measure_latency=False)
@@ -221,8 +233,6 @@ def test_droppable_blocks_are_the_shape_keeping_residual_blocks():
 
 
 def test_dropped_blocks_count_towards_the_budget_and_reload(tmp_path, test_slice):
-    from compress1img import DistillConfig, RunConfig, prune
-
     run = RunConfig(out=tmp_path / "run", holdout_size=64, eval_every=2, checkpoint_every=2, device="cpu",
                     progress=False)
     report = prune(bundled_teacher(), "coffee", PruneConfig(sparsity=0.5, drop_blocks=2),
@@ -239,7 +249,6 @@ def test_dropped_blocks_count_towards_the_budget_and_reload(tmp_path, test_slice
 
 
 def test_dropping_more_blocks_than_exist_or_than_the_budget_is_refused():
-    from compress1img import prune
     from compress1img.pruning import BudgetError
 
     with pytest.raises(BudgetError, match="has only 7 blocks that can be dropped"):
@@ -305,7 +314,6 @@ def test_least_squares_repair_recovers_a_layer_that_only_used_the_kept_channels(
 
 
 def test_repair_after_the_cut_brings_the_pruned_model_closer_to_the_original(test_slice):
-    from compress1img import prune
 
     def cut(patches: int) -> dict:
         result = prune(bundled_teacher(), "coffee", PruneConfig(sparsity=0.5, reconstruct_patches=patches),
@@ -326,7 +334,6 @@ def test_repair_after_the_cut_brings_the_pruned_model_closer_to_the_original(tes
 
 
 def test_the_api_takes_an_nn_module_and_gives_the_pruned_module_back(tmp_path):
-    from compress1img import prune
 
     module = copy.deepcopy(bundled_teacher().module)
     module.input_size, module.mean, module.std = (3, 32, 32), bundled_teacher().mean, bundled_teacher().std
@@ -347,8 +354,6 @@ def test_the_api_takes_an_nn_module_and_gives_the_pruned_module_back(tmp_path):
 
 
 def test_healing_matches_the_logits_where_the_cut_changed_the_last_feature_map_and_a_loss_of_ones_own_replaces_it():
-    from compress1img import DistillConfig, prune
-
     streams_cut = PruneConfig(sparsity=0.3, channels="all")  # the residual streams too: a narrower last feature map
     result = prune(bundled_teacher(), "coffee", streams_cut, heal=DistillConfig(steps=2, batch_size=8), run=QUIET,
                    measure_latency=False)
