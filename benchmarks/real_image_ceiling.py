@@ -21,9 +21,12 @@ which the student, as it is at that step, disagrees most with the teacher kept (
 `--adversarial EPS` moves each patch by signed-gradient steps (`--adversarial-steps`, at most EPS per pixel)
 towards a larger KL between teacher and student. `--mimic W` is MiR: the student matches the teacher's last
 feature map, its classifier frozen, plus W x the KL loss (0: feature matching alone); `--mimic-layer` matches
-another module's output instead, several at once (comma-separated), or `blocks`: every residual block's output.
+another module's output instead, several at once (comma-separated), or `blocks`: every residual block's output;
+`pre:MODULE` matches MODULE's input (`pre:layer3.8.relu2`: the last map before its final ReLU).
 `--anchor PULL` moves every trainable weight PULL of the way back to its value after the cut after each step
 (decoupled L2-SP: healing held near the weights the teacher learnt on real data).
+`--teacher-bn PATTERN` has the student's BatchNorm layers whose names match PATTERN normalise with the teacher's
+running statistics all through healing (put in through a TrainingHook), as the teacher does on the same patches.
 `--crop-scale MIN` / `--jitter J` give images used whole stronger views (each image's own random resized crop
 keeping at least MIN of its area, brightness/contrast/saturation factors in [1 - J, 1 + J]) before the loop's flip,
 shift and CutMix; `--cutmix-per-image` cuts each image's own CutMix box from its own partner; `--blend SHARE`
@@ -36,8 +39,10 @@ same pool unrefined, the control.
 """
 import argparse
 import dataclasses
+import functools
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -199,7 +204,15 @@ class LastFeatures(FeatureMimicry):
 
     def on_start(self, teacher, student):
         self.freeze_classifier(student)  # AdamW skips what gets no gradient
-        super().on_start(teacher, student)
+        if not self.layer.startswith("pre:"):
+            return super().on_start(teacher, student)
+        # "pre:MODULE" matches MODULE's input: before the last ReLU, the map still says how negative the
+        # teacher's responses are, which the ReLU discards (Heo et al., "A Comprehensive Overhaul of Feature
+        # Distillation", ICCV 2019, distil there).
+        name = self.layer.removeprefix("pre:")
+        self.handles = [dict(model.named_modules())[name].register_forward_pre_hook(
+            lambda m, i, role=role: self.features.__setitem__(role, i[0]))
+            for role, model in (("teacher", teacher), ("student", student))]
 
     def loss(self, student_logits, teacher_logits):
         mimic = super().loss(student_logits, teacher_logits)
@@ -251,6 +264,36 @@ class Anchored(TrainingHook):
 
     def on_end(self, student):
         self.start = []
+
+
+class TeacherStatistics(TrainingHook):
+    """The student's BatchNorm layers whose names match `pattern` normalise with the running statistics they
+    start with (the teacher's, from its training data) all through healing, as the teacher does on the same
+    patches, instead of with each batch's statistics; their scales and shifts still learn. The first
+    convolution of every block keeps its kept channels' filters through the cut, so its BatchNorm's statistics
+    are still the teacher's data's wherever the block's input is."""
+
+    def __init__(self, pattern: str):
+        self.pattern, self.held = re.compile(pattern), []
+
+    def on_start(self, teacher, student):
+        def stay_in_eval(module, mode=True):
+            module.training = False
+            return module
+
+        self.held = [m for name, m in student.named_modules()
+                     if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and self.pattern.fullmatch(name)]
+        for m in self.held:  # the loop's student.train() reaches them through this
+            m.train = functools.partial(stay_in_eval, m)
+            m.training = False
+
+    def after_step(self, step, student, loss):
+        pass
+
+    def on_end(self, student):
+        for m in self.held:
+            del m.train
+        self.held = []
 
 
 def stronger_views(heal: DistillConfig, crop_scale: float, jitter: float):
@@ -424,10 +467,14 @@ def main() -> None:
     parser.add_argument("--mimic", type=float, metavar="KL_WEIGHT",
                         help="MiR: match the teacher's last feature map, classifier frozen, plus KL_WEIGHT x the KL")
     parser.add_argument("--mimic-layer", default="layer3",
-                        help="the module whose output is matched, or head: the classifier's input (pooled); "
-                             "several separated by commas, or blocks: every residual block's output")
+                        help="the module whose output is matched, pre:MODULE its input (pre:layer3.8.relu2: the "
+                             "map before its last ReLU), or head: the classifier's input (pooled); several "
+                             "separated by commas, or blocks: every residual block's output")
     parser.add_argument("--anchor", type=float, metavar="PULL",
                         help="after every step, move each weight PULL of the way back to its value after the cut")
+    parser.add_argument("--teacher-bn", metavar="PATTERN",
+                        help="the student's BatchNorm layers whose names match PATTERN (a regular expression) keep "
+                             "the teacher's running statistics while healing")
     parser.add_argument("--cutmix-per-image", action="store_true",
                         help="CutMix with a partner, box size and place of each image's own (the loop's: one box)")
     parser.add_argument("--blend", type=float, metavar="SHARE",
@@ -481,7 +528,7 @@ def main() -> None:
     loss_fn = None
     if args.mimic is not None:
         name += f"-mimic{args.mimic:g}" + ("" if args.mimic_layer == "layer3" else
-                                           f"-{args.mimic_layer.replace(',', '+')}")
+                                           f"-{args.mimic_layer.replace(',', '+').replace(':', '-')}")
         layers = mimic_layers(args.mimic_layer)
         mimic = LastFeatures(heal, args.mimic, layers[0]) if len(layers) == 1 else \
             ManyFeatures(heal, args.mimic, layers)
@@ -490,6 +537,9 @@ def main() -> None:
     if args.anchor:
         name += f"-anchor{args.anchor:g}"
         hooks.append(Anchored(args.anchor))
+    if args.teacher_bn:
+        name += "-teacherbn"
+        hooks.append(TeacherStatistics(args.teacher_bn))
     if args.refine:
         name += f"-refine{args.refine}x{args.refine_iterations}-lr{args.refine_lr}" + (
             f"-tv{args.refine_tv}" if args.refine_tv else "") + (
