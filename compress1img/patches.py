@@ -388,7 +388,8 @@ def _pyramid(pixels: torch.Tensor, first: int, last: int, device: torch.device) 
 
 
 class PatchArray:
-    """Pre-generated patches from a .npy (uint8 NHWC), same `batch(n, index)` interface: a seeded permutation per epoch, so training can use either source.
+    """Pre-generated patches from a .npy (uint8 NHWC), same `batch(n, index)` interface: a seeded permutation
+    per epoch, so training can use either source.
 
     Batch `index` holds positions index*n .. index*n + n - 1 of the endless sequence
     epoch 0, epoch 1, ..., each epoch a permutation of all patches seeded by (seed, epoch).

@@ -335,4 +335,9 @@ def test_a_keep_float_name_the_model_lacks_or_an_option_of_the_other_method_fail
     assert cli("quantize", *model, "--method", "ptq", "--steps", "100", "--lr", "0.01", "--out", tmp_path / "d") == (
         2, ["error: --steps, --lr apply to --method qat: post-training quantization (--method ptq) does not train "
             "(its option is --calibration-size)"])
-    assert not any(tmp_path.iterdir())
+    recipe = tmp_path / "qat-recipe.toml"
+    recipe.write_text("method = 'qat'\nsteps = 300\n")
+    assert cli("quantize", *model, "--recipe", recipe, "--method", "ptq", "--out", tmp_path / "e") == (
+        2, ["error: --steps (from the recipe) applies to --method qat: post-training quantization (--method ptq) "
+            "does not train (its option is --calibration-size)"])
+    assert [p.name for p in tmp_path.iterdir()] == ["qat-recipe.toml"]  # no run wrote an output folder

@@ -25,7 +25,7 @@ from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, Cal
     ModelArg, NoHealOpt,
     NprocOpt, OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt,
     RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build, batch_sizes,
-    flag, latency_config, load, packaged_recipes, read_lines, show_config)
+    flag, latency_config, load, packaged_recipes, read_lines, recipe_values, show_config)
 from ..models.user import parse_args
 from .summaries import print_compress_summary, print_distill_summary
 
@@ -125,9 +125,11 @@ def _prune_config(params: dict) -> PruneConfig:
 
 
 def _refuse_training_options(params: dict, command) -> None:
-    """Post-training quantization does not train: a training option given to it would be ignored without a word."""
-    defaults = inspect.signature(command).parameters
-    given = [flag(f.name) for f in dataclasses.fields(DistillConfig)
+    """Post-training quantization does not train: a training option given to it would be ignored without a word.
+    One that a recipe set is named as the recipe's, since the command line did not give it."""
+    defaults, recipe = inspect.signature(command).parameters, recipe_values(params["recipe"], command.__name__)
+    given = [flag(f.name) + (" (from the recipe)" if f.name in recipe and recipe[f.name] == params[f.name] else "")
+             for f in dataclasses.fields(DistillConfig)
              if f.name in params and params[f.name] != defaults[f.name].default]
     if given:
         raise InputError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --method qat: post-training "

@@ -57,6 +57,14 @@ def recipe_text(value: Path) -> str:
     return Path(value).read_text(encoding="utf-8")
 
 
+def recipe_values(value: Optional[Path], command: str) -> dict[str, Any]:
+    """What a recipe (checked already by load_recipe) sets for `command`, by parameter name."""
+    if value is None:
+        return {}
+    recipe = tomllib.loads(recipe_text(value))
+    return {key.replace("-", "_"): item for key, item in recipe.get(command, recipe).items()}
+
+
 def load_recipe(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
     """`--recipe FILE|NAME`: a TOML table of option values (names as in --help, - or _) used as defaults."""
     if value is None:

@@ -5,5 +5,6 @@ from .loading import LoadedModel, bundled_model, bundled_teacher, create_model_f
     save_program
 from .registry import ModelEntry, create_model, get_entry, list_models, register_model
 
-__all__ = ["BUNDLED_TEACHER", "LoadedModel", "bundled_model", "bundled_teacher", "ModelEntry", "create_model", "create_model_from_name", "get_entry", "list_models",
-           "load_model", "register_model", "save_model", "save_program"]
+__all__ = ["BUNDLED_TEACHER", "LoadedModel", "bundled_model", "bundled_teacher", "ModelEntry", "create_model",
+           "create_model_from_name", "get_entry", "list_models", "load_model", "register_model", "save_model",
+           "save_program"]

@@ -79,7 +79,7 @@ def load_model(model: str | Path, arch: str | None = None, *, trust_model: bool 
         raise InputError("--arch-args is for a class of your own (--arch FILE.py:CLASS or package.module:CLASS)")
     if arch is None and isinstance(model, str) and model.startswith(BUNDLED_PREFIX):
         path, bundled_arch, classes, description = bundled_entry(model[len(BUNDLED_PREFIX):])
-        loaded = _load_file(path, bundled_arch, False, None, None, None)
+        loaded = _load_file(path, bundled_arch, trust_model=False, num_classes=None, input_size=None)
         loaded.classes, loaded.source = list(classes), description
     elif arch is not None or _is_file_argument(model):  # --arch only makes sense with a weights file
         loaded = _load_file(Path(model), arch, trust_model, num_classes, size, arch_args)
