@@ -57,12 +57,17 @@ def recipe_text(value: Path) -> str:
     return Path(value).read_text(encoding="utf-8")
 
 
+def _recipe_table(value: Path, command: str) -> dict[str, Any]:
+    """The recipe's options for `command` as written (a recipe may hold one table per command)."""
+    recipe = tomllib.loads(recipe_text(value))
+    return recipe.get(command, recipe)
+
+
 def recipe_values(value: Optional[Path], command: str) -> dict[str, Any]:
     """What a recipe (checked already by load_recipe) sets for `command`, by parameter name."""
     if value is None:
         return {}
-    recipe = tomllib.loads(recipe_text(value))
-    return {key.replace("-", "_"): item for key, item in recipe.get(command, recipe).items()}
+    return {key.replace("-", "_"): item for key, item in _recipe_table(value, command).items()}
 
 
 def load_recipe(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
@@ -70,12 +75,11 @@ def load_recipe(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
     if value is None:
         return value
     try:
-        recipe = tomllib.loads(recipe_text(value))
+        recipe = _recipe_table(value, ctx.info_name)
     except FileNotFoundError:
         raise InputError(f"recipe not found: {value}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, IsADirectoryError) as e:
         raise InputError(f"recipe {value} is not valid TOML: {e}") from None
-    recipe = recipe.get(ctx.info_name, recipe)  # a recipe may hold one table per command
     known = {p.name: p for p in ctx.command.params}
     values = {}
     for key, item in recipe.items():
