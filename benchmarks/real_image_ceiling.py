@@ -36,6 +36,9 @@ per-layer batch statistics match its BatchNorm running statistics (DeepInversion
 image's patches; `--refine-iterations`, `--refine-lr`, `--refine-tv` for a smoothness prior, `--refine-ce` for
 DeepInversion's class term towards evenly spread random classes); `--refine POOL --refine-iterations 0` is the
 same pool unrefined, the control.
+`--crop-fractions F[,F...]` sets the patch pipeline's first crop (PatchConfig.crop_fraction: its side is F times the
+image's shorter side, the paper's 0.5) before it is shrunk to 45 px: with several, each patch is cut at one of them,
+drawn at random (one image seen at several zooms).
 """
 import argparse
 import dataclasses
@@ -51,14 +54,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from compress1img import DistillConfig, PruneConfig, RunConfig, TrainingHook, load_eval_data, prune
+from compress1img import DistillConfig, PatchConfig, PruneConfig, RunConfig, TrainingHook, load_eval_data, prune
 from compress1img.augment import default_augment
 from compress1img.evaluate import normalize, predict
 from compress1img.losses import kl_loss
 from compress1img.mimicry import HEAD_INPUT, FeatureMimicry
 from compress1img.models import load_model
 from compress1img.patches import mix_seed
-from compress1img.sources import open_source
+from compress1img.sources import MultiImagePatches, open_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paths import ANIMALS, CIFAR_TEST, R56  # noqa: E402
@@ -490,6 +493,9 @@ def main() -> None:
     parser.add_argument("--refine-tv", type=float, default=0.0, help="weight of the smoothness prior")
     parser.add_argument("--refine-ce", type=float, default=0.0,
                         help="weight of a cross-entropy term towards random, evenly spread classes")
+    parser.add_argument("--crop-fractions", metavar="F[,F...]",
+                        help="the first crop's side as a share of the image's shorter side (the paper's 0.5); "
+                             "several: each patch at one of them, drawn at random")
     parser.add_argument("--compare", nargs="+", metavar="A B",
                         help="compare two earlier runs by name; more pairs (A2 B2 ...: other seeds) are also tested "
                              "together")
@@ -553,6 +559,16 @@ def main() -> None:
         name += f"-blend{args.blend:g}"
         images = Blended(open_source(images, 32, run.seed, 1, mode=args.image_mode).train,
                          open_source(str(ANIMALS), 32, run.seed, 1).train, args.blend)
+    patch_config = None
+    if args.crop_fractions:
+        name += f"-crop{args.crop_fractions.replace(',', '+')}"
+        fractions = [float(f) for f in args.crop_fractions.split(",")]
+        if len(fractions) == 1:
+            patch_config = PatchConfig(crop_fraction=fractions[0])
+        else:
+            zooms = [open_source(images, 32, mix_seed(run.seed, i, "zoom"), 1, mode=args.image_mode,
+                                 patch_config=PatchConfig(crop_fraction=f)).train for i, f in enumerate(fractions)]
+            images = MultiImagePatches(zooms, run.seed)
     augment = None
     if args.cutmix_per_image:
         if args.crop_scale < 1 or args.jitter:
@@ -568,7 +584,7 @@ def main() -> None:
     started = time.time()
     result = prune(str(R56), images, config, heal=heal, run=run, arch="cifar_resnet56", eval_data=odd,
                    measure_latency=False, image_mode=args.image_mode, hooks=hooks, loss_fn=loss_fn,
-                   augment=augment)
+                   augment=augment, patch_config=patch_config)
     labelled = load_eval_data(odd)
     teacher = result.model  # same normalisation as the teacher
     predictions = predict(result.model.module, labelled.images, teacher.mean, teacher.std).argmax(1).numpy()
@@ -576,7 +592,7 @@ def main() -> None:
     report = result.report
     print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance, "hard": args.hard,
                       "crop_scale": args.crop_scale, "jitter": args.jitter, "blend": args.blend,
-                      "cutmix_per_image": args.cutmix_per_image,
+                      "cutmix_per_image": args.cutmix_per_image, "crop_fractions": args.crop_fractions,
                       "mimic": args.mimic, "mimic_layer": args.mimic_layer if args.mimic is not None else None,
                       "adversarial": args.adversarial and {"eps": args.adversarial, "steps": args.adversarial_steps},
                       "refine": args.refine and {"pool": args.refine, "iterations": args.refine_iterations,
