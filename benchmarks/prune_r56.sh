@@ -4,7 +4,8 @@
 #   rows: p50 p50-all p30 p70 u50 u75 noise50 noheal50 (default: all of them), p50-lr3 (lr 3e-3), p50-long (2x STEPS),
 #         p50-drop6 (6 whole blocks dropped, channels for the rest of the 50%), p50-drop6-long (the same, 2x STEPS),
 #         repair50 (no healing, least-squares repair only), p50-6k and p50-drop6-6k (4x STEPS, bf16 steps),
-#         p50-12k and p50-drop6-12k (8x STEPS), p50-drop12 (12 whole blocks dropped: the layout int8 makes >= 3.5x)
+#         p50-12k and p50-drop6-12k (8x STEPS), p50-drop12 (12 whole blocks dropped: the layout int8 makes >= 3.5x),
+#         p50-drop12-6k (the same, 4x STEPS)
 # MATCH=logits heals on the KL of the logits, as every row docs/benchmarks.md quotes was (default: auto).
 # Results in benchmarks/results/prune-ROW/ (report.json, report.md); docs/benchmarks.md quotes them.
 set -euo pipefail
@@ -28,6 +29,8 @@ for row in "${rows[@]}"; do
         p50-lr3) run p50-lr3 --sparsity 0.5 --lr 0.003 --image "$animals" ;;
         p50-drop6) run p50-drop6 --sparsity 0.5 --drop-blocks 6 --image "$animals" ;;
         p50-drop12) run p50-drop12 --sparsity 0.5 --drop-blocks 12 --image "$animals" ;;
+        p50-drop12-6k) run p50-drop12-6k --sparsity 0.5 --drop-blocks 12 --steps $((STEPS * 4)) --eval-every 1000 \
+                           --image "$animals" ;;
         p50-drop6-long) run p50-drop6-long --sparsity 0.5 --drop-blocks 6 --steps $((STEPS * 2)) --image "$animals" ;;
         p50-long) run p50-long --sparsity 0.5 --steps $((STEPS * 2)) --image "$animals" ;;
         p50-6k) run p50-6k --sparsity 0.5 --steps $((STEPS * 4)) --eval-every 1000 --image "$animals" ;;

@@ -3,8 +3,8 @@
 # Usage: bash benchmarks/quantize_r56.sh [ROW ...]
 #   rows: ptq qat100 qat250 qat500 qat1000 chain-ptq chain-qat (default: ptq qat100 qat250 qat500)
 #   chain-*: quantize the pruned model of `prune_r56.sh p50` (run that first); it is its own teacher here.
-#   chain-6k-qat, chain-drop6-6k-qat, chain-12k-qat, chain-drop12-qat: the same for `prune_r56.sh p50-6k` /
-#   `p50-drop6-6k` / `p50-12k` / `p50-drop12`
+#   chain-6k-qat, chain-drop6-6k-qat, chain-12k-qat, chain-drop12-qat, chain-drop12-6k-qat: the same for
+#   `prune_r56.sh p50-6k` / `p50-drop6-6k` / `p50-12k` / `p50-drop12` / `p50-drop12-6k`
 # Results in benchmarks/results/quantize-ROW/ (report.json, report.md); docs/benchmarks.md quotes them.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"  # DATA, R56, CIFAR_TEST, ANIMALS
@@ -26,6 +26,7 @@ for row in "${rows[@]}"; do
         chain-6k-qat) run chain-6k-qat "$OUT/prune-p50-6k/model.pt" --method qat --steps 250 ;;
         chain-12k-qat) run chain-12k-qat "$OUT/prune-p50-12k/model.pt" --method qat --steps 250 ;;
         chain-drop12-qat) run chain-drop12-qat "$OUT/prune-p50-drop12/model.pt" --method qat --steps 250 ;;
+        chain-drop12-6k-qat) run chain-drop12-6k-qat "$OUT/prune-p50-drop12-6k/model.pt" --method qat --steps 250 ;;
         chain-drop6-6k-qat) run chain-drop6-6k-qat "$OUT/prune-p50-drop6-6k/model.pt" --method qat --steps 250 ;;
         *) echo "unknown row $row" >&2; exit 2 ;;
     esac
