@@ -30,7 +30,8 @@ from .devices import device_name, resolve_device
 from .errors import InputError, first_line
 from .evaluate import normalize, predict, top1
 from .export import export_onnx
-from .images import DEFAULT_IMAGE, NOISE_IMAGE, load_image, min_image_side, resolve_image
+from .images import BUNDLED_SETS, DEFAULT_HEALING_IMAGES, NOISE_IMAGE, expand_sets, load_image, min_image_side, \
+    resolve_image
 from .latency import LatencyConfig, compare_latency
 from .losses import LossFn
 from .mimicry import adopt_classifier
@@ -97,8 +98,9 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
     """Prune and/or quantize `model` in one run, both healed against the original; returns one report.
 
     `heal` is the pruning's healing (None: prune only); quantization-aware training takes its
-    settings from the QATConfig. `image` may be one image, several, or folders of them
-    (sources.py; `image_mode` auto, patches or whole); `patch_config` changes the patch pipeline;
+    settings from the QATConfig. `image` may be one image, several, folders of them, or a bundled set
+    (sources.py; `image_mode` auto, patches or whole; None: the bundled set DEFAULT_HEALING_IMAGES);
+    `patch_config` changes the patch pipeline;
     `loss_fn`, `augment` and `hooks` replace the healing's defaults (training.run_distillation);
     `timing` says how the models are timed in ONNX Runtime (threads, batch sizes), unless not `measure_latency`.
     A run doing both also writes the pruned float model
@@ -107,6 +109,7 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
     if prune is None and quantize is None:
         raise ValueError("compress needs a PruneConfig, a QuantizeConfig or both")
     wall_start = time.perf_counter()
+    image = DEFAULT_HEALING_IMAGES if image is None else image
     model = as_model(model, arch, trust_model)
     _check_changeable(model, prune, quantize)  # before open_run makes the output folder
     # Settings the model cannot honour fail before any work.
@@ -451,6 +454,7 @@ def score_images(images: list[str | Path], teacher: ModelLike | None = None, *, 
     label-free predictors it is made of (see `compress1img.scoring`). `classes` names the
     teacher's classes in the previews when the model does not record them.
     """
+    images = expand_sets(images)  # a set is scored image by image
     for image in images:  # every name is checked before minutes of work on the first
         if image != NOISE_IMAGE:
             resolve_image(image)
@@ -478,9 +482,9 @@ def score_images(images: list[str | Path], teacher: ModelLike | None = None, *, 
 
 def demo(out: str | Path = "compress1img-demo", *, steps: int = 300, overwrite: bool = False,
          device: str = "auto", progress: bool = True) -> Result:
-    """The main job on the bundled teacher and image: remove half the parameters, heal, export."""
+    """The main job on the bundled teacher and pictures: remove half the parameters, heal, export."""
     every = max(steps // 4, 1)
     run = RunConfig(out=Path(out), overwrite=overwrite, device=device, progress=progress, holdout_size=512,
                     eval_every=every, checkpoint_every=every)
-    return prune(bundled_teacher(), DEFAULT_IMAGE, PruneConfig(sparsity=0.5), heal=DistillConfig(steps=steps),
-                 run=run)
+    return prune(bundled_teacher(), DEFAULT_HEALING_IMAGES, PruneConfig(sparsity=0.5),
+                 heal=DistillConfig(steps=steps), run=run)

@@ -1,4 +1,4 @@
-"""Finding and loading the one source image: any common file, a bundled name, or noise.
+"""Finding and loading a source image: any common file, a bundled name, or noise.
 
 `load_image` always returns a fully decoded 8-bit RGB image, or raises `InputError`
 with a one-line message: every later stage can then assume plain RGB pixels.
@@ -28,6 +28,15 @@ BUNDLED_IMAGES: dict[str, str] = {
     "chelsea": "chelsea.png",
     "hubble": "hubble_deep_field.jpg",
 }
+# Bundled images used together under one name: patches drawn from all of them. In file-name order, as a folder of
+# the same files is read, so that `--image photos` and that folder give the same patches.
+BUNDLED_SETS: dict[str, tuple[str, ...]] = {
+    "photos": ("astronaut", "chelsea", "china", "coffee"),
+}
+# What `prune`, `quantize` and `compress` heal on when no image is given: the four together heal a pruned model
+# better than china, the best of them alone (docs/choosing-an-image.md, "Several pictures").
+DEFAULT_HEALING_IMAGES = "photos"
+# What `distill` trains on when no image is given: one picture, the paper's setting.
 DEFAULT_IMAGE = "china"
 # `--image noise`: uniform random pixels instead of a picture (the paper's control: it teaches almost nothing).
 NOISE_IMAGE = "noise"
@@ -48,8 +57,18 @@ def resolve_image(path_or_name: str | Path) -> Path:
         return path
     if str(path_or_name) in BUNDLED_IMAGES:
         return BUNDLED_DIR / BUNDLED_IMAGES[str(path_or_name)]
+    if str(path_or_name) in BUNDLED_SETS:
+        raise InputError(f"'{path_or_name}' names {len(BUNDLED_SETS[str(path_or_name)])} bundled images "
+                         f"({', '.join(BUNDLED_SETS[str(path_or_name)])}); one image is needed here")
     raise InputError(f"image not found: {path_or_name} (not a file, and not one of the bundled images: "
-                     f"{', '.join(BUNDLED_IMAGES)})")
+                     f"{', '.join(BUNDLED_IMAGES)}, or sets: {', '.join(BUNDLED_SETS)})")
+
+
+def expand_sets(images: list) -> list:
+    """`images` with each bundled set's name replaced by its images' names (a file or folder of that name wins)."""
+    return [member for image in images
+            for member in (BUNDLED_SETS[str(image)] if str(image) in BUNDLED_SETS and not Path(image).exists()
+                           else (image,))]
 
 
 def min_image_side(patch_size: int) -> int:

@@ -231,8 +231,16 @@ def _model_name(report: dict) -> str:
     return report.get("model") or report.get("student") or ""
 
 
+def _source(report: dict) -> str:
+    """What the patches were cut from: the image, or a few images by name (a long list is in report.json)."""
+    images = report.get("images") or []
+    if 1 < len(images) <= 8:
+        return f"{len(images)} images ({', '.join(Path(image).name for image in images)})"
+    return report.get("image") or "the patch file"
+
+
 def _what_was_done(report: dict) -> str:
-    command, image = report["command"], report.get("image") or "the patch file"
+    command, image = report["command"], _source(report)
     if command == "distill":
         learnt = (", learning the teacher's last feature map through a frozen copy of the teacher's classifier"
                   if report.get("match") == "features" else "")
@@ -361,8 +369,8 @@ def _patches(report: dict, figures: dict) -> list[str]:
         return []
     learnt = "calibrated on" if report.get("quantization", {}).get("method") == "ptq" and "params_after" not in report \
         else "trained on"
-    return ["## Patches", "", f"![patches of {report.get('image')}]({figures['patches']})", "",
-            f"The first patches the model was {learnt}, cut from {report.get('image')}, each labelled with the "
+    return ["## Patches", "", f"![patches of {_source(report)}]({figures['patches']})", "",
+            f"The first patches the model was {learnt}, cut from {_source(report)}, each labelled with the "
             f"original's top-1 class (before the flips, shifts and mixing applied while training).", ""]
 
 

@@ -1,5 +1,5 @@
-"""Where the training patches come from: one image, several images, a folder of them, a pre-made `.npy`,
-or any object with `.size` and `.batch(n, index)` (a patch source of the caller's own).
+"""Where the training patches come from: one image, several images, a folder of them, a bundled set of them, a
+pre-made `.npy`, or any object with `.size` and `.batch(n, index)` (a patch source of the caller's own).
 
 Every source gives batch `index` of `n` patches as a pure function of (seed, index, n), so
 resume and per-rank batches work the same whatever the source. Two ways to use an image:
@@ -27,8 +27,8 @@ from PIL import Image
 
 from .augment import flip_and_shift
 from .errors import InputError
-from .images import DEFAULT_IMAGE, NOISE_IMAGE, describe_image, load_image, min_image_side, resolve_image, \
-    source_picture
+from .images import (DEFAULT_IMAGE, NOISE_IMAGE, describe_image, expand_sets, load_image, min_image_side,
+                     resolve_image, source_picture)
 from .patches import PatchArray, PatchConfig, PatchGenerator, mix_seed
 from .training import PatchSource
 
@@ -88,8 +88,10 @@ class MultiImagePatches:
 
 def image_files(images: ImageArg) -> list[str | Path]:
     """The images named: files, bundled names and "noise" as given, folders replaced by their image files
-    (sorted, not recursive); the default image when none is named. Every file is checked to exist."""
+    (sorted, not recursive), bundled sets by their images' files; the default image when none is named.
+    Every file is checked to exist."""
     named = [DEFAULT_IMAGE] if images is None else [images] if isinstance(images, (str, Path)) else list(images)
+    named = expand_sets(named)
     if not named:
         raise InputError("--image names no image")
     found: list[str | Path] = []

@@ -12,7 +12,7 @@ parser.add_argument("--out", default="runs/example-prune", help="output folder")
 args = parser.parse_args()
 
 model = bundled_teacher()  # or load_model("weights.th", arch="cifar_resnet56"), or your own nn.Module
-result = prune(model, "china", PruneConfig(sparsity=0.5), heal=DistillConfig(steps=args.steps),
+result = prune(model, "photos", PruneConfig(sparsity=0.5), heal=DistillConfig(steps=args.steps),
                run=RunConfig(out=args.out, overwrite=True))
 report = result.report
 print(f"{100 * report['params_removed']:.1f}% of the parameters removed, "

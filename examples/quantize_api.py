@@ -15,9 +15,9 @@ args = parser.parse_args()
 model = bundled_teacher()  # or load_model("weights.th", arch="cifar_resnet56"), or a pruned model.pt
 
 # Post-training quantization: ONNX Runtime calibrates on patches of the image; seconds, no training.
-ptq = quantize(model, "china", PTQConfig(), run=RunConfig(out=f"{args.out}/ptq", overwrite=True))
+ptq = quantize(model, "photos", PTQConfig(), run=RunConfig(out=f"{args.out}/ptq", overwrite=True))
 # Quantization-aware training: the fake-quantized copy learns to match the original on patches.
-qat = quantize(model, "china", QATConfig(training=DistillConfig(steps=args.steps, lr=1e-5)),
+qat = quantize(model, "photos", QATConfig(training=DistillConfig(steps=args.steps, lr=1e-5)),
                run=RunConfig(out=f"{args.out}/qat", overwrite=True))
 for name, result in (("ptq", ptq), ("qat", qat)):
     report = result.report
@@ -27,6 +27,6 @@ for name, result in (("ptq", ptq), ("qat", qat)):
 
 # Both in one run: remove half the parameters, heal, then quantize (here by calibration; QATConfig works
 # the same way); one report.
-both = compress(model, "china", prune=PruneConfig(sparsity=0.5), heal=DistillConfig(steps=args.steps),
+both = compress(model, "photos", prune=PruneConfig(sparsity=0.5), heal=DistillConfig(steps=args.steps),
                 quantize=PTQConfig(), run=RunConfig(out=f"{args.out}/p50-int8", overwrite=True))
 print(f"pruned + int8: {both.report['speedup_b32']:.2f}x faster than the original at batch 32")

@@ -36,6 +36,11 @@ def test_scores_are_a_function_of_the_seed():
     assert first[0]["evenness"] != other[0]["evenness"]
 
 
+def test_a_bundled_set_is_scored_picture_by_picture():
+    ranking = score_images(["photos"], patches=64, device="cpu", progress=False)
+    assert sorted(row["image"] for row in ranking) == ["astronaut", "chelsea", "china", "coffee"]
+
+
 def test_class_predictors_span_zero_to_one():
     one_class = torch.zeros(100, 10)
     one_class[:, 3] = 5.0

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +11,9 @@ import torch
 from PIL import Image
 
 from cli_run import ONE_THREAD, run_cli
-from compress1img import InputError, PatchConfig, PatchGenerator, load_image
-from compress1img.images import min_image_side
+from compress1img import DistillConfig, InputError, PatchConfig, PatchGenerator, PruneConfig, RunConfig, distill, \
+    load_image, prune
+from compress1img.images import BUNDLED_SETS, min_image_side, resolve_image
 from compress1img.models import BUNDLED_TEACHER
 from compress1img.sources import open_source
 
@@ -107,3 +110,28 @@ def test_a_patch_source_of_ones_own_is_taken_as_it_is_and_its_held_out_batch_is_
     assert own.asked == [2**42] and source.holdout.shape == (4, 3, 32, 32)
     with pytest.raises(InputError, match="gives 32 px patches, the model expects 64 px"):
         open_source(own, 64, 0, 4)
+
+
+def test_the_bundled_set_photos_gives_the_patches_of_a_folder_holding_the_same_pictures(tmp_path):
+    # docs/benchmarks.md measured the default input as such a folder: the set must cut the same patches.
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in BUNDLED_SETS["photos"]:
+        shutil.copy(resolve_image(name), folder)
+    named, read = open_source("photos", 32, 0, 8), open_source(folder, 32, 0, 8)
+    assert torch.equal(named.train.batch(16, 3), read.train.batch(16, 3)) and torch.equal(named.holdout, read.holdout)
+    assert [Path(p).name for p in named.images] == [Path(p).name for p in read.images] and len(named.images) == 4
+    with pytest.raises(InputError, match="'photos' names 4 bundled images .*; one image is needed here"):
+        load_image("photos")
+
+
+def test_compressing_heals_on_the_bundled_photos_by_default_and_distill_on_one_image(tmp_path, tiny_teacher):
+    pruned = prune(tiny_teacher, config=PruneConfig(sparsity=0.3), heal=None,
+                   run=RunConfig(out=tmp_path / "pruned", holdout_size=8, progress=False)).report
+    assert pruned["images_used"] == 4 and [Path(p).stem for p in pruned["images"]] == list(BUNDLED_SETS["photos"])
+    assert pruned["config"]["image"] == "photos"
+    assert "patches of 4 images (astronaut.png, chelsea.png, china.jpg, coffee.png)." in \
+        (tmp_path / "pruned" / "report.md").read_text()
+    trained = distill(tiny_teacher, "cifar_resnet20", config=DistillConfig(steps=1, batch_size=4),
+                      run=RunConfig(holdout_size=8, progress=False)).report
+    assert trained["images_used"] == 1 and trained["image"].endswith("china.jpg")

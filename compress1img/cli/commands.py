@@ -22,7 +22,7 @@ from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, Cal
     ChannelsOpt, CheckpointEveryOpt, CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt,
     FreezeBnOpt, HardestOfOpt, IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt,
     KeepFloatOpt, LatencyBatchesOpt, LatencyThreadsOpt, LrOpt, LrScalingOpt, MatchOpt, MeanOpt, MethodOpt, ModeOpt,
-    ModelArg, NoHealOpt,
+    ModelArg, NoHealOpt, OneImageOpt,
     NprocOpt, OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt,
     RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build, batch_sizes,
     flag, latency_config, load, packaged_recipes, read_lines, recipe_values, show_config)
@@ -66,7 +66,7 @@ def distill(
                                "(num_classes is the teacher's where the constructor takes it).")] = None,
     arch: ArchOpt = None,
     arch_args: ArchArgsOpt = None,
-    image: ImageOpt = None,
+    image: OneImageOpt = None,
     image_mode: ImageModeOpt = "auto",
     patches: Annotated[Optional[Path], typer.Option(
         "--patches", help="Train on a pre-made patch file (from `compress1img patches`) instead of generating "
@@ -356,8 +356,9 @@ def eval_(
 
 @app.command("score-image")
 def score_image(
-    images: Annotated[list[str], typer.Argument(help="Candidate source images (files or bundled names: china, "
-                                                     "astronaut, coffee, chelsea, hubble; noise for comparison).")],
+    images: Annotated[list[str], typer.Argument(help="Candidate source images: files, bundled names (china, "
+                                                     "astronaut, coffee, chelsea, hubble; photos for the first four, "
+                                                     "each scored), noise for comparison.")],
     teacher: Annotated[Optional[str], typer.Option(
         "--teacher", help="The model to be distilled or compressed: weights file (+ --arch), compress1img model.pt, "
                           "TorchScript / torch.export / ONNX file, a model name. Default: the bundled CIFAR-10 "
@@ -443,10 +444,11 @@ def demo(
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Prune the bundled CIFAR-10 ResNet-20 by half, heal it on the bundled image, export it: no downloads."""
+    """Prune the bundled CIFAR-10 ResNet-20 by half, heal it on the bundled pictures, export it: no downloads."""
     if distributed.is_main():  # rank 0 speaks for the run
+        pictures = ", ".join(api.BUNDLED_SETS[api.DEFAULT_HEALING_IMAGES])
         print(f"demo: removing 50% of the parameters of {api.bundled_teacher().source}, healing it for {steps} steps "
-              f"on patches of the bundled image '{api.DEFAULT_IMAGE}', exporting to {out}/")
+              f"on patches of the bundled pictures ({pictures}), exporting to {out}/")
     report = api.demo(out=out, steps=steps, overwrite=overwrite, device=device)
     print_compress_summary(report.report, out)
 

@@ -17,6 +17,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from ..config import ConfigError
 from ..errors import InputError
+from ..images import BUNDLED_IMAGES, BUNDLED_SETS, DEFAULT_HEALING_IMAGES, DEFAULT_IMAGE
 from ..progress import stage
 
 
@@ -132,10 +133,15 @@ ArchArgsOpt = Annotated[Optional[str], typer.Option(
     "--arch-args", help="Keyword arguments of the --arch class of your own, as a JSON object, e.g. "
                         "'{\"num_classes\": 100}' (num_classes is filled in from the weights where the "
                         "constructor takes it).")]
+_SETS = "; ".join(f"{name}: {' + '.join(members)}" for name, members in BUNDLED_SETS.items())
+_IMAGE_HELP = (f"Source image (JPEG/PNG/WebP/TIFF/BMP), a bundled image name ({', '.join(BUNDLED_IMAGES)}), a "
+               f"bundled set of them ({_SETS}), or a folder of images; repeat it for several: patches are drawn "
+               f"from all of them.")
 ImageOpt = Annotated[Optional[list[str]], typer.Option(
-    "--image", help="Source image (JPEG/PNG/WebP/TIFF/BMP), a bundled image name (china [default], astronaut, "
-                    "coffee, chelsea, hubble), or a folder of images; repeat it for several: patches are drawn "
-                    "from all of them.")]
+    "--image", help=f"{_IMAGE_HELP} Default: {DEFAULT_HEALING_IMAGES} (together they heal a compressed model "
+                    f"better than {DEFAULT_IMAGE} alone: docs/choosing-an-image.md).")]
+OneImageOpt = Annotated[Optional[list[str]], typer.Option(
+    "--image", help=f"{_IMAGE_HELP} Default: {DEFAULT_IMAGE}.")]
 ImageModeOpt = Annotated[str, typer.Option(
     "--image-mode", help="How the source images are used: patches (the paper's augmented crops), whole (each "
                          "image resized to the model's input, with flips, shifts and CutMix only: for sets of "
