@@ -1,10 +1,11 @@
 """From-scratch distillation ResNet-56 -> ResNet-20 on one image, the KL of the logits against feature mimicry.
 
-    python benchmarks/pilots/distill_pilot.py STEPS [--mimic KL_WEIGHT] [--name NAME] [NAME=VALUE ...]
+    python benchmarks/pilots/distill_pilot.py STEPS [--image IMAGE] [--mimic KL_WEIGHT] [--name NAME] [NAME=VALUE ...]
     python benchmarks/pilots/distill_pilot.py --compare A B       # paired test of two runs' predictions
 
 The settings are the packaged recipe distill-cifar-r56-r20's (NAME=VALUE changes a DistillConfig or RunConfig
-field); scored on all 10,000 images of cifar10_test_jpeg75.npz. Without options the student learns what
+field), on Animals' patches unless `--image` names other images (anything `distill --image` takes, e.g. photos);
+scored on all 10,000 images of cifar10_test_jpeg75.npz. Without options the student learns what
 `distill` teaches by default: the ResNet-20 ends in the same 64 x 8 x 8 map as the ResNet-56 (`layer3`'s output)
 and the same classifier shape, so it gets a copy of the teacher's classifier, frozen, and learns to reproduce
 the teacher's last feature map (the mean squared error over the teacher's mean energy, as `--match features`
@@ -64,6 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("steps", nargs="?", type=int, help="training steps")
     parser.add_argument("overrides", nargs="*", metavar="NAME=VALUE", help="settings to change")
+    parser.add_argument("--image", default=str(ANIMALS), help="source image(s) (default: Animals)")
     parser.add_argument("--mimic", type=float, metavar="KL_WEIGHT", help="feature mimicry plus KL_WEIGHT x the KL")
     parser.add_argument("--name", help="name of the prediction file (default: from the steps and options)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two earlier runs by name")
@@ -85,14 +87,15 @@ def main() -> None:
         mimic = TeacherHeadMimicry(config, args.mimic)
         hooks, loss_fn = [mimic], mimic.loss
     started = time.time()
-    result = distill(str(R56), "cifar_resnet20", str(ANIMALS), config, run=run, eval_data=str(CIFAR_TEST),
+    result = distill(str(R56), "cifar_resnet20", args.image, config, run=run, eval_data=str(CIFAR_TEST),
                      arch="cifar_resnet56", loss_fn=loss_fn, hooks=hooks)
     labelled = load_eval_data(str(CIFAR_TEST))
     predictions = predict(result.model.module, labelled.images, result.model.mean, result.model.std).argmax(1).numpy()
     RESULTS.mkdir(parents=True, exist_ok=True)
     np.save(RESULTS / f"{name}.npy", predictions)
     report = result.report
-    print(json.dumps({"name": name, "steps": args.steps, "mimic": args.mimic, "options": args.overrides,
+    print(json.dumps({"name": name, "image": args.image, "steps": args.steps, "mimic": args.mimic,
+                      "options": args.overrides,
                       "match": report.get("match"), "top1": report.get("student_top1"),
                       "check_top1": 100 * float((predictions == labelled.labels.numpy()).mean()),
                       "test_agreement": report.get("test_agreement"), "train_seconds": report.get("train_seconds"),
