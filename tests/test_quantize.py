@@ -227,6 +227,14 @@ def test_compress_cli_prunes_then_quantizes_and_quantize_takes_the_pruned_model(
     assert json.loads((tmp_path / "again" / "report.json").read_text())["quantization"]["float_convs"] == 0
 
 
+def test_the_int8_program_reloads_in_a_fresh_process(qat_run, test_slice):
+    # The int8 ops are registered by the quantization code; a new process that only loads the file must work too.
+    out, report = qat_run
+    result = run_cli("eval", out / "model.pt2", "--data", test_slice, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["top1"] == pytest.approx(report["final_top1"], abs=2.0)
+
+
 def test_reloaded_int8_program_predicts_like_the_onnx_file(qat_run):
     out, _ = qat_run
     program = load_model(out / "model.pt2")

@@ -308,6 +308,9 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, num_classes: int
         loaded.program = "TorchScript"
         return loaded
     if kind == "export":
+        # An int8 program (quantize's model.pt2) calls torch's quantized_decomposed ops, which exist only once
+        # this module is imported: a fresh process could not deserialize it otherwise.
+        from torch.ao.quantization.fx._decomposed import quantized_decomposed_lib  # noqa: F401
         extra = {PROGRAM_METADATA: ""}
         try:
             program = torch.export.load(str(path), extra_files=extra)
