@@ -12,6 +12,7 @@ exits with an error, so no rank hangs in a collective.
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 import sys
@@ -72,6 +73,10 @@ def init(device: torch.device) -> None:
 
 def cleanup() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # A DistributedDataParallel wrapper still in memory (an unreachable cycle, once training is over) when the
+        # group goes makes gloo abort the process at exit now and then ("terminate called without an active
+        # exception"), after all the work is done: collect it first.
+        gc.collect()
         torch.distributed.destroy_process_group()
 
 
