@@ -30,8 +30,7 @@ from .devices import device_name, resolve_device
 from .errors import InputError, first_line
 from .evaluate import normalize, predict, top1
 from .export import export_onnx
-from .images import BUNDLED_SETS, DEFAULT_HEALING_IMAGES, NOISE_IMAGE, expand_sets, load_image, min_image_side, \
-    resolve_image
+from .images import DEFAULT_HEALING_IMAGES, NOISE_IMAGE, expand_sets, load_image, min_image_side, resolve_image
 from .latency import LatencyConfig, compare_latency
 from .losses import LossFn
 from .mimicry import adopt_classifier

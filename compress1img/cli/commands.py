@@ -13,6 +13,7 @@ import typer
 from .. import api, distributed
 from ..config import RunConfig
 from ..errors import InputError
+from ..images import BUNDLED_IMAGES, BUNDLED_SETS, DEFAULT_HEALING_IMAGES
 from ..latency import LatencyConfig
 from ..pruning import PruneConfig
 from ..quantization import METHODS, QAT_LR, QAT_STEPS, PTQConfig, QATConfig, QuantizeConfig
@@ -356,9 +357,10 @@ def eval_(
 
 @app.command("score-image")
 def score_image(
-    images: Annotated[list[str], typer.Argument(help="Candidate source images: files, bundled names (china, "
-                                                     "astronaut, coffee, chelsea, hubble; photos for the first four, "
-                                                     "each scored), noise for comparison.")],
+    images: Annotated[list[str], typer.Argument(help=f"Candidate source images: files, bundled names "
+                                                     f"({', '.join(BUNDLED_IMAGES)}; a set such as "
+                                                     f"{DEFAULT_HEALING_IMAGES} is scored picture by picture), "
+                                                     f"noise for comparison.")],
     teacher: Annotated[Optional[str], typer.Option(
         "--teacher", help="The model to be distilled or compressed: weights file (+ --arch), compress1img model.pt, "
                           "TorchScript / torch.export / ONNX file, a model name. Default: the bundled CIFAR-10 "
@@ -446,7 +448,7 @@ def demo(
 ) -> None:
     """Prune the bundled CIFAR-10 ResNet-20 by half, heal it on the bundled pictures, export it: no downloads."""
     if distributed.is_main():  # rank 0 speaks for the run
-        pictures = ", ".join(api.BUNDLED_SETS[api.DEFAULT_HEALING_IMAGES])
+        pictures = ", ".join(BUNDLED_SETS[DEFAULT_HEALING_IMAGES])
         print(f"demo: removing 50% of the parameters of {api.bundled_teacher().source}, healing it for {steps} steps "
               f"on patches of the bundled pictures ({pictures}), exporting to {out}/")
     report = api.demo(out=out, steps=steps, overwrite=overwrite, device=device)
