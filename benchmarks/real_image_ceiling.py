@@ -11,9 +11,8 @@ prints one JSON line (top-1 on the odd half, the teacher's, agreement with the t
 its predictions in benchmarks/results/ceiling/NAME.npy, so that `--compare` can test two runs
 pairwise (exact McNemar test on the images one gets right and the other wrong).
 NAME=VALUE settings as for benchmarks/pilots/prune_pilot.py (DistillConfig, RunConfig, PruneConfig fields).
-`--ema DECAY` heals with an exponential moving average of the weights (buffers too, as timm's ModelEmaV2 does;
-the decay warms up as min(DECAY, (1 + t) / (10 + t))) and scores the averaged model: a healing variant that is
-not part of the package, put in through a TrainingHook. `--balance K` draws K times the batch of patches and
+`--ema DECAY` is the package's `ema=DECAY` (DistillConfig; `--ema` on the command line): healing keeps an
+exponential moving average of the weights (compress1img/averaging.py) and the averaged model is scored. `--balance K` draws K times the batch of patches and
 keeps a class-balanced batch by the teacher's top-1 (the most confident patches of each class in turn):
 teacher-guided selection, put in as a patch source of the script's own. `--hard K` is the package's
 `hardest_of=K` (DistillConfig; `--hardest-of K` on the command line): K times the batch drawn, the patches on
@@ -102,29 +101,6 @@ def even_folder(count: int) -> Path:
         for i in chosen:
             Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
     return folder
-
-
-class WeightAverage(TrainingHook):
-    """An exponential moving average of the student's weights and buffers, put into the student at the end."""
-
-    def __init__(self, decay: float):
-        self.decay, self.average = decay, {}
-
-    def on_start(self, teacher, student):
-        self.average = {k: v.detach().float().clone() for k, v in student.state_dict().items()}
-
-    @torch.no_grad()
-    def after_step(self, step, student, loss):
-        decay = min(self.decay, (1 + step) / (10 + step))
-        for key, value in student.state_dict().items():
-            if value.dtype.is_floating_point:
-                self.average[key].mul_(decay).add_(value.detach().float(), alpha=1 - decay)
-            else:
-                self.average[key].copy_(value)
-
-    def on_end(self, student):
-        state = student.state_dict()
-        student.load_state_dict({k: v.to(state[k].dtype) for k, v in self.average.items()})
 
 
 class ClassBalanced:
@@ -507,6 +483,8 @@ def main() -> None:
     if args.source is None:
         parser.error("give a SOURCE or --compare A B")
     options = parse(args.overrides)
+    if args.ema is not None:
+        options["ema"] = str(args.ema)
     heal = with_overrides(DistillConfig(steps=args.steps), options)
     run = with_overrides(RunConfig(eval_every=250, progress=False), options)
     config = with_overrides(PruneConfig(sparsity=0.5), options)
@@ -515,8 +493,8 @@ def main() -> None:
     images = str(even_folder(int(args.source))) if args.source.isdigit() else \
         str(ANIMALS) if args.source == "animals" else args.source
     name = f"{Path(args.source).stem}-{args.image_mode}-{args.steps}" + (f"-seed{run.seed}" if run.seed else "") + (
-        f"-ema{args.ema}" if args.ema else "")
-    hooks = [WeightAverage(args.ema)] if args.ema else []
+        f"-ema{heal.ema}" if heal.ema else "")
+    hooks = []
     if args.balance:
         name += f"-balance{args.balance}"
         teacher = load_model(R56, "cifar_resnet56")

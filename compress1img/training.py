@@ -26,6 +26,7 @@ from torch import nn
 
 from . import distributed
 from .augment import MIXES, Augment, default_augment
+from .averaging import WeightAverage
 from .config import RunConfig, require, require_choice, require_int, require_positive
 from .devices import autocast_dtype, resolve_device
 from .errors import InputError, TrainingError
@@ -43,7 +44,7 @@ LR_SCALINGS = ("none", "sqrt", "linear")
 CHECKPOINT_NAME = "checkpoint.pt"
 # A checkpoint made with other values of these would not continue the same run.
 RESUME_MUST_MATCH = ("steps", "batch_size", "seed", "lr", "lr_scaling", "mix", "teacher_signal", "temperature",
-                     "hardest_of", "match")
+                     "hardest_of", "match", "ema")
 # What the student learns to reproduce: the teacher's softened outputs (the paper's KL), or its last feature map
 # with the classifier frozen as the teacher's (mimicry.py); "auto" is features when healing a pruned copy (prune,
 # compress) and for a new student whose last feature map and classifier have the teacher's shapes (distill, which
@@ -85,6 +86,9 @@ class DistillConfig:
     # both models over all the candidates (docs/benchmarks.md, "Harder patches").
     hardest_of: int = 1
     match: str = "auto"  # see MATCHES
+    # Return a moving average of the weights (averaging.py) instead of the last ones: its decay, or 0 for the
+    # last weights. Measured: docs/benchmarks.md, "A moving average of the weights".
+    ema: float = 0.0
 
     def __post_init__(self):
         require_int(self, "steps", 1)
@@ -100,6 +104,8 @@ class DistillConfig:
         require_positive(self, "mix_alpha")
         require_int(self, "hardest_of", 1)
         require_choice(self, "match", MATCHES)
+        require(self, "ema", isinstance(self.ema, (int, float)) and 0 <= self.ema < 1,
+                f"is a decay in [0, 1), 0 for no averaging (got {self.ema})")
 
 
 @dataclass
@@ -196,8 +202,9 @@ def load_checkpoint(path: Path, config: DistillConfig, run: RunConfig, world: in
     """A checkpoint's state, after checking it continues this very run."""
     state = torch.load(path, map_location=device, weights_only=True)
     saved, now = state["config"], _resume_identity(config, run)
+    made_before = asdict(DistillConfig())  # what a checkpoint older than a field had for it
     for key in RESUME_MUST_MATCH:
-        if saved.get(key) != now[key]:
+        if saved.get(key, made_before.get(key)) != now[key]:
             raise InputError(f"cannot resume {path}: it was made with {key}={saved.get(key)!r}, "
                              f"now {key}={now[key]!r}")
     made_by = state.get("world_size", 1)
@@ -210,10 +217,13 @@ def load_checkpoint(path: Path, config: DistillConfig, run: RunConfig, world: in
 
 
 def save_checkpoint(path: Path, step: int, student: nn.Module, optimization: _Optimization, config: DistillConfig,
-                    run: RunConfig, world: int, history: list[dict], seconds: float) -> None:
+                    run: RunConfig, world: int, history: list[dict], seconds: float,
+                    average: WeightAverage | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"step": step, "student": student.state_dict(), **optimization.state_dict(),
              "config": _resume_identity(config, run), "world_size": world, "history": history, "seconds": seconds}
+    if average is not None:
+        state["average"] = average.state_dict()
     atomic_write(path, lambda f: torch.save(state, f))
 
 
@@ -365,7 +375,9 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
     holdout_x = holdout.to(device)
     holdout_teacher = predict(teacher, holdout_x, mean, std, device=device) if main else None
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    start_step, history, earlier_seconds = _resume(checkpoint_path, config, run, placement, student, optimization)
+    average = WeightAverage(student, config.ema) if config.ema else None
+    start_step, history, earlier_seconds = _resume(checkpoint_path, config, run, placement, student, optimization,
+                                                   average)
     model = torch.compile(distributed.wrap(student, device)) if run.compile else distributed.wrap(student, device)
     choose = functools.partial(hardest_patches, teacher=teacher, student=student, temperature=config.temperature,
                                mean=mean, std=std, autocast=placement.autocast,
@@ -374,9 +386,13 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
     progress = _Progress(label, config.steps, start_step, run.progress and main, earlier_seconds)
 
     def measure(step: int) -> dict:
-        # On the plain student, not through DDP: no collective that other ranks would wait for.
-        row = ({"step": step, "loss": progress.loss,
-                **evaluate(student, holdout_x, holdout_teacher, mean, std, device, eval_fn)} if main else None)
+        # On the plain student, not through DDP: no collective that other ranks would wait for; with an
+        # average, on the average, which is what the run returns.
+        row = None
+        if main:
+            with average.applied(student) if average is not None else contextlib.nullcontext():
+                row = {"step": step, "loss": progress.loss,
+                       **evaluate(student, holdout_x, holdout_teacher, mean, std, device, eval_fn)}
         _set_train_mode(student, config.freeze_bn_stats)
         return distributed.share(row)
 
@@ -396,6 +412,8 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
                 done = step + 1
                 loss_value, stopping = distributed.mean_and_any(loss.item(), stop.requested, device)
                 progress.stepped(loss_value, len(x) * world, teacher_logits, student_logits)
+                if average is not None:
+                    average.update(student, done)
                 for hook in hooks:
                     hook.after_step(done, student, loss_value)
                 # -- evaluate and checkpoint ---------------------------------------------------------
@@ -406,7 +424,7 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
                 if checkpoint_path is not None and main and (
                         done % run.checkpoint_every == 0 or done == config.steps or stopping):
                     save_checkpoint(checkpoint_path, done, student, optimization, config, run, world, history,
-                                    progress.seconds)
+                                    progress.seconds, average)
                 if stopping:
                     where = f"; checkpoint saved in {checkpoint_path}, continue with --resume" \
                         if checkpoint_path else ""
@@ -416,8 +434,10 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
         for hook in hooks:
             hook.on_end(student)
 
-    # -- the result: the student back in eval mode, both models as they came ---------------------
+    # -- the result: the student (the average, with one) back in eval mode, both models as they came
     seconds = progress.seconds
+    if average is not None:
+        average.copy_to(student)
     distributed.copy_from_main(student)
     student.eval()
     final = history[-1] if history and history[-1]["step"] == config.steps else measure(config.steps)
@@ -438,13 +458,16 @@ def _example(holdout: torch.Tensor, mean, std, model: nn.Module) -> torch.Tensor
 
 
 def _resume(checkpoint_path: Path | None, config: DistillConfig, run: RunConfig, placement: _Placement,
-            student: nn.Module, optimization: _Optimization) -> tuple[int, list[dict], float]:
+            student: nn.Module, optimization: _Optimization,
+            average: WeightAverage | None) -> tuple[int, list[dict], float]:
     """(first step, history, training seconds so far): from the checkpoint when resuming, else from scratch."""
     if not (run.resume and checkpoint_path is not None and checkpoint_path.exists()):
         return 0, [], 0.0
     state = load_checkpoint(checkpoint_path, config, run, placement.world, placement.device)
     student.load_state_dict(state["student"])
     optimization.load_state_dict(state)
+    if average is not None:
+        average.load_state_dict(state["average"])
     return state["step"], state["history"], state.get("seconds", 0.0)
 
 

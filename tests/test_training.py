@@ -96,8 +96,8 @@ def test_cosine_schedule_with_warmup():
 QUIET_CPU = RunConfig(device="cpu", progress=False)
 
 
-def _train(tmp_path, steps=6, patches=None, resume=False, seed=0):
-    config = DistillConfig(steps=steps, batch_size=8)
+def _train(tmp_path, steps=6, patches=None, resume=False, seed=0, ema=0.0):
+    config = DistillConfig(steps=steps, batch_size=8, ema=ema)
     run = RunConfig(device="cpu", eval_every=3, checkpoint_every=3, holdout_size=16, resume=resume, seed=seed,
                     progress=False)
     student = tiny_cnn(seed=1)
@@ -140,13 +140,15 @@ def test_mixed_precision_on_the_cpu_where_it_is_native_and_float32_models_afterw
         torch.testing.assert_close(trained[True], trained[False], rtol=0.05, atol=0.02)
 
 
-def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path):
-    straight, _ = _train(tmp_path / "straight")
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, ema):
+    straight, _ = _train(tmp_path / "straight", ema=ema)
     with pytest.raises(TrainingInterrupted, match="--resume"):
-        _train(tmp_path / "resumed", patches=RandomPatches(interrupt_at=4))
+        _train(tmp_path / "resumed", patches=RandomPatches(interrupt_at=4), ema=ema)
     saved = torch.load(tmp_path / "resumed" / CHECKPOINT_NAME, weights_only=True)
     assert saved["step"] == 5  # Ctrl-C during step 5 finishes that step, then saves
-    resumed, result = _train(tmp_path / "resumed", resume=True)
+    assert ("average" in saved) == bool(ema)  # the moving average goes on from where it was
+    resumed, result = _train(tmp_path / "resumed", resume=True, ema=ema)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert [row["step"] for row in result.history] == [3, 6]
@@ -157,6 +159,39 @@ def test_resume_refuses_a_different_configuration(tmp_path):
         _train(tmp_path, patches=RandomPatches(interrupt_at=1))
     with pytest.raises(Exception, match="seed"):
         _train(tmp_path, resume=True, seed=5)
+    with pytest.raises(InputError, match="made with ema=0.0, now ema=0.9"):
+        _train(tmp_path, resume=True, ema=0.9)
+
+
+def test_with_ema_the_run_returns_a_moving_average_of_the_weights_and_measures_it():
+    from compress1img.evaluate import kl_divergence, predict
+
+    seen = []  # the weights after each optimizer step, as training left them
+
+    class Recorder(TrainingHook):
+        def after_step(self, step, student, loss):
+            seen.append({k: v.detach().float().clone() for k, v in student.state_dict().items()})
+
+    teacher, student = tiny_cnn(0), tiny_cnn(1)
+    expected = {k: v.float().clone() for k, v in student.state_dict().items()}
+    holdout = RandomPatches().batch(32, 10_000)
+    result = run_distillation(teacher, student, RandomPatches(), DistillConfig(steps=30, batch_size=8, lr=1e-2, ema=0.9),
+                              QUIET_CPU, mean=MEAN, std=STD, holdout=holdout, hooks=[Recorder()])
+    for step, weights in enumerate(seen, start=1):
+        decay = min(0.9, (1 + step) / (10 + step))  # warmed up as in timm's and TensorFlow's EMA
+        for key, value in weights.items():
+            if key.endswith("num_batches_tracked"):
+                expected[key] = value  # a counter is copied, not averaged
+            else:
+                expected[key] = decay * expected[key] + (1 - decay) * value
+    returned = student.state_dict()
+    for key, value in expected.items():  # parameters and BatchNorm statistics alike
+        torch.testing.assert_close(returned[key].float(), value, msg=key)
+    assert not torch.equal(returned["0.weight"], seen[-1]["0.weight"])  # not the last weights
+    assert returned["1.num_batches_tracked"] == 30
+    # What the run reports was measured on the average it returns.
+    assert result.holdout_kl == pytest.approx(kl_divergence(predict(teacher, holdout, MEAN, STD),
+                                                            predict(student, holdout, MEAN, STD)), rel=1e-4)
 
 
 class NanTeacher(nn.Module):
@@ -172,7 +207,8 @@ def test_nan_loss_stops_with_advice(tmp_path):
 
 
 @pytest.mark.parametrize("field,value", [("steps", 0), ("batch_size", 1), ("lr", -1.0), ("temperature", 0.0),
-                                         ("mix", "blend"), ("teacher_signal", "logits")])
+                                         ("mix", "blend"), ("teacher_signal", "logits"), ("ema", 1.0),
+                                         ("ema", -0.1)])
 def test_a_bad_setting_is_refused_when_the_config_is_made_naming_the_field(field, value):
     from compress1img import ConfigError, InputError
 

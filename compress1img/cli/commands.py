@@ -20,7 +20,7 @@ from ..quantization import METHODS, QAT_LR, QAT_STEPS, PTQConfig, QATConfig, Qua
 from ..scoring import PREDICTORS
 from ..training import DistillConfig
 from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, CalibrationMethodOpt, CalibrationOpt,
-    ChannelsOpt, CheckpointEveryOpt, CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EvalDataOpt, EvalEveryOpt,
+    ChannelsOpt, CheckpointEveryOpt, CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EmaOpt, EvalDataOpt, EvalEveryOpt,
     FreezeBnOpt, HardestOfOpt, IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt,
     KeepFloatOpt, LatencyBatchesOpt, LatencyThreadsOpt, LrOpt, LrScalingOpt, MatchOpt, MeanOpt, MethodOpt, ModeOpt,
     ModelArg, NoHealOpt, OneImageOpt,
@@ -91,6 +91,7 @@ def distill(
     topk: Annotated[int, typer.Option("--topk", help="k for --teacher-signal topk.")] = DistillConfig.topk,
     hardest_of: HardestOfOpt = DistillConfig.hardest_of,
     match: MatchOpt = DistillConfig.match,
+    ema: EmaOpt = DistillConfig.ema,
     seed: SeedOpt = RunConfig.seed,
     eval_data: EvalDataOpt = None,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement (and accuracy) every N "
@@ -180,6 +181,7 @@ def prune(
     freeze_bn_stats: FreezeBnOpt = False,
     hardest_of: HardestOfOpt = DistillConfig.hardest_of,
     match: MatchOpt = DistillConfig.match,
+    ema: EmaOpt = DistillConfig.ema,
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
@@ -230,6 +232,7 @@ def quantize(
     temperature: TempOpt = DistillConfig.temperature,
     hardest_of: HardestOfOpt = DistillConfig.hardest_of,
     match: MatchOpt = DistillConfig.match,
+    ema: EmaOpt = DistillConfig.ema,
     seed: SeedOpt = RunConfig.seed,
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
@@ -294,6 +297,7 @@ def compress_(
     freeze_bn_stats: FreezeBnOpt = False,
     hardest_of: HardestOfOpt = DistillConfig.hardest_of,
     match: MatchOpt = DistillConfig.match,
+    ema: EmaOpt = DistillConfig.ema,
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,

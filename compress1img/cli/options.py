@@ -261,6 +261,11 @@ MatchOpt = Annotated[str, typer.Option(
                     "feature map and classifier to have the teacher's shapes); auto: features wherever the model "
                     "allows it, logits otherwise and when training int8. Measured: docs/benchmarks.md, "
                     "\"Matching the last feature map\" and \"From-scratch distillation\".")]
+EmaOpt = Annotated[float, typer.Option(
+    "--ema", metavar="DECAY",
+    help="Keep a moving average of the weights while training and return it instead of the last weights: its "
+         "decay d, in [0, 1), averages over about the last 1 / (1 - d) steps; 0 returns the last weights. Measured: "
+         "docs/benchmarks.md, \"A moving average of the weights\".")]
 EvalEveryOpt = Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement every N training "
                                                                 "steps.")]
 Int8Opt = Annotated[bool, typer.Option(
