@@ -245,7 +245,7 @@ def _what_was_done(report: dict) -> str:
         learnt = (", learning the teacher's last feature map through a frozen copy of the teacher's classifier"
                   if report.get("match") == "features" else "")
         return (f"{report['student']} trained from scratch for {report['steps']:,} steps to imitate "
-                f"{report['teacher']}{learnt} on patches of {image}.")
+                f"{report['teacher']}{learnt}{_averaged(report, 'distill')} on patches of {image}.")
     done = []
     if "params_after" in report:
         if "weight_sparsity" in report:
@@ -254,13 +254,23 @@ def _what_was_done(report: dict) -> str:
             done.append(f"{_percent(100 * report['params_removed'])} of the parameters removed "
                         f"({report['mode']}, {report['importance']} importance, {report['iterations']} "
                         f"iteration{'s' * (report['iterations'] > 1)})")
-        done.append(f"healed {report['heal_steps']:,} steps by distillation from the original" if report["heal_steps"]
-                    else "not healed")
+        done.append(f"healed {report['heal_steps']:,} steps by distillation from the original"
+                    f"{_averaged(report, 'heal')}" if report["heal_steps"] else "not healed")
     if "quantization" in report:
         q = report["quantization"]
-        done.append(f"quantized to int8 by {q['qat_steps']:,} steps of quantization-aware training" if q["method"] ==
-                    "qat" else f"quantized to int8 by calibration on {q['calibration_patches']:,} patches (PTQ)")
+        done.append(f"quantized to int8 by {q['qat_steps']:,} steps of quantization-aware training"
+                    f"{_averaged(report, 'quantize', 'training')}" if q["method"] == "qat"
+                    else f"quantized to int8 by calibration on {q['calibration_patches']:,} patches (PTQ)")
     return f"{report['model']}: {', '.join(done)}; patches of {image}."
+
+
+def _averaged(report: dict, *where: str) -> str:
+    """Words for a training that returned a moving average of its weights (DistillConfig.ema), else nothing."""
+    settings = report.get("config") or {}
+    for key in where:
+        settings = settings.get(key) or {}
+    decay = settings.get("ema")
+    return f" (the moving average of its weights kept, decay {decay:g})" if decay else ""
 
 
 def _summary(report: dict) -> list[str]:

@@ -209,7 +209,7 @@ def test_quantize_cli_refuses_no_int8_without_writing(tmp_path):
 def test_compress_cli_prunes_then_quantizes_and_quantize_takes_the_pruned_model(tmp_path, test_slice):
     out = tmp_path / "both"
     result = run_cli("compress", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--sparsity", "0.5", "--int8",
-                     "--steps", "3", "--qat-steps", "3", "--batch-size", "16", "--image", "coffee",
+                     "--steps", "3", "--qat-steps", "3", "--batch-size", "16", "--image", "coffee", "--ema", "0.9",
                      "--eval-data", test_slice, "--out", out)
     assert result.returncode == 0, result.stderr
     assert "int8" in result.stdout and "speed-up" in result.stdout
@@ -218,6 +218,9 @@ def test_compress_cli_prunes_then_quantizes_and_quantize_takes_the_pruned_model(
     assert report["quantization"]["float_convs"] == 0
     assert set(report["latency_ms"]) == {"dense", "pruned", "int8"}
     assert {"model.onnx", "model.pt2", "pruned.pt", "report.json", "report.md"} <= {p.name for p in out.iterdir()}
+    # --ema applies to both trainings, the healing and quantization-aware training of the int8 graph.
+    assert report["config"]["heal"]["ema"] == report["config"]["quantize"]["training"]["ema"] == 0.9
+    assert (out / "report.md").read_text().count("(the moving average of its weights kept, decay 0.9)") == 2
 
     pruned = load_model(out / "pruned.pt")
     assert sum(p.numel() for p in pruned.module.parameters()) == report["params_after"]

@@ -24,7 +24,7 @@ def quiet(out, **changes) -> RunConfig:
 def pruned_run(tmp_path_factory, test_slice):
     out = tmp_path_factory.mktemp("report") / "run"
     result = prune(bundled_teacher(), "coffee", PruneConfig(sparsity=0.5, iterations=2),
-                   heal=DistillConfig(steps=4, batch_size=16), run=quiet(out), eval_data=test_slice,
+                   heal=DistillConfig(steps=4, batch_size=16, ema=0.9), run=quiet(out), eval_data=test_slice,
                    measure_latency=False)
     return out, result.report
 
@@ -46,6 +46,9 @@ def test_report_md_compares_the_original_and_the_pruned_model_in_one_table(prune
     out, report = pruned_run
     text = (out / "report.md").read_text()
     assert text.startswith("# compress1img prune\n")
+    # What was done, in one sentence: how much was cut, and how it healed.
+    assert "healed 4 steps by distillation from the original (the moving average of its weights kept, decay 0.9)" \
+        in text.splitlines()[2]
     assert "## Original vs compressed" in text and "| | original | pruned | change |" in text
     assert f"| parameters | {report['params_before']:,} | {report['params_after']:,} |" in text
     assert f"| top-1 on {report['eval_data']} | {report['teacher_top1']:.1f}% | {report['final_top1']:.1f}% |" in text
@@ -75,6 +78,7 @@ def test_report_json_records_every_setting_the_versions_and_the_histories(pruned
     for name, cls in (("run", RunConfig), ("prune", PruneConfig), ("heal", DistillConfig)):
         assert set(config[name]) == {f.name for f in dataclasses.fields(cls)}, name
     assert config["prune"]["iterations"] == 2 and config["heal"]["steps"] == 4 and config["heal"]["temperature"] == 8
+    assert config["heal"]["ema"] == 0.9
     assert config["run"]["holdout_size"] == 64 and config["quantize"] is None and config["image"] == "coffee"
     assert report["seed"] == 0 and report["device"] == "cpu"
     assert report["api_function"] == "compress1img.prune" and report["command_line"] is None
