@@ -354,7 +354,8 @@ def run_distillation(teacher: nn.Module, student: nn.Module, patches: PatchSourc
     default to what `config` describes (losses.kl_loss, augment.default_augment). `label` names the
     progress bar (progress.Bar, shown with `run.progress`). Step s trains on the patches and augmentation
     of step `patches_from_step` + s: a later healing of the same run passes the steps healed before it,
-    so that it goes on to new patches instead of drawing the first ones again.
+    so that it goes on to new patches instead of drawing the first ones again. With `config.ema` the
+    student is measured and handed back as the moving average of its weights (averaging.py).
 
     Under torchrun every rank calls this with the same arguments: each trains on its own
     `config.batch_size` patches per step (see `batch_index`), DDP averages the gradients,
