@@ -7,18 +7,22 @@
 #         p50-12k and p50-drop6-12k (8x STEPS), p50-drop12 (12 whole blocks dropped: the layout int8 makes >= 3.5x),
 #         p50-drop12-6k (the same, 4x STEPS)
 # MATCH=logits heals on the KL of the logits, as every row docs/benchmarks.md quotes was (default: auto).
-# Results in benchmarks/results/prune-ROW/ (report.json, report.md); docs/benchmarks.md quotes them.
+# IMAGE=SOURCE heals on another input than Animals (e.g. photos, the bundled set); EMA=DECAY passes --ema DECAY;
+# TAG=-SUFFIX is added to the row's folder name, so that such a run keeps the plain row's results.
+# Results in benchmarks/results/prune-ROW[TAG]/ (report.json, report.md); docs/benchmarks.md quotes them.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"  # DATA, R56, CIFAR_TEST, ANIMALS
 STEPS=${STEPS:-1500}
 MATCH=${MATCH:-auto}
 OUT=benchmarks/results
 mkdir -p "$OUT"
+TAG=${TAG:-}
 common=("$R56" --arch cifar_resnet56 --eval-data "$CIFAR_TEST"
         --steps "$STEPS" --match "$MATCH" --eval-every 250 --overwrite)
-animals=$ANIMALS
+[ -z "${EMA:-}" ] || common+=(--ema "$EMA")
+animals=${IMAGE:-$ANIMALS}
 run() {  # name, options...
-    local name=$1; shift
+    local name=$1$TAG; shift
     compress1img prune "${common[@]}" --out "$OUT/prune-$name" "$@" 2> "$OUT/prune-$name.log"
 }
 rows=("$@"); [ ${#rows[@]} -gt 0 ] || rows=(p50 p50-all p30 p70 u50 u75 noise50 noheal50)
