@@ -341,10 +341,13 @@ def check_drop_blocks(model: nn.Module, count: int, example: torch.Tensor, ignor
 
 
 def drop_blocks(model: nn.Module, count: int, loss_fn: Callable[[nn.Module], torch.Tensor], example: torch.Tensor,
-                ignore: tuple[str, ...] = ()) -> list[dict]:
+                ignore: tuple[str, ...] = (), keep_at_least: int | None = None, target: str = "params") -> list[dict]:
     """Replace `count` blocks by identities, greedily: each time the one whose removal raises
     `loss_fn` (the distillation loss against the teacher on a patch batch) least.
 
+    With `keep_at_least`, a block whose removal would leave the model fewer parameters (MACs with `target`
+    "macs") than that is passed over: the blocks that matter least on some images are the largest ones, and
+    a choice past the pruning budget would leave nothing to prune, only an error.
     Returns [{"block": name, "loss": loss after dropping it}] in the order dropped.
     """
     candidates = check_drop_blocks(model, count, example, ignore)
@@ -359,9 +362,14 @@ def drop_blocks(model: nn.Module, count: int, loss_fn: Callable[[nn.Module], tor
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name)
             block, parent._modules[child] = parent._modules[child], nn.Identity()
-            with torch.no_grad():
-                losses[name] = float(loss_fn(model))
+            if keep_at_least is None or budget_count(model, example, target) >= keep_at_least:
+                with torch.no_grad():
+                    losses[name] = float(loss_fn(model))
             parent._modules[child] = block
+        if not losses:
+            raise BudgetError(f"--drop-blocks {count}: after dropping {len(dropped)}, each block left would take "
+                              f"away more {target} than the budget (--sparsity) allows; ask for fewer --drop-blocks "
+                              f"or a higher --sparsity")
         best = min(losses, key=losses.get)
         drop_block(model, best)
         # Blocks inside it went with it: dropping them again would only look free.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import time
@@ -39,8 +40,8 @@ from .models import LoadedModel, load_model, save_model, save_program
 from .models.transforms import DROP_BLOCK, drop_block
 from .models.user import is_class_spec
 from .progress import stage
-from .pruning import (PruneConfig, count, drop_blocks, fold_masks, make_prunable, prune_to_budget, sparsify,
-                      weight_sparsity)
+from .pruning import (BUDGET_TOLERANCE, PruneConfig, count, drop_blocks, fold_masks, make_prunable, prune_to_budget,
+                      sparsify, weight_sparsity)
 from .quantization import (PTQConfig, QATConfig, QuantizeConfig, calibrate, convert, freeze_observers,
                            int8_coverage, int8_onnx_bytes, kept_float, onnx_nodes_of, onnx_runner, opset,
                            prepare_qat, ptq_onnx_bytes, runtime_ops)
@@ -146,7 +147,8 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
         # -- cut -----------------------------------------------------------------------------------------------
         if structured and k == 1 and config.drop_blocks:
             with stage(f"choosing {config.drop_blocks} residual blocks to drop", shown):
-                dropped = _drop_blocks(student, config, taylor_loss, example)
+                reference = macs_before if config.target == "macs" else params_before
+                dropped = _drop_blocks(student, config, taylor_loss, example, reference)
             row["dropped_blocks"] = dropped
         counted = "MACs" if config.target == "macs" else "parameters" if structured else "weights"
         with stage(f"pruning {fraction:.0%} of the {counted}{of_k}", shown):
@@ -244,14 +246,18 @@ def _resumed(ctx: RunContext, student: LoadedModel) -> tuple[LoadedModel, int]:
     return student, 1
 
 
-def _drop_blocks(student: LoadedModel, config: PruneConfig, loss_fn, example: torch.Tensor) -> list[dict]:
-    """Replace `config.drop_blocks` residual blocks by identities, recorded as transforms so the model reloads.
+def _drop_blocks(student: LoadedModel, config: PruneConfig, loss_fn, example: torch.Tensor,
+                 reference: int) -> list[dict]:
+    """Replace `config.drop_blocks` residual blocks by identities, recorded as transforms so the model reloads;
+    only blocks that keep the model within the whole budget (`reference`: the original count) are chosen.
 
     Chosen by rank 0 alone: a near tie decided differently elsewhere would give ranks models that
     differ in structure but not in shapes, which DDP cannot notice."""
     main = distributed.is_main()
-    dropped = distributed.share(drop_blocks(student.module, config.drop_blocks, loss_fn, example, config.ignore)
-                                if main else None)
+    # The least prune_to_budget accepts at the last cut: the budget, less its tolerance.
+    keep_at_least = math.ceil(round(reference * (1 - config.sparsity)) - BUDGET_TOLERANCE * reference)
+    dropped = distributed.share(drop_blocks(student.module, config.drop_blocks, loss_fn, example, config.ignore,
+                                            keep_at_least, config.target) if main else None)
     if not main:
         for row in dropped:
             drop_block(student.module, row["block"])

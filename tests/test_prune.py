@@ -255,7 +255,7 @@ def test_dropping_more_blocks_than_exist_or_than_the_budget_is_refused():
         prune(bundled_teacher(), "coffee", PruneConfig(sparsity=0.5, drop_blocks=8), heal=None, run=QUIET,
               measure_latency=False)
     # Dropping every droppable block removes ~73% of ResNet-20's parameters: more than the 30% asked.
-    with pytest.raises(BudgetError, match="already lost"):
+    with pytest.raises(BudgetError, match=r"each block left would take away more params than the budget \(--sparsity"):
         prune(bundled_teacher(), "coffee", PruneConfig(sparsity=0.3, drop_blocks=7), heal=None, run=QUIET,
               measure_latency=False)
     with pytest.raises(InputError, match="drop_blocks needs mode structured"):
@@ -284,6 +284,12 @@ def test_blocks_inside_a_dropped_block_are_not_dropped_again():
     assert isinstance(rebuilt[0], nn.Identity)
     with pytest.raises(BudgetError, match="after dropping 1, no block is left to drop"):
         drop_blocks(model(), 2, parameters_left, example)
+    # Within a budget the cheapest block that fits goes: the whole stage would leave too few parameters.
+    total, small = sum(p.numel() for p in model().parameters()), sum(p.numel() for p in model()[0][0].parameters())
+    assert [row["block"] for row in drop_blocks(model(), 1, parameters_left, example,
+                                                keep_at_least=total - small)] == ["0.0"]
+    with pytest.raises(BudgetError, match="after dropping 1, each block left would take away more params"):
+        drop_blocks(model(), 2, parameters_left, example, keep_at_least=total - small)
 
 
 def test_least_squares_repair_recovers_a_layer_that_only_used_the_kept_channels():
