@@ -236,7 +236,8 @@ IgnoreOpt = Annotated[Optional[list[str]], typer.Option(
                      "classifier are always protected.")]
 DropBlocksOpt = Annotated[int, typer.Option(
     "--drop-blocks", help="Also remove N whole residual blocks, chosen on patches as those whose removal changes "
-                          "the model's outputs least; channel pruning removes the rest of --sparsity. Fewer layers "
+                          "the model's outputs least, among those that keep the model within --sparsity; channel "
+                          "pruning removes the rest of --sparsity. Fewer layers "
                           "run faster than narrower ones (see docs/benchmarks.md).")]
 ReconstructOpt = Annotated[Optional[int], typer.Option(
     "--reconstruct-patches", help="After each cut, refit by least squares every layer that lost input channels "
