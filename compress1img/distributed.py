@@ -78,6 +78,10 @@ def cleanup() -> None:
         # exception"), after all the work is done: collect it first.
         gc.collect()
         torch.distributed.destroy_process_group()
+        # And the group itself, with its worker threads, while the interpreter is whole: one left to its
+        # finalization can abort there too (pytorch/pytorch#179291: a gloo thread taking the GIL of a dying
+        # interpreter).
+        gc.collect()
 
 
 def backend() -> str | None:
