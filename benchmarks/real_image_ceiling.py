@@ -12,7 +12,8 @@ its predictions in benchmarks/results/ceiling/NAME.npy, so that `--compare` can 
 pairwise (exact McNemar test on the images one gets right and the other wrong).
 NAME=VALUE settings as for benchmarks/pilots/prune_pilot.py (DistillConfig, RunConfig, PruneConfig fields).
 `--ema DECAY` is the package's `ema=DECAY` (DistillConfig; `--ema` on the command line): healing keeps an
-exponential moving average of the weights (compress1img/averaging.py) and the averaged model is scored. `--balance K` draws K times the batch of patches and
+exponential moving average of the weights (compress1img/averaging.py) and the averaged model is scored.
+`--balance K` draws K times the batch of patches and
 keeps a class-balanced batch by the teacher's top-1 (the most confident patches of each class in turn):
 teacher-guided selection, put in as a patch source of the script's own. `--hard K` is the package's
 `hardest_of=K` (DistillConfig; `--hardest-of K` on the command line): K times the batch drawn, the patches on

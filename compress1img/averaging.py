@@ -1,9 +1,10 @@
 """A moving average of the weights of the model being trained (EMA), kept beside it and returned in its place.
 
-Healing on patches ends with weights that have followed the last few hundred batches; their average over
-those steps sits in a flatter place and matched the teacher better on real images (docs/benchmarks.md, "A
-moving average of the weights"). As timm's ModelEmaV2, the average covers the buffers too (BatchNorm running
-statistics) and its decay warms up, min(decay, (1 + step) / (10 + step)), so that the first steps' weights,
+Training ends with weights that have followed the last few hundred batches; their average over those steps is
+the classic flatter alternative. Healing the ResNet-56 on patches, it was ahead at 1,000 steps only, and a student
+trained from scratch lost to it (docs/benchmarks.md, "A moving average of the weights"): an option, off by
+default. As timm's ModelEmaV2, the average covers the buffers too (BatchNorm running statistics) and its decay
+warms up, min(decay, (1 + step) / (10 + step)), so that the first steps' weights,
 far from where training goes, fade fast. It is kept in float32 whatever the model's dtype, and on its device.
 A state dict rather than torch's AveragedModel, which deep-copies the module: the model being healed may carry
 the loss's forward hooks (mimicry.py) or be an exported int8 graph.
