@@ -249,6 +249,12 @@ def _solve(model: nn.Module, example: torch.Tensor, config: PruneConfig, target:
     return best[1], best[2]
 
 
+def least_within_budget(target: int, reference: int) -> float:
+    """The smallest count a model pruned towards `target` may end with: the budget's tolerance is measured
+    against the original count, `reference`."""
+    return target - BUDGET_TOLERANCE * reference
+
+
 def prune_to_budget(model: nn.Module, example: torch.Tensor, config: PruneConfig, target: int, num_classes: int,
                     reference: int, loss_fn: Callable[[nn.Module], torch.Tensor] | None = None,
                     strict: bool = True) -> PruneStep:
@@ -261,7 +267,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, config: PruneConfig
     channel counts makes uniform miss the budget, then global (still rounded).
     """
     current = budget_count(model, example, config.target)
-    if strict and current < target - BUDGET_TOLERANCE * reference:
+    if strict and current < least_within_budget(target, reference):
         raise BudgetError(f"the model has already lost {100 * (1 - current / reference):.1f}% of its "
                           f"{config.target}, more than the {100 * (1 - target / reference):.1f}% asked "
                           f"(fewer --drop-blocks?)")
@@ -341,7 +347,8 @@ def check_drop_blocks(model: nn.Module, count: int, example: torch.Tensor, ignor
 
 
 def drop_blocks(model: nn.Module, count: int, loss_fn: Callable[[nn.Module], torch.Tensor], example: torch.Tensor,
-                ignore: tuple[str, ...] = (), keep_at_least: int | None = None, target: str = "params") -> list[dict]:
+                ignore: tuple[str, ...] = (), keep_at_least: float | None = None,
+                target: str = "params") -> list[dict]:
     """Replace `count` blocks by identities, greedily: each time the one whose removal raises
     `loss_fn` (the distillation loss against the teacher on a patch batch) least.
 

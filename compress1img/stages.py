@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import os
 import shutil
 import time
@@ -40,8 +39,8 @@ from .models import LoadedModel, load_model, save_model, save_program
 from .models.transforms import DROP_BLOCK, drop_block
 from .models.user import is_class_spec
 from .progress import stage
-from .pruning import (BUDGET_TOLERANCE, PruneConfig, count, drop_blocks, fold_masks, make_prunable, prune_to_budget,
-                      sparsify, weight_sparsity)
+from .pruning import (PruneConfig, count, drop_blocks, fold_masks, least_within_budget, make_prunable,
+                      prune_to_budget, sparsify, weight_sparsity)
 from .quantization import (PTQConfig, QATConfig, QuantizeConfig, calibrate, convert, freeze_observers,
                            int8_coverage, int8_onnx_bytes, kept_float, onnx_nodes_of, onnx_runner, opset,
                            prepare_qat, ptq_onnx_bytes, runtime_ops)
@@ -139,6 +138,7 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
     student, start = _resumed(ctx, student)
     iterations, dropped, heal_processes = [], [], None
     shown = ctx.run.progress
+    reference = macs_before if config.target == "macs" else params_before  # what the budget is a fraction of
     for k in range(start, config.iterations + 1):
         fraction = config.sparsity * k / config.iterations
         student.module.cpu()
@@ -147,13 +147,11 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
         # -- cut -----------------------------------------------------------------------------------------------
         if structured and k == 1 and config.drop_blocks:
             with stage(f"choosing {config.drop_blocks} residual blocks to drop", shown):
-                reference = macs_before if config.target == "macs" else params_before
                 dropped = _drop_blocks(student, config, taylor_loss, example, reference)
             row["dropped_blocks"] = dropped
         counted = "MACs" if config.target == "macs" else "parameters" if structured else "weights"
         with stage(f"pruning {fraction:.0%} of the {counted}{of_k}", shown):
             if structured:
-                reference = macs_before if config.target == "macs" else params_before
                 step = prune_to_budget(student.module, example, config, int(round(reference * (1 - fraction))),
                                        teacher.num_classes, reference=reference,
                                        loss_fn=taylor_loss if config.importance == "taylor" else None,
@@ -254,8 +252,8 @@ def _drop_blocks(student: LoadedModel, config: PruneConfig, loss_fn, example: to
     Chosen by rank 0 alone: a near tie decided differently elsewhere would give ranks models that
     differ in structure but not in shapes, which DDP cannot notice."""
     main = distributed.is_main()
-    # The least prune_to_budget accepts at the last cut: the budget, less its tolerance.
-    keep_at_least = math.ceil(round(reference * (1 - config.sparsity)) - BUDGET_TOLERANCE * reference)
+    # What prune_to_budget accepts at the last cut.
+    keep_at_least = least_within_budget(int(round(reference * (1 - config.sparsity))), reference)
     dropped = distributed.share(drop_blocks(student.module, config.drop_blocks, loss_fn, example, config.ignore,
                                             keep_at_least, config.target) if main else None)
     if not main:
