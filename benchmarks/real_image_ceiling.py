@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms.v2.functional import jpeg
 
 from compress1img import DistillConfig, PatchConfig, PruneConfig, RunConfig, TrainingHook, load_eval_data, prune
 from compress1img.augment import default_augment
@@ -337,6 +338,25 @@ def cutmix_per_image(heal: DistillConfig):
     return augment
 
 
+def jpeg_compressed(heal: DistillConfig, qualities: tuple[int, int], share: float):
+    """An `augment` that passes a share of the batch through JPEG (torchvision's encoder and decoder, each image its
+    own quality drawn in [low, high]) before the loop's flip, shift and CutMix: the test images went through JPEG
+    at quality 75 before they were 32 px images the teacher was scored on, and one image's patches never show the
+    student how the teacher answers blocking artefacts."""
+    loop_augment = default_augment(heal)
+
+    def augment(x: torch.Tensor, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(mix_seed(seed, 0, "jpeg"))
+        n = len(x)
+        chosen = (torch.rand(n, generator=g) < share).tolist()
+        quality = torch.randint(qualities[0], qualities[1] + 1, (n,), generator=g).tolist()
+        pixels = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        out = [jpeg(pixels[i], quality[i]) if chosen[i] else pixels[i] for i in range(n)]
+        x = (torch.stack(out).to(x.device).float() / 255).where(torch.tensor(chosen, device=x.device).view(n, 1, 1, 1), x)
+        return loop_augment(x, seed)
+    return augment
+
+
 def mimic_layers(spec: str) -> list[str]:
     """`--mimic-layer`: one module name, several separated by commas, or `blocks` (every residual block)."""
     if spec == "blocks":
@@ -473,6 +493,8 @@ def main() -> None:
     parser.add_argument("--crop-fractions", metavar="F[,F...]",
                         help="the first crop's side as a share of the image's shorter side (the paper's 0.5); "
                              "several: each patch at one of them, drawn at random")
+    parser.add_argument("--jpeg", metavar="LOW,HIGH[,SHARE]",
+                        help="pass a share (default all) of each batch through JPEG at a quality in [LOW, HIGH]")
     parser.add_argument("--compare", nargs="+", metavar="A B",
                         help="compare two earlier runs by name; more pairs (A2 B2 ...: other seeds) are also tested "
                              "together")
@@ -554,7 +576,15 @@ def main() -> None:
             parser.error("--cutmix-per-image does not combine with --crop-scale / --jitter")
         name += "-cutmix-per-image"
         augment = cutmix_per_image(heal)
+    if args.jpeg:
+        if augment is not None:
+            parser.error("--jpeg does not combine with --cutmix-per-image")
+        low, high, *rest = (float(v) for v in args.jpeg.split(","))
+        name += f"-jpeg{low:g}-{high:g}" + (f"x{rest[0]:g}" if rest else "")
+        augment = jpeg_compressed(heal, (int(low), int(high)), rest[0] if rest else 1.0)
     if args.crop_scale < 1 or args.jitter:
+        if augment is not None:
+            parser.error("--crop-scale / --jitter do not combine with --jpeg")
         name += f"-views{args.crop_scale:g}x{args.jitter:g}"
         augment = stronger_views(heal, args.crop_scale, args.jitter)
     name = args.name or name
@@ -571,7 +601,7 @@ def main() -> None:
     report = result.report
     print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance, "hard": args.hard,
                       "crop_scale": args.crop_scale, "jitter": args.jitter, "blend": args.blend,
-                      "cutmix_per_image": args.cutmix_per_image, "crop_fractions": args.crop_fractions,
+                      "cutmix_per_image": args.cutmix_per_image, "jpeg": args.jpeg, "crop_fractions": args.crop_fractions,
                       "mimic": args.mimic, "mimic_layer": args.mimic_layer if args.mimic is not None else None,
                       "adversarial": args.adversarial and {"eps": args.adversarial, "steps": args.adversarial_steps},
                       "refine": args.refine and {"pool": args.refine, "iterations": args.refine_iterations,
