@@ -495,6 +495,8 @@ def main() -> None:
                              "several: each patch at one of them, drawn at random")
     parser.add_argument("--jpeg", metavar="LOW,HIGH[,SHARE]",
                         help="pass a share (default all) of each batch through JPEG at a quality in [LOW, HIGH]")
+    parser.add_argument("--save-model", action="store_true",
+                        help="also save the healed module (NAME.pt, pickled) and its odd-half logits (NAME-logits.npy)")
     parser.add_argument("--compare", nargs="+", metavar="A B",
                         help="compare two earlier runs by name; more pairs (A2 B2 ...: other seeds) are also tested "
                              "together")
@@ -596,8 +598,12 @@ def main() -> None:
                    augment=augment, patch_config=patch_config)
     labelled = load_eval_data(odd)
     teacher = result.model  # same normalisation as the teacher
-    predictions = predict(result.model.module, labelled.images, teacher.mean, teacher.std).argmax(1).numpy()
+    logits = predict(result.model.module, labelled.images, teacher.mean, teacher.std)
+    predictions = logits.argmax(1).numpy()
     np.save(RESULTS / f"{name}.npy", predictions)
+    if args.save_model:
+        torch.save(result.model.module, RESULTS / f"{name}.pt")
+        np.save(RESULTS / f"{name}-logits.npy", logits.numpy())
     report = result.report
     print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance, "hard": args.hard,
                       "crop_scale": args.crop_scale, "jitter": args.jitter, "blend": args.blend,
