@@ -449,6 +449,22 @@ def compare(names: list[str]) -> None:
         print(json.dumps({"pairs": len(names) // 2, **exact_sign_test(*totals)}))
 
 
+def per_class(names: list[str]) -> None:
+    """Top-1 per class on the odd half, and how often each class is predicted, for the teacher and each run."""
+    data = np.load(odd_half_file())
+    labels, classes = data["labels"], [str(c) for c in data["classes"]]
+    teacher = load_model(R56, "cifar_resnet56")
+    runs = {"teacher": predict(teacher.module, torch.from_numpy(data["images"]), teacher.mean,
+                               teacher.std).argmax(1).numpy()}
+    runs |= {name: np.load(RESULTS / f"{name}.npy") for name in names}
+    width = max(map(len, classes + ["predicted"]))
+    print(f"{'class':{width}}  " + "  ".join(f"{name[:12]:>12}" for name in runs))
+    for c, cls in enumerate(classes):
+        print(f"{cls:{width}}  " + "  ".join(f"{100 * (p[labels == c] == c).mean():11.1f}%" for p in runs.values())
+              + "   predicted " + " / ".join(str(int((p == c).sum())) for p in runs.values()))
+    print(f"{'all':{width}}  " + "  ".join(f"{100 * (p == labels).mean():11.2f}%" for p in runs.values()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", nargs="?", help="animals, another image, or a number of even-half images")
@@ -497,6 +513,8 @@ def main() -> None:
                         help="pass a share (default all) of each batch through JPEG at a quality in [LOW, HIGH]")
     parser.add_argument("--save-model", action="store_true",
                         help="also save the healed module (NAME.pt, pickled) and its odd-half logits (NAME-logits.npy)")
+    parser.add_argument("--classes", nargs="+", metavar="NAME",
+                        help="top-1 per class and how often each class is predicted: the teacher's and these runs'")
     parser.add_argument("--compare", nargs="+", metavar="A B",
                         help="compare two earlier runs by name; more pairs (A2 B2 ...: other seeds) are also tested "
                              "together")
@@ -505,8 +523,10 @@ def main() -> None:
         if len(args.compare) % 2:
             parser.error("--compare takes pairs of run names")
         return compare(args.compare)
+    if args.classes:
+        return per_class(args.classes)
     if args.source is None:
-        parser.error("give a SOURCE or --compare A B")
+        parser.error("give a SOURCE, --compare A B or --classes NAME ...")
     options = parse(args.overrides)
     if args.ema is not None:
         options["ema"] = str(args.ema)
