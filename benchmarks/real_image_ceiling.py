@@ -487,6 +487,25 @@ def per_class(names: list[str]) -> None:
     print(f"{'all':{width}}  " + "  ".join(f"{100 * (p == labels).mean():11.2f}%" for p in runs.values()))
 
 
+@torch.no_grad()
+def teacher_classes(sources: list[str], batches: int = 16, batch_size: int = 128) -> None:
+    """How the teacher labels what healing shows it: the share of each class among its top-1 answers on 2,048
+    training inputs of each source (its patches, or images used whole, after the loop's flip, shift and CutMix)."""
+    teacher = load_model(R56, "cifar_resnet56")
+    teacher.module.eval()
+    augment = default_augment(DistillConfig())
+    classes = [str(c) for c in np.load(odd_half_file())["classes"]]
+    for source in sources:
+        images = str(even_folder(int(source))) if source.isdigit() else str(ANIMALS) if source == "animals" else source
+        train = open_source(images, 32, 0, 1).train
+        counts = torch.zeros(len(classes))
+        for index in range(batches):
+            x = normalize(augment(train.batch(batch_size, index), index), teacher.mean, teacher.std)
+            counts += torch.bincount(teacher.module(x).argmax(1), minlength=len(classes))
+        shares = 100 * counts / counts.sum()
+        print(f"{source}: " + ", ".join(f"{c} {v:.1f}%" for c, v in zip(classes, shares.tolist())))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", nargs="?", help="animals, another image, or a number of even-half images")
@@ -539,6 +558,8 @@ def main() -> None:
                         help="also save the healed module (NAME.pt, pickled) and its odd-half logits (NAME-logits.npy)")
     parser.add_argument("--classes", nargs="+", metavar="NAME",
                         help="top-1 per class and how often each class is predicted: the teacher's and these runs'")
+    parser.add_argument("--teacher-classes", nargs="+", metavar="SOURCE",
+                        help="the share of each class among the teacher's answers on these sources' training inputs")
     parser.add_argument("--compare", nargs="+", metavar="A B",
                         help="compare two earlier runs by name; more pairs (A2 B2 ...: other seeds) are also tested "
                              "together")
@@ -549,6 +570,8 @@ def main() -> None:
         return compare(args.compare)
     if args.classes:
         return per_class(args.classes)
+    if args.teacher_classes:
+        return teacher_classes(args.teacher_classes)
     if args.source is None:
         parser.error("give a SOURCE, --compare A B or --classes NAME ...")
     options = parse(args.overrides)
