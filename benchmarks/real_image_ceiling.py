@@ -2,6 +2,8 @@
 
     python benchmarks/real_image_ceiling.py SOURCE [--steps 1000] [--image-mode auto] [NAME=VALUE ...]
     python benchmarks/real_image_ceiling.py --compare A B [A2 B2 ...]   # paired test of runs' predictions
+    python benchmarks/real_image_ceiling.py --classes A [B ...]         # top-1 and predictions per class
+    python benchmarks/real_image_ceiling.py --teacher-classes SOURCE [SOURCE ...]   # how the teacher labels them
 
 SOURCE is `animals` (or any --image the package takes: a bundled name, a file) for one image's
 patches, or a number N: N images of the EVEN-indexed half of cifar10_test_jpeg75.npz, N/10 per
@@ -39,6 +41,12 @@ same pool unrefined, the control.
 `--crop-fractions F[,F...]` sets the patch pipeline's first crop (PatchConfig.crop_fraction: its side is F times the
 image's shorter side, the paper's 0.5) before it is shrunk to 45 px: with several, each patch is cut at one of them,
 drawn at random (one image seen at several zooms).
+`--jpeg LOW,HIGH[,SHARE]` passes SHARE (default all) of each batch through JPEG at a quality drawn per patch in
+[LOW, HIGH] before the loop's augmentation (the test file went through JPEG at quality 75).
+`--class-weighted POWER` weighs each patch's feature-map error by (1 / (C x the share of its teacher class so far))
+** POWER, at most 10: healing evened out towards the classes the teacher sees least.
+`--save-model` also keeps the healed module (NAME.pt) and its odd-half logits (NAME-logits.npy), for
+benchmarks/pilots/soup.py.
 """
 import argparse
 import dataclasses
