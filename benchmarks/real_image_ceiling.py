@@ -2,6 +2,7 @@
 
     python benchmarks/real_image_ceiling.py SOURCE [--steps 1000] [--image-mode auto] [NAME=VALUE ...]
     python benchmarks/real_image_ceiling.py --compare A B [A2 B2 ...]   # paired test of runs' predictions
+    python benchmarks/real_image_ceiling.py --compare A B --against-teacher   # ... of their agreement with the teacher
     python benchmarks/real_image_ceiling.py --classes A [B ...]         # top-1 and predictions per class
     python benchmarks/real_image_ceiling.py --teacher-classes SOURCE [SOURCE ...]   # how the teacher labels them
 
@@ -463,9 +464,17 @@ def exact_sign_test(only_a: int, only_b: int) -> dict:
     return {"only_a_right": only_a, "only_b_right": only_b, "p_value": min(1.0, 2 * tail)}
 
 
-def compare(names: list[str]) -> None:
-    """Pairs A B [A2 B2 ...]: each pair's test, and with several pairs (seeds) one test on their summed counts."""
-    labels = np.load(odd_half_file())["labels"]
+def teacher_answers() -> np.ndarray:
+    """The teacher's top-1 on the odd half."""
+    data = np.load(odd_half_file())
+    teacher = load_model(R56, "cifar_resnet56")
+    return predict(teacher.module, torch.from_numpy(data["images"]), teacher.mean, teacher.std).argmax(1).numpy()
+
+
+def compare(names: list[str], against_teacher: bool = False) -> None:
+    """Pairs A B [A2 B2 ...]: each pair's test, and with several pairs (seeds) one test on their summed counts.
+    `against_teacher`: the teacher's answers stand in for the labels (a test of agreement with the teacher)."""
+    labels = teacher_answers() if against_teacher else np.load(odd_half_file())["labels"]
     totals = [0, 0]
     for a, b in zip(names[0::2], names[1::2]):
         pa, pb = np.load(RESULTS / f"{a}.npy"), np.load(RESULTS / f"{b}.npy")
@@ -483,9 +492,7 @@ def per_class(names: list[str]) -> None:
     """Top-1 per class on the odd half, and how often each class is predicted, for the teacher and each run."""
     data = np.load(odd_half_file())
     labels, classes = data["labels"], [str(c) for c in data["classes"]]
-    teacher = load_model(R56, "cifar_resnet56")
-    runs = {"teacher": predict(teacher.module, torch.from_numpy(data["images"]), teacher.mean,
-                               teacher.std).argmax(1).numpy()}
+    runs = {"teacher": teacher_answers()}
     runs |= {name: np.load(RESULTS / f"{name}.npy") for name in names}
     width = max(map(len, classes + ["predicted"]))
     print(f"{'class':{width}}  " + "  ".join(f"{name[:12]:>12}" for name in runs))
@@ -564,6 +571,8 @@ def main() -> None:
                         help="pass a share (default all) of each batch through JPEG at a quality in [LOW, HIGH]")
     parser.add_argument("--save-model", action="store_true",
                         help="also save the healed module (NAME.pt, pickled) and its odd-half logits (NAME-logits.npy)")
+    parser.add_argument("--against-teacher", action="store_true",
+                        help="with --compare: test agreement with the teacher (its answers in place of the labels)")
     parser.add_argument("--classes", nargs="+", metavar="NAME",
                         help="top-1 per class and how often each class is predicted: the teacher's and these runs'")
     parser.add_argument("--teacher-classes", nargs="+", metavar="SOURCE",
@@ -575,7 +584,7 @@ def main() -> None:
     if args.compare:
         if len(args.compare) % 2:
             parser.error("--compare takes pairs of run names")
-        return compare(args.compare)
+        return compare(args.compare, args.against_teacher)
     if args.classes:
         return per_class(args.classes)
     if args.teacher_classes:
