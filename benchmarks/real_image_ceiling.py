@@ -114,6 +114,11 @@ def even_folder(count: int) -> Path:
     return folder
 
 
+def source_images(source: str) -> str:
+    """What SOURCE names, as `prune --image` takes it: N even-half images (a folder), Animals, or itself."""
+    return str(even_folder(int(source))) if source.isdigit() else str(ANIMALS) if source == "animals" else source
+
+
 class ClassBalanced:
     """Batch `index` of `inner`, `factor` times larger, cut down to a batch whose teacher top-1 classes are as
     even as the candidates allow: round-robin over the classes, each giving its most confident patch next."""
@@ -371,9 +376,9 @@ def cutmix_per_image(heal: DistillConfig):
 
 def jpeg_compressed(heal: DistillConfig, qualities: tuple[int, int], share: float):
     """An `augment` that passes a share of the batch through JPEG (torchvision's encoder and decoder, each image its
-    own quality drawn in [low, high]) before the loop's flip, shift and CutMix: the test images went through JPEG
-    at quality 75 before they were 32 px images the teacher was scored on, and one image's patches never show the
-    student how the teacher answers blocking artefacts."""
+    own quality drawn in [low, high]) before the loop's flip, shift and CutMix: the 32 px test images the teacher
+    is scored on went through JPEG at quality 75, and one image's patches never show the student how the teacher
+    answers blocking artefacts."""
     loop_augment = default_augment(heal)
 
     def augment(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -383,7 +388,8 @@ def jpeg_compressed(heal: DistillConfig, qualities: tuple[int, int], share: floa
         quality = torch.randint(qualities[0], qualities[1] + 1, (n,), generator=g).tolist()
         pixels = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         out = [jpeg(pixels[i], quality[i]) if chosen[i] else pixels[i] for i in range(n)]
-        x = (torch.stack(out).to(x.device).float() / 255).where(torch.tensor(chosen, device=x.device).view(n, 1, 1, 1), x)
+        compressed = torch.stack(out).to(x.device).float() / 255
+        x = compressed.where(torch.tensor(chosen, device=x.device).view(n, 1, 1, 1), x)
         return loop_augment(x, seed)
     return augment
 
@@ -511,8 +517,7 @@ def teacher_classes(sources: list[str], batches: int = 16, batch_size: int = 128
     augment = default_augment(DistillConfig())
     classes = [str(c) for c in np.load(odd_half_file())["classes"]]
     for source in sources:
-        images = str(even_folder(int(source))) if source.isdigit() else str(ANIMALS) if source == "animals" else source
-        train = open_source(images, 32, 0, 1).train
+        train = open_source(source_images(source), 32, 0, 1).train
         counts = torch.zeros(len(classes))
         for index in range(batches):
             x = normalize(augment(train.batch(batch_size, index), index), teacher.mean, teacher.std)
@@ -581,6 +586,8 @@ def main() -> None:
                         help="compare two earlier runs by name; more pairs (A2 B2 ...: other seeds) are also tested "
                              "together")
     args = parser.parse_args()
+    if args.against_teacher and not args.compare:
+        parser.error("--against-teacher goes with --compare")
     if args.compare:
         if len(args.compare) % 2:
             parser.error("--compare takes pairs of run names")
@@ -599,8 +606,7 @@ def main() -> None:
     config = with_overrides(PruneConfig(sparsity=0.5), options)
     if options:
         parser.error(f"unknown settings: {', '.join(options)}")
-    images = str(even_folder(int(args.source))) if args.source.isdigit() else \
-        str(ANIMALS) if args.source == "animals" else args.source
+    images = source_images(args.source)
     name = f"{Path(args.source).stem}-{args.image_mode}-{args.steps}" + (f"-seed{run.seed}" if run.seed else "") + (
         f"-ema{heal.ema}" if heal.ema else "")
     hooks = []
