@@ -18,9 +18,11 @@ NAME=VALUE settings as for benchmarks/pilots/prune_pilot.py (DistillConfig, RunC
 exponential moving average of the weights (compress1img/averaging.py) and the averaged model is scored.
 `--balance K` draws K times the batch of patches and
 keeps a class-balanced batch by the teacher's top-1 (the most confident patches of each class in turn):
-teacher-guided selection, put in as a patch source of the script's own. `--hard K` is the package's
-`hardest_of=K` (DistillConfig; `--hardest-of K` on the command line): K times the batch drawn, the patches on
-which the student, as it is at that step, disagrees most with the teacher kept (largest KL at T = 8).
+teacher-guided selection, put in as a patch source of the script's own. `--realistic K` draws K times the batch
+and keeps the patches whose statistics in the teacher are closest to its training data's (the smallest per-patch
+gap to its BatchNorm running statistics). `--hard K` is the package's `hardest_of=K` (DistillConfig;
+`--hardest-of K` on the command line): K times the batch drawn, the patches on which the student, as it is at
+that step, disagrees most with the teacher kept (largest KL at T = 8).
 `--adversarial EPS` moves each patch by signed-gradient steps (`--adversarial-steps`, at most EPS per pixel)
 towards a larger KL between teacher and student. `--mimic W` is MiR: the student matches the teacher's last
 feature map, its classifier frozen, plus W x the KL loss (0: feature matching alone); `--mimic-layer` matches
@@ -140,6 +142,42 @@ class ClassBalanced:
                 if queue and len(chosen) < n:
                     chosen.append(queue.pop(0))
         return candidates[torch.tensor(chosen)]
+
+
+@torch.no_grad()
+def statistics_gaps(teacher, x: torch.Tensor) -> torch.Tensor:
+    """Per patch of `x` (in [0, 1]), how far its statistics in the teacher are from its training data's: at the
+    input of every BatchNorm layer, the distance between the patch's per-channel means and the running means plus
+    that between its per-channel spatial variances and the running variances, summed over the layers (the gap
+    `--refine` closes, per patch). The teacher runs under bf16 autocast, as the loop runs it."""
+    module = teacher.module.eval()
+    gaps = torch.zeros(len(x))
+
+    def record(layer, inputs, _):
+        features = inputs[0].float()
+        gaps.add_((features.mean((2, 3)) - layer.running_mean).norm(dim=1)
+                  + (features.var((2, 3), unbiased=False) - layer.running_var).norm(dim=1))
+
+    handles = [m.register_forward_hook(record) for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            module(normalize(x, teacher.mean, teacher.std))
+    finally:
+        for h in handles:
+            h.remove()
+    return gaps
+
+
+class RealLooking:
+    """Batch `index` of `inner`, `factor` times larger, cut down to the `n` patches whose statistics in the teacher
+    look most like its training data's (the smallest `statistics_gaps`), in the order drawn."""
+
+    def __init__(self, inner, teacher, factor: int):
+        self.inner, self.teacher, self.factor, self.size = inner, teacher, factor, inner.size
+
+    def batch(self, n: int, index: int) -> torch.Tensor:
+        candidates = self.inner.batch(n * self.factor, index)
+        return candidates[(-statistics_gaps(self.teacher, candidates)).topk(n).indices.sort().values]
 
 
 class Blended:
@@ -536,6 +574,8 @@ def main() -> None:
                                        "and options)")
     parser.add_argument("--ema", type=float, help="heal with a moving average of the weights (decay, e.g. 0.998)")
     parser.add_argument("--balance", type=int, help="draw this many times the batch and keep a class-balanced one")
+    parser.add_argument("--realistic", type=int, metavar="K",
+                        help="draw K times the batch and keep the patches whose teacher statistics look most real")
     parser.add_argument("--hard", type=int, metavar="K",
                         help="draw K times the batch and keep the patches the student gets most wrong")
     parser.add_argument("--adversarial", type=float, metavar="EPS",
@@ -615,6 +655,10 @@ def main() -> None:
         teacher = load_model(R56, "cifar_resnet56")
         images = ClassBalanced(open_source(images, 32, run.seed, 1, mode=args.image_mode).train, teacher,
                                args.balance)
+    if args.realistic:
+        name += f"-realistic{args.realistic}"
+        images = RealLooking(open_source(images, 32, run.seed, 1, mode=args.image_mode).train,
+                             load_model(R56, "cifar_resnet56"), args.realistic)
     if args.hard:
         name += f"-hard{args.hard}"
         heal = dataclasses.replace(heal, hardest_of=args.hard)
@@ -703,6 +747,7 @@ def main() -> None:
         np.save(RESULTS / f"{name}-logits.npy", logits.numpy())
     report = result.report
     print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance, "hard": args.hard,
+                      "realistic": args.realistic,
                       "crop_scale": args.crop_scale, "jitter": args.jitter, "blend": args.blend,
                       "cutmix_per_image": args.cutmix_per_image, "jpeg": args.jpeg,
                       "class_weighted": args.class_weighted, "crop_fractions": args.crop_fractions,
