@@ -30,6 +30,11 @@ another module's output instead, several at once (comma-separated), or `blocks`:
 `pre:MODULE` matches MODULE's input (`pre:layer3.8.relu2`: the last map before its final ReLU).
 `--anchor PULL` moves every trainable weight PULL of the way back to its value after the cut after each step
 (decoupled L2-SP: healing held near the weights the teacher learnt on real data).
+`--drop-path RATE` drops each residual branch per patch while healing (stochastic depth, the rate rising with depth to
+RATE). `--replace START` has each student block compute as the teacher's block of the same name with a probability
+falling from START to 0 over the first `--replace-until` of the steps (progressive module replacing).
+`--train-only PATTERN` lets only the student's parameters whose names match PATTERN learn (the rest keep the cut's
+values: the teacher's).
 `--teacher-bn PATTERN` has the student's BatchNorm layers whose names match PATTERN normalise with the teacher's
 running statistics all through healing (put in through a TrainingHook), as the teacher does on the same patches.
 `--crop-scale MIN` / `--jitter J` give images used whole stronger views (each image's own random resized crop
@@ -321,6 +326,108 @@ class Anchored(TrainingHook):
         self.start = []
 
 
+def residual_blocks(model) -> dict[str, torch.nn.Module]:
+    """The model's residual blocks by name (modules with a second convolution and a shortcut; blocks that a
+    `--drop-blocks` cut replaced by identities are not among them)."""
+    return {name: m for name, m in model.named_modules() if hasattr(m, "conv2") and hasattr(m, "shortcut")}
+
+
+class DropPath(TrainingHook):
+    """Stochastic depth while healing (Huang et al., ECCV 2016; timm's drop_path): each residual branch is
+    dropped for each patch with a probability rising linearly with depth to `rate`, the kept ones scaled by
+    1 / (1 - its probability), so that the student cannot lean on any one block's copy of the teacher's
+    patches-only features. Put in as a forward hook on each block's last BatchNorm (the branch's output)."""
+
+    def __init__(self, rate: float, seed: int = 0):
+        self.rate, self.handles = rate, []
+        self.generator = torch.Generator().manual_seed(mix_seed(seed, 0, "drop-path"))
+
+    def on_start(self, teacher, student):
+        blocks = list(residual_blocks(student).values())
+
+        def drop(block, probability):
+            def hook(module, inputs, output):
+                if not block.training or probability == 0:
+                    return output
+                keep = (torch.rand(len(output), generator=self.generator) >= probability).to(output)
+                return output * (keep / (1 - probability)).view(-1, 1, 1, 1)
+            return hook
+
+        if not blocks:
+            raise SystemExit("--drop-path: the student has no residual blocks")
+        self.handles = [block.bn2.register_forward_hook(drop(block, self.rate * (i + 1) / len(blocks)))
+                        for i, block in enumerate(blocks)]
+
+    def on_end(self, student):
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+class ModuleReplacing(TrainingHook):
+    """Progressive module replacing (BERT-of-Theseus, Xu et al., EMNLP 2020): while healing, each residual
+    block of the student computes, with a probability falling linearly from `start` to 0 over the first
+    `until` of the steps, as the teacher's block of the same name instead, so that every student block learns
+    to work amid the teacher's own blocks before it works amid its pruned neighbours."""
+
+    def __init__(self, start: float, until: float, steps: int, seed: int = 0):
+        self.start, self.last_step = start, max(1, int(until * steps))
+        self.step, self.originals = 0, {}
+        self.generator = torch.Generator().manual_seed(mix_seed(seed, 0, "replace"))
+
+    def share(self) -> float:
+        return self.start * max(0.0, 1 - self.step / self.last_step)
+
+    def on_start(self, teacher, student):
+        teachers = residual_blocks(teacher)
+
+        def replaced(block, teacher_block):
+            student_forward = block.forward
+
+            def forward(x):
+                if block.training and torch.rand((), generator=self.generator) < self.share():
+                    return teacher_block(x)
+                return student_forward(x)
+            return forward
+
+        for name, block in residual_blocks(student).items():
+            if name in teachers:
+                self.originals[name] = block
+                block.forward = replaced(block, teachers[name])
+        if not self.originals:
+            raise SystemExit("--replace: no student block has a teacher block of the same name")
+
+    def after_step(self, step, student, loss):
+        self.step = step
+
+    def on_end(self, student):
+        for block in self.originals.values():
+            del block.forward
+        self.originals = {}
+
+
+class TrainOnly(TrainingHook):
+    """Only the student's parameters whose names match `pattern` learn while healing; the rest keep the values the
+    cut left them (the teacher's, learnt on real data). Put in at the start through requires_grad: the optimizer
+    skips parameters without a gradient."""
+
+    def __init__(self, pattern: str):
+        self.pattern, self.frozen = re.compile(pattern), []
+
+    def on_start(self, teacher, student):
+        trainable = [(name, p) for name, p in student.named_parameters() if p.requires_grad]
+        self.frozen = [p for name, p in trainable if not self.pattern.fullmatch(name)]
+        if len(self.frozen) == len(trainable):
+            raise SystemExit(f"--train-only: no trainable parameter's name matches {self.pattern.pattern}")
+        for p in self.frozen:
+            p.requires_grad_(False)
+
+    def on_end(self, student):
+        for p in self.frozen:
+            p.requires_grad_(True)
+        self.frozen = []
+
+
 class TeacherStatistics(TrainingHook):
     """The student's BatchNorm layers whose names match `pattern` normalise with the running statistics they
     start with (the teacher's, from its training data) all through healing, as the teacher does on the same
@@ -591,6 +698,14 @@ def main() -> None:
                         help="weigh each patch's feature-map error by (1 / its teacher class's share) ** POWER")
     parser.add_argument("--anchor", type=float, metavar="PULL",
                         help="after every step, move each weight PULL of the way back to its value after the cut")
+    parser.add_argument("--drop-path", type=float, metavar="RATE",
+                        help="stochastic depth while healing: the deepest block's branch dropped with this probability")
+    parser.add_argument("--replace", type=float, metavar="START",
+                        help="progressive module replacing: each block computed as the teacher's with this "
+                             "probability at first, falling to 0 by --replace-until of the steps")
+    parser.add_argument("--replace-until", type=float, default=0.6, help="share of the steps the replacing lasts")
+    parser.add_argument("--train-only", metavar="PATTERN",
+                        help="only the student's parameters whose names match this regular expression learn")
     parser.add_argument("--teacher-bn", metavar="PATTERN",
                         help="the student's BatchNorm layers whose names match PATTERN (a regular expression) keep "
                              "the teacher's running statistics while healing")
@@ -687,6 +802,15 @@ def main() -> None:
     if args.anchor:
         name += f"-anchor{args.anchor:g}"
         hooks.append(Anchored(args.anchor))
+    if args.drop_path:
+        name += f"-droppath{args.drop_path:g}"
+        hooks.append(DropPath(args.drop_path, run.seed))
+    if args.replace:
+        name += f"-replace{args.replace:g}-{args.replace_until:g}"
+        hooks.append(ModuleReplacing(args.replace, args.replace_until, args.steps, run.seed))
+    if args.train_only:
+        name += "-trainonly-" + re.sub(r"[^A-Za-z0-9]+", "_", args.train_only).strip("_")
+        hooks.append(TrainOnly(args.train_only))
     if args.teacher_bn:
         name += "-teacherbn"
         hooks.append(TeacherStatistics(args.teacher_bn))
@@ -747,7 +871,8 @@ def main() -> None:
         np.save(RESULTS / f"{name}-logits.npy", logits.numpy())
     report = result.report
     print(json.dumps({"name": name, "source": args.source, "ema": args.ema, "balance": args.balance, "hard": args.hard,
-                      "realistic": args.realistic,
+                      "realistic": args.realistic, "drop_path": args.drop_path, "train_only": args.train_only,
+                      "replace": args.replace and {"start": args.replace, "until": args.replace_until},
                       "crop_scale": args.crop_scale, "jitter": args.jitter, "blend": args.blend,
                       "cutmix_per_image": args.cutmix_per_image, "jpeg": args.jpeg,
                       "class_weighted": args.class_weighted, "crop_fractions": args.crop_fractions,

@@ -41,10 +41,14 @@ from .progress import Bar
 # "none" keeps lr, "sqrt" multiplies it by sqrt(N) (often advised for Adam-type optimizers),
 # "linear" by N (Goyal et al.'s rule for SGD).
 LR_SCALINGS = ("none", "sqrt", "linear")
+# AdamW (the paper's) or SGD with Nesterov momentum 0.9, whose steps scale with each gradient instead of evening
+# them out: measured as a way to heal (docs/benchmarks.md, "Healing held nearer the teacher"); it wants a far
+# larger --lr than AdamW.
+OPTIMIZERS = ("adamw", "sgd")
 CHECKPOINT_NAME = "checkpoint.pt"
 # A checkpoint made with other values of these would not continue the same run.
 RESUME_MUST_MATCH = ("steps", "batch_size", "seed", "lr", "lr_scaling", "mix", "teacher_signal", "temperature",
-                     "hardest_of", "match", "ema")
+                     "hardest_of", "match", "ema", "optimizer")
 # What the student learns to reproduce: the teacher's softened outputs (the paper's KL), or its last feature map
 # with the classifier frozen as the teacher's (mimicry.py); "auto" is features when healing a pruned copy (prune,
 # compress) and for a new student whose last feature map and classifier have the teacher's shapes (distill, which
@@ -66,8 +70,9 @@ class DistillConfig:
 
     steps: int = 2000
     batch_size: int = 128  # per process
-    lr: float = 1e-3  # peak AdamW learning rate, cosine schedule after warm-up
+    lr: float = 1e-3  # peak learning rate, cosine schedule after warm-up
     weight_decay: float = 0.0  # the paper's CIFAR runs use effectively none
+    optimizer: str = "adamw"  # see OPTIMIZERS
     warmup: float = 0.03  # fraction of the steps spent warming the learning rate up
     lr_scaling: str = "none"  # see LR_SCALINGS; only matters with several processes
     temperature: float = 8.0
@@ -95,6 +100,7 @@ class DistillConfig:
         require_int(self, "batch_size", 2)
         require_positive(self, "lr")
         require(self, "weight_decay", self.weight_decay >= 0, f"must not be negative (got {self.weight_decay})")
+        require_choice(self, "optimizer", OPTIMIZERS)
         require(self, "warmup", 0 <= self.warmup < 1, f"is a fraction of the steps in [0, 1) (got {self.warmup})")
         require_choice(self, "lr_scaling", LR_SCALINGS)
         require_positive(self, "temperature", "positive")
@@ -171,7 +177,11 @@ class _Optimization:
     @classmethod
     def build(cls, student: nn.Module, config: DistillConfig, world: int, fp16: bool) -> "_Optimization":
         lr = scaled_lr(config.lr, config.lr_scaling, world)
-        optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=config.weight_decay)
+        if config.optimizer == "sgd":
+            optimizer = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                                        weight_decay=config.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=config.weight_decay)
         warmup_steps = int(config.warmup * config.steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: cosine_with_warmup(s, config.steps, warmup_steps))

@@ -161,11 +161,12 @@ def test_a_model_torch_pruning_cannot_follow_is_a_clear_error():
 def test_prune_cli_writes_a_smaller_model_that_reloads_and_exports(tmp_path, test_slice):
     out = tmp_path / "run"
     result = run_cli("prune", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--sparsity", "0.5", "--iterations", "2",
-                     "--steps", "4", "--batch-size", "16",
+                     "--steps", "4", "--batch-size", "16", "--optimizer", "sgd", "--lr", "0.05",
                      "--image", "coffee", "--eval-data", test_slice, "--out", out)
     assert result.returncode == 0, result.stderr
     assert "speed-up" in result.stdout and "50" in result.stdout
     report = json.loads((out / "report.json").read_text())
+    assert report["config"]["heal"]["optimizer"] == "sgd" and report["config"]["heal"]["lr"] == 0.05
     assert abs(report["params_removed"] - 0.5) <= 0.01
     assert [row["iteration"] for row in report["per_iteration"]] == [1, 2]
     assert report["heal_match"] == "features"  # by default a pruned copy heals on the teacher's last feature map

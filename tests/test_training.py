@@ -96,8 +96,8 @@ def test_cosine_schedule_with_warmup():
 QUIET_CPU = RunConfig(device="cpu", progress=False)
 
 
-def _train(tmp_path, steps=6, patches=None, resume=False, seed=0, ema=0.0):
-    config = DistillConfig(steps=steps, batch_size=8, ema=ema)
+def _train(tmp_path, steps=6, patches=None, resume=False, seed=0, ema=0.0, optimizer="adamw"):
+    config = DistillConfig(steps=steps, batch_size=8, ema=ema, optimizer=optimizer)
     run = RunConfig(device="cpu", eval_every=3, checkpoint_every=3, holdout_size=16, resume=resume, seed=seed,
                     progress=False)
     student = tiny_cnn(seed=1)
@@ -108,8 +108,9 @@ def _train(tmp_path, steps=6, patches=None, resume=False, seed=0, ema=0.0):
     return student, result
 
 
-def test_training_moves_student_towards_teacher(tmp_path):
-    config = DistillConfig(steps=40, batch_size=16, lr=1e-2)
+@pytest.mark.parametrize("optimizer,lr", [("adamw", 1e-2), ("sgd", 0.5)])
+def test_training_moves_student_towards_teacher(tmp_path, optimizer, lr):
+    config = DistillConfig(steps=40, batch_size=16, lr=lr, optimizer=optimizer)
     holdout = RandomPatches().batch(64, 10_000)
     teacher, student = tiny_cnn(0), tiny_cnn(1)
     from compress1img.evaluate import kl_divergence, predict
@@ -161,6 +162,17 @@ def test_resume_refuses_a_different_configuration(tmp_path):
         _train(tmp_path, resume=True, seed=5)
     with pytest.raises(InputError, match="made with ema=0.0, now ema=0.9"):
         _train(tmp_path, resume=True, ema=0.9)
+    with pytest.raises(InputError, match="made with optimizer='adamw', now optimizer='sgd'"):
+        _train(tmp_path, resume=True, optimizer="sgd")
+
+
+def test_sgd_steps_with_momentum_and_its_checkpoint_carries_the_momentum(tmp_path):
+    with pytest.raises(TrainingInterrupted):
+        _train(tmp_path, patches=RandomPatches(interrupt_at=4), optimizer="sgd")
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    moments = saved["optimizer"]["state"].values()
+    assert moments and all("momentum_buffer" in m and "exp_avg" not in m for m in moments)
+    assert saved["optimizer"]["param_groups"][0]["nesterov"]
 
 
 def test_with_ema_the_run_returns_a_moving_average_of_the_weights_and_measures_it():
@@ -208,7 +220,7 @@ def test_nan_loss_stops_with_advice(tmp_path):
 
 @pytest.mark.parametrize("field,value", [("steps", 0), ("batch_size", 1), ("lr", -1.0), ("temperature", 0.0),
                                          ("mix", "blend"), ("teacher_signal", "logits"), ("ema", 1.0),
-                                         ("ema", -0.1)])
+                                         ("ema", -0.1), ("optimizer", "adam")])
 def test_a_bad_setting_is_refused_when_the_config_is_made_naming_the_field(field, value):
     from compress1img import ConfigError, InputError
 

@@ -24,7 +24,7 @@ from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, Cal
     FreezeBnOpt, HardestOfOpt, IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt,
     KeepFloatOpt, LatencyBatchesOpt, LatencyThreadsOpt, LrOpt, LrScalingOpt, MatchOpt, MeanOpt, MethodOpt, ModeOpt,
     ModelArg, NoHealOpt, OneImageOpt,
-    NprocOpt, OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt,
+    NprocOpt, OptimizerOpt, OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt,
     RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build, batch_sizes,
     flag, latency_config, load, packaged_recipes, read_lines, recipe_values, show_config)
 from ..models.user import parse_args
@@ -77,7 +77,9 @@ def distill(
     batch_size: BatchOpt = DistillConfig.batch_size,
     lr: LrOpt = DistillConfig.lr,
     lr_scaling: LrScalingOpt = DistillConfig.lr_scaling,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = DistillConfig.weight_decay,
+    optimizer: OptimizerOpt = DistillConfig.optimizer,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay (decoupled with adamw).")] \
+    = DistillConfig.weight_decay,
     warmup: Annotated[float, typer.Option("--warmup", help="Fraction of the steps for linear learning-rate warm-up.")]
     = DistillConfig.warmup,
     temperature: TempOpt = DistillConfig.temperature,
@@ -176,6 +178,7 @@ def prune(
     batch_size: BatchOpt = DistillConfig.batch_size,
     lr: LrOpt = DistillConfig.lr,
     lr_scaling: LrScalingOpt = DistillConfig.lr_scaling,
+    optimizer: OptimizerOpt = DistillConfig.optimizer,
     temperature: TempOpt = DistillConfig.temperature,
     seed: SeedOpt = RunConfig.seed,
     freeze_bn_stats: FreezeBnOpt = False,

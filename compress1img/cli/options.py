@@ -153,7 +153,12 @@ StepsOpt = Annotated[int, typer.Option("--steps", help="Training steps (the heal
 BatchOpt = Annotated[int, typer.Option(
     "--batch-size", help="Patches per step and per process (teacher and student see the same): N processes "
                          "(--nproc N or torchrun) train on N x this many per step, each on its own patches.")]
-LrOpt = Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate (cosine schedule after warm-up).")]
+LrOpt = Annotated[float, typer.Option("--lr", help="Peak learning rate (cosine schedule after warm-up); SGD "
+                                                  "(--optimizer sgd, where offered) wants a far larger one than "
+                                                  "AdamW.")]
+OptimizerOpt = Annotated[str, typer.Option(
+    "--optimizer", help="adamw (the paper's) or sgd (Nesterov momentum 0.9: steps in proportion to each gradient); "
+                        "give sgd its own --lr. Measured: docs/benchmarks.md, \"Healing held nearer the teacher\".")]
 TempOpt = Annotated[float, typer.Option("--temperature", help="Softmax temperature T of the KL loss (paper: 8).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for patches, augmentation and initialisation.")]
 EvalDataOpt = Annotated[Optional[Path], typer.Option(
