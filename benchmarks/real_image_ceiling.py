@@ -740,7 +740,7 @@ def main() -> None:
     parser.add_argument("--compare", nargs="+", metavar="A B",
                         help="compare two earlier runs by name; more pairs (A2 B2 ...: other seeds) are also tested "
                              "together")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # NAME=VALUE settings may follow --steps and the rest
     if args.against_teacher and not args.compare:
         parser.error("--against-teacher goes with --compare")
     if args.compare:

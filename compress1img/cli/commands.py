@@ -23,8 +23,8 @@ from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, Cal
     ChannelsOpt, CheckpointEveryOpt, CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EmaOpt, EvalDataOpt, EvalEveryOpt,
     FreezeBnOpt, HardestOfOpt, IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt,
     KeepFloatOpt, LatencyBatchesOpt, LatencyThreadsOpt, LrOpt, LrScalingOpt, MatchOpt, MeanOpt, MethodOpt, ModeOpt,
-    ModelArg, NoHealOpt, OneImageOpt,
-    NprocOpt, OptimizerOpt, OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt,
+    ModelArg, NoHealOpt, OneImageOpt, NprocOpt, OptimizerOpt,
+    OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt,
     RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build, batch_sizes,
     flag, latency_config, load, packaged_recipes, read_lines, recipe_values, show_config)
 from ..models.user import parse_args
@@ -78,7 +78,7 @@ def distill(
     lr: LrOpt = DistillConfig.lr,
     lr_scaling: LrScalingOpt = DistillConfig.lr_scaling,
     optimizer: OptimizerOpt = DistillConfig.optimizer,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay (decoupled with adamw).")] \
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay (decoupled with adamw).")]
     = DistillConfig.weight_decay,
     warmup: Annotated[float, typer.Option("--warmup", help="Fraction of the steps for linear learning-rate warm-up.")]
     = DistillConfig.warmup,
