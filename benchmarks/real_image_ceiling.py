@@ -347,7 +347,7 @@ class DropPath(TrainingHook):
 
         def drop(block, probability):
             def hook(module, inputs, output):
-                if not block.training or probability == 0:
+                if not block.training:
                     return output
                 keep = (torch.rand(len(output), generator=self.generator) >= probability).to(output)
                 return output * (keep / (1 - probability)).view(-1, 1, 1, 1)
