@@ -1,4 +1,5 @@
-"""Int8 quantization that ONNX Runtime runs fast: uint8 activations, int8 per-channel weights (U8S8).
+"""Int8 quantization that ONNX Runtime runs fast: uint8 activations, int8 per-channel weights (U8S8) that use
+7 bits, so that the model computes the same logits on every x86 CPU (WEIGHT_BITS says why).
 
 Two methods end in the same kind of graph, QuantizeLinear/DequantizeLinear (QDQ) pairs
 around every conv, add, linear, pool and sigmoid gate, which ONNX Runtime fuses into
@@ -44,6 +45,11 @@ logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 # Quantization-aware training starts from a trained model: few, small steps (lr 1e-4 made the loss rise).
 QAT_STEPS = 500
 QAT_LR = 1e-5
+# Weights use 7 of their 8 bits (-63..63) unless told otherwise: x86 CPUs without VNNI (AVX2, and AVX-512
+# before Cascade Lake) add uint8 x int8 products in pairs into a saturating int16, which 255 x 127 x 2
+# overflows, so a model with full-range weights computes other logits there than where it was checked
+# (docs/benchmarks.md, "Int8 on CPUs without VNNI"). ONNX Runtime's name for the remedy is `reduce_range`.
+WEIGHT_BITS = 7
 # How PTQ sets the activation ranges from the calibration patches: ONNX Runtime's CalibrationMethod names.
 CALIBRATIONS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
@@ -94,6 +100,11 @@ def _check_keep_float(config) -> None:
 
 QuantizeConfig = QATConfig | PTQConfig
 METHODS = {config.method: config for config in (QATConfig, PTQConfig)}
+
+
+def check_weight_bits(bits) -> None:
+    if bits not in (7, 8):
+        raise ValueError(f"weight_bits must be 7 or 8 (got {bits!r})")
 
 
 def kept_float(module: nn.Module, keep_float: Sequence[str]) -> list[str]:
@@ -152,9 +163,11 @@ def capture(module: nn.Module, input_size: Sequence[int]) -> GraphModule:
     return program.module()
 
 
-def prepare_qat(module: nn.Module, input_size: Sequence[int], keep_float: Sequence[str] = ()) -> GraphModule:
+def prepare_qat(module: nn.Module, input_size: Sequence[int], keep_float: Sequence[str] = (), *,
+                weight_bits: int = WEIGHT_BITS) -> GraphModule:
     """A copy of `module` with fake quantization where ONNX Runtime will run int8; train it, then `convert`.
-    The modules named in `keep_float` (full names, see `kept_float`) and all they contain stay float.
+    The modules named in `keep_float` (full names, see `kept_float`) and all they contain stay float;
+    `weight_bits` is 7 (right on every x86 CPU) or 8 (only where VNNI or ARM runs the model: U8S8Quantizer).
 
     Batch-norm statistics stay frozen (the graph stays in eval mode even under
     `.train()`): re-estimating them on patches of one image instead of the training
@@ -169,7 +182,7 @@ def prepare_qat(module: nn.Module, input_size: Sequence[int], keep_float: Sequen
 
     graph = capture(module, input_size)
     try:
-        prepared = prepare_qat_pt2e(graph, U8S8Quantizer(keep_float))
+        prepared = prepare_qat_pt2e(graph, U8S8Quantizer(keep_float, weight_bits))
     except Exception as e:
         raise QuantizationError(f"torchao could not insert fake quantization: {first_line(e, with_type=True)}; "
                                 f"use --method ptq") from None
@@ -288,14 +301,16 @@ def spatial_means_as_pools(onnx_bytes: bytes) -> bytes:
 
 
 def ptq_onnx_bytes(float_onnx: bytes, calibration: torch.Tensor, *, keep_float: Sequence[str] = (),
-                   method: str = "minmax") -> bytes:
-    """ONNX Runtime static quantization (QDQ, U8S8, per-channel) of a float ONNX model.
+                   method: str = "minmax", weight_bits: int = WEIGHT_BITS) -> bytes:
+    """ONNX Runtime static quantization (QDQ, U8S8, per-channel, 7-bit weights) of a float ONNX model.
 
     `calibration` holds normalised inputs; activation ranges follow from them by `method` (CALIBRATIONS:
     their min/max, a percentile of their histogram, or the range that loses least entropy). Spatial
     means are rewritten as global pools first (`spatial_means_as_pools`) so that they stay int8 too.
     `keep_float` names nodes to leave in float (ONNX Runtime's `nodes_to_exclude`; `onnx_nodes_of`).
+    `weight_bits` 7 is ONNX Runtime's `reduce_range`, as in `prepare_qat`; 8 is its own default.
     """
+    check_weight_bits(weight_bits)
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -319,6 +334,7 @@ def ptq_onnx_bytes(float_onnx: bytes, calibration: torch.Tensor, *, keep_float: 
             quant_pre_process(str(source), str(prepared))
             quantize_static(str(prepared), str(output), Reader(input_name), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            reduce_range=weight_bits == 7,
                             calibrate_method=getattr(CalibrationMethod, CALIBRATIONS[method]),
                             nodes_to_exclude=list(keep_float))
         except Exception as e:

@@ -26,6 +26,8 @@ from torchao.quantization.pt2e import (FusedMovingAvgObsFakeQuantize,  # noqa: E
 from torchao.quantization.pt2e.quantizer import (QuantizationAnnotation, QuantizationSpec,  # noqa: E402
                                                  Quantizer, SharedQuantizationSpec)
 
+from .quantization import WEIGHT_BITS, check_weight_bits  # noqa: E402
+
 aten = torch.ops.aten
 # One spec object each: PT2E shares an observer between a producer's output and a
 # consumer's input only when their specs compare equal.
@@ -33,10 +35,18 @@ ACTIVATION = QuantizationSpec(
     dtype=torch.uint8, quant_min=0, quant_max=255, qscheme=torch.per_tensor_affine, is_dynamic=False,
     observer_or_fake_quant_ctr=FusedMovingAvgObsFakeQuantize.with_args(
         observer=MovingAverageMinMaxObserver, eps=2**-12))
-WEIGHT = QuantizationSpec(
-    dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric, ch_axis=0,
-    is_dynamic=False, observer_or_fake_quant_ctr=FusedMovingAvgObsFakeQuantize.with_args(
-        observer=MovingAveragePerChannelMinMaxObserver, eps=2**-12))
+
+
+def weight_spec(bits: int = WEIGHT_BITS) -> QuantizationSpec:
+    """Symmetric per-channel int8 weights over -(2^(bits-1) - 1)..2^(bits-1) - 1; `bits` is 7 or 8."""
+    check_weight_bits(bits)
+    largest = 2 ** (bits - 1) - 1
+    return QuantizationSpec(
+        dtype=torch.int8, quant_min=-largest, quant_max=largest, qscheme=torch.per_channel_symmetric, ch_axis=0,
+        is_dynamic=False, observer_or_fake_quant_ctr=FusedMovingAvgObsFakeQuantize.with_args(
+            observer=MovingAveragePerChannelMinMaxObserver, eps=2**-12))
+
+
 WEIGHTED = {aten.conv2d.default, aten.linear.default}
 NORMS = {aten.batch_norm.default}
 RELUS = {aten.relu.default, aten.relu_.default}
@@ -86,12 +96,14 @@ class U8S8Quantizer(Quantizer):
     (QLinearSigmoid, QLinearMul) instead of a float island between two convs.
 
     Nodes that run inside the modules named in `keep_float` (full names, as `named_modules` gives
-    them) are left alone, so they stay float.
+    them) are left alone, so they stay float. `weight_bits` is 7 (WEIGHT_BITS, right on every x86 CPU) or 8
+    (for CPUs with VNNI and ARM only).
     """
 
-    def __init__(self, keep_float=()):
+    def __init__(self, keep_float=(), weight_bits: int = WEIGHT_BITS):
         super().__init__()
         self.keep_float = tuple(keep_float)
+        self.weight = weight_spec(weight_bits)
 
     def is_kept_float(self, node: Node) -> bool:
         scopes = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
@@ -129,7 +141,7 @@ class U8S8Quantizer(Quantizer):
                     output_qspec=SharedQuantizationSpec((node.args[0], node)), _annotated=True)
                 continue
             if node.target in WEIGHTED and len(node.args) >= 2:
-                inputs = {node.args[0]: ACTIVATION, node.args[1]: WEIGHT}
+                inputs = {node.args[0]: ACTIVATION, node.args[1]: self.weight}
                 chain = [node]
                 if node.target is aten.conv2d.default and (bn := sole_user_in(node, NORMS)) is not None:
                     chain.append(bn)

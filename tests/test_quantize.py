@@ -30,6 +30,14 @@ def op_types(path: Path) -> set[str]:
     return {node.op_type for node in onnx.load(str(path)).graph.node}
 
 
+def largest_int8_weight(onnx_bytes: bytes) -> int:
+    """The largest |value| among the graph's int8 constants (the weights its DequantizeLinear nodes read)."""
+    weights = [onnx.numpy_helper.to_array(t) for t in onnx.load_from_string(onnx_bytes).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8]
+    assert weights
+    return max(int(abs(w.astype(int)).max()) for w in weights)
+
+
 @pytest.fixture(scope="module")
 def qat_run(tmp_path_factory, test_slice):
     out = tmp_path_factory.mktemp("qat") / "run"
@@ -44,6 +52,12 @@ def test_qat_graph_runs_every_conv_and_add_in_int8(qat_run):
     assert coverage["int8_adds"] == 9 and coverage["float_adds"] == 0
     assert {"QuantizeLinear", "DequantizeLinear"} <= op_types(out / "model.onnx")
     assert runtime_ops((out / "model.onnx").read_bytes()).get("QLinearConv") == 19
+
+
+def test_int8_weights_use_seven_bits_so_that_cpus_without_vnni_compute_the_same_logits(qat_run):
+    out, report = qat_run
+    # AVX2's uint8 x int8 multiply-add saturates at 32767: 255 x 63 x 2 fits, 255 x 127 x 2 does not.
+    assert 32 < largest_int8_weight((out / "model.onnx").read_bytes()) <= 63
 
 
 def test_qat_int8_file_is_about_four_times_smaller(qat_run):
@@ -77,6 +91,7 @@ def test_ptq_quantizes_a_tiny_model_end_to_end(tmp_path, test_slice):
                       eval_data=test_slice, measure_latency=False)
     report = result.report
     assert runtime_ops(result.int8_onnx).get("QLinearConv") == 19  # the int8 graph comes back too
+    assert largest_int8_weight(result.int8_onnx) <= 64  # ONNX Runtime's reduce_range, as QAT's 7 bits
     assert report["quantization"]["float_convs"] == 0 and report["quantization"]["int8_convs"] == 19
     assert report["test_agreement"] >= 90 and report["onnx_top1_agreement_vs_pytorch"] >= 80
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "patches.png", "report.json", "report.md"]

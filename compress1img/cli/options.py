@@ -275,8 +275,9 @@ EmaOpt = Annotated[float, typer.Option(
 EvalEveryOpt = Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement every N training "
                                                                 "steps.")]
 Int8Opt = Annotated[bool, typer.Option(
-    "--int8/--no-int8", help="Quantize to int8: int8 per-channel weights, uint8 per-tensor activations, the "
-                             "layout ONNX Runtime runs fastest on CPU (the only precision offered).")]
+    "--int8/--no-int8", help="Quantize to int8: int8 per-channel weights (7 of the 8 bits used, so that CPUs "
+                             "without VNNI compute the same answers), uint8 per-tensor activations, the layout ONNX "
+                             "Runtime runs fastest on CPU (the only precision offered).")]
 MethodOpt = Annotated[str, typer.Option(
     "--method", help="qat: quantization-aware training, the fake-quantized copy is distilled from the original on "
                      "patches; ptq: ONNX Runtime static quantization calibrated on patches, no training (faster, "
