@@ -103,11 +103,6 @@ QuantizeConfig = QATConfig | PTQConfig
 METHODS = {config.method: config for config in (QATConfig, PTQConfig)}
 
 
-def check_weight_bits(bits) -> None:
-    if bits not in (7, 8):
-        raise ValueError(f"weight_bits must be 7 or 8 (got {bits!r})")
-
-
 def kept_float(module: nn.Module, keep_float: Sequence[str]) -> list[str]:
     """The names of the modules that `keep_float` keeps in float: an entry is a module name (`layer1.0.conv1`;
     the module and all it contains) or a class name (`Linear`: every module of that class)."""
@@ -182,10 +177,11 @@ def prepare_qat(module: nn.Module, input_size: Sequence[int], keep_float: Sequen
 
     from .u8s8_quantizer import U8S8Quantizer
 
+    quantizer = U8S8Quantizer(keep_float, weight_bits=weight_bits)  # first: a bad weight_bits fails at once
     graph = capture(module, input_size)
     fold_batch_norms(graph)
     try:
-        prepared = prepare_qat_pt2e(graph, U8S8Quantizer(keep_float, weight_bits))
+        prepared = prepare_qat_pt2e(graph, quantizer)
     except Exception as e:
         raise QuantizationError(f"torchao could not insert fake quantization: {first_line(e, with_type=True)}; "
                                 f"use --method ptq") from None
@@ -368,7 +364,8 @@ def ptq_onnx_bytes(float_onnx: bytes, calibration: torch.Tensor, *, keep_float: 
     `keep_float` names nodes to leave in float (ONNX Runtime's `nodes_to_exclude`; `onnx_nodes_of`).
     `weight_bits` 7 is ONNX Runtime's `reduce_range`, as in `prepare_qat`; 8 is its own default.
     """
-    check_weight_bits(weight_bits)
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight_bits must be 7 or 8 (got {weight_bits!r})")
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process

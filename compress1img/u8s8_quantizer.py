@@ -26,8 +26,6 @@ from torchao.quantization.pt2e import (FusedMovingAvgObsFakeQuantize,  # noqa: E
 from torchao.quantization.pt2e.quantizer import (QuantizationAnnotation, QuantizationSpec,  # noqa: E402
                                                  Quantizer, SharedQuantizationSpec)
 
-from .quantization import WEIGHT_BITS, check_weight_bits  # noqa: E402
-
 aten = torch.ops.aten
 # One spec object each: PT2E shares an observer between a producer's output and a
 # consumer's input only when their specs compare equal.
@@ -37,9 +35,11 @@ ACTIVATION = QuantizationSpec(
         observer=MovingAverageMinMaxObserver, eps=2**-12))
 
 
-def weight_spec(bits: int = WEIGHT_BITS) -> QuantizationSpec:
-    """Symmetric per-channel int8 weights over -(2^(bits-1) - 1)..2^(bits-1) - 1; `bits` is 7 or 8."""
-    check_weight_bits(bits)
+def weight_spec(bits: int) -> QuantizationSpec:
+    """Symmetric per-channel int8 weights over -(2^(bits-1) - 1)..2^(bits-1) - 1: 7 or 8 bits (quantization.WEIGHT_BITS
+    says why 7 is the default)."""
+    if bits not in (7, 8):
+        raise ValueError(f"weight_bits must be 7 or 8 (got {bits!r})")
     largest = 2 ** (bits - 1) - 1
     return QuantizationSpec(
         dtype=torch.int8, quant_min=-largest, quant_max=largest, qscheme=torch.per_channel_symmetric, ch_axis=0,
@@ -96,11 +96,11 @@ class U8S8Quantizer(Quantizer):
     (QLinearSigmoid, QLinearMul) instead of a float island between two convs.
 
     Nodes that run inside the modules named in `keep_float` (full names, as `named_modules` gives
-    them) are left alone, so they stay float. `weight_bits` is 7 (WEIGHT_BITS, right on every x86 CPU) or 8
-    (for CPUs with VNNI and ARM only).
+    them) are left alone, so they stay float. `weight_bits` is 7 (right on every x86 CPU) or 8 (for CPUs with
+    VNNI and ARM only): `prepare_qat` passes it.
     """
 
-    def __init__(self, keep_float=(), weight_bits: int = WEIGHT_BITS):
+    def __init__(self, keep_float=(), *, weight_bits: int):
         super().__init__()
         self.keep_float = tuple(keep_float)
         self.weight = weight_spec(weight_bits)

@@ -60,6 +60,37 @@ def test_int8_weights_use_seven_bits_so_that_cpus_without_vnni_compute_the_same_
     assert 32 < largest_int8_weight((out / "model.onnx").read_bytes()) <= 63
 
 
+def test_qat_folds_a_conv_s_batchnorm_into_it_and_leaves_the_others_computing_the_same():
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
+    from compress1img.quantization import capture, fold_batch_norms
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+            self.biased = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+            self.after_add = nn.BatchNorm2d(8)  # reads a sum, not a conv: stays a BatchNorm
+
+        def forward(self, x):
+            y = self.plain(x)
+            return self.after_add(self.biased(y) + y).mean((2, 3))
+
+    torch.manual_seed(0)
+    net = Net()
+    for bn in (net.plain[1], net.biased[1], net.after_add):  # statistics of a trained model, not 0 and 1
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+    net.eval()
+    graph = move_exported_model_to_eval(capture(net, (3, 8, 8)))  # as prepare_qat runs it: statistics frozen
+    assert fold_batch_norms(graph) == 2
+    norms = [n for n in graph.graph.nodes if n.target is torch.ops.aten.batch_norm.default]
+    assert len(norms) == 1
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.allclose(graph(x), net(x), atol=1e-5)
+    assert all(p.requires_grad for p in graph.parameters())  # the folded weights and biases train
+    assert net.plain[0].bias is None  # the model given is untouched
+
+
 def test_qat_int8_file_is_about_four_times_smaller(qat_run):
     out, report = qat_run
     # int8 weights; the float biases, scales and graph are the rest (a bigger share in a small model).
