@@ -40,8 +40,9 @@ def two_ranks(tmp_path_factory) -> Path:
 
 def test_two_processes_exit_cleanly_run_after_run(tmp_path):
     # gloo used to abort a rank at exit, after all the work, in about one run in four ("terminate called without
-    # an active exception") while the DistributedDataParallel wrapper was still in memory.
-    for attempt in range(8):
+    # an active exception") while the DistributedDataParallel wrapper was still in memory. Four runs here and
+    # the module's two other two-rank runs: six exits, which such an abort fails 82% of the time (1 - 0.75^6).
+    for attempt in range(4):
         root = tmp_path / str(attempt)
         (root / "out").mkdir(parents=True)
         result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",

@@ -68,7 +68,7 @@ def test_bench_refuses_batches_a_file_cannot_take_and_bad_options_in_one_line(cl
 
 def test_a_run_times_its_models_at_the_threads_and_batches_given():
     timing = LatencyConfig(threads=1, batches=(2, 8), rounds=1)
-    report = prune(bundled_teacher(), "coffee", PruneConfig(sparsity=0.3), heal=None,
+    report = prune(bundled_teacher(), "coffee", PruneConfig(sparsity=0.3, reconstruct_patches=0), heal=None,
                    run=RunConfig(progress=False, holdout_size=64), timing=timing).report
     assert report["latency_threads"] == 1
     assert set(report["latency_ms"]) == {"dense", "pruned"}
