@@ -73,7 +73,8 @@ def main() -> None:
             "ptq_onnxruntime_top1": top1(ptq)}
     rows["seconds"] = round(time.perf_counter() - started, 1)
     print(f"CPU flags: {' '.join(rows['cpu_flags']) or 'none of avx2/vnni/amx'}; fp32 top-1 {rows['fp32_top1']}%")
-    print("| weights | QAT graph, exact (PyTorch) | QAT graph, ONNX Runtime | agreement ORT vs exact | PTQ, ONNX Runtime |")
+    print("| weights | QAT graph, exact (PyTorch) | QAT graph, ONNX Runtime | agreement ORT vs exact "
+          "| PTQ, ONNX Runtime |")
     print("|---|---|---|---|---|")
     for bits in (8, 7):
         r = rows[f"{bits}-bit"]

@@ -2,6 +2,9 @@
 out-of-memory advice and the ONNX parity check. docs/reliability.md tabulates what each case shows."""
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import re
 import signal
@@ -32,6 +35,28 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def run(*args, cwd: Path | None = None, timeout: float = 300):
     """`compress1img ARGS` as a user runs it, one thread, with its peak memory."""
     return run_cli(*args, cwd=cwd, timeout=timeout, env=ENV)
+
+
+def run_here(*args, cwd: Path) -> Result:
+    """`compress1img ARGS` in this process, in `cwd`, one thread: what `run` gives but the peak memory, without
+    a new interpreter's start-up (most of a refused run's seconds)."""
+    from compress1img.cli import main
+
+    logger = logging.getLogger("compress1img")
+    saved = logger.handlers[:], logger.propagate, logger.level, torch.get_num_threads()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            torch.set_num_threads(1)
+            try:
+                main([str(a) for a in args])
+                code = 0  # a command that succeeds returns
+            except SystemExit as e:
+                code = e.code or 0
+    finally:
+        logger.handlers[:], logger.propagate, logger.level = saved[:3]
+        torch.set_num_threads(saved[3])
+    return Result(code, out.getvalue(), err.getvalue(), peak_mb=float("nan"))
 
 
 # --- the corpus --------------------------------------------------------------------------------------------------
@@ -261,20 +286,28 @@ def resolve(case: Case, text: str) -> str:
 
 @pytest.fixture(scope="module")
 def corpus_results(request, corpus) -> dict[str, tuple[Result, dict[str, bytes]]]:
-    """Run the selected cases two at a time (most of each run is Python and torch starting up);
-    returns each case's result with a snapshot of its `unchanged` path taken before it ran."""
+    """Run the selected cases, in this process one after the other, but those whose peak memory is measured,
+    which run as users run them, two at a time; returns each case's result with a snapshot of its
+    `unchanged` path taken before it ran. (Each case in its own process took three times as long, most of it
+    Python and torch starting up: the command-line tests elsewhere start the real process.)"""
     wanted = {item.callspec.params["case"].id for item in request.session.items
               if getattr(item, "originalname", None) == "test_corpus_case" and hasattr(item, "callspec")}
     if "huge_image_20000x20000" in wanted:
         wanted.add("missing_image")  # its peak memory is the baseline of the huge image's
     cases = [c for c in CASES if c.id in wanted and not (c.needs_no_gpu and torch.cuda.is_available())]
 
-    def one(case: Case) -> tuple[Result, dict[str, bytes]]:
+    def one(case: Case, runner=run) -> tuple[Result, dict[str, bytes]]:
         before = snapshot(corpus / resolve(case, case.unchanged)) if case.unchanged else {}
-        return run(*(resolve(case, a) for a in case.args), cwd=corpus), before
+        return runner(*(resolve(case, a) for a in case.args), cwd=corpus), before
 
+    in_processes = [c for c in cases if c.id in MEMORY_CASES]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip([c.id for c in cases], pool.map(one, cases)))
+        results = dict(zip([c.id for c in in_processes], pool.map(one, in_processes)))
+    return results | {c.id: one(c, run_here) for c in cases if c.id not in MEMORY_CASES}
+
+
+# Cases whose peak memory a test compares: they run in processes of their own.
+MEMORY_CASES = {"huge_image_20000x20000", "missing_image"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
