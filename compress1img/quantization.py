@@ -195,8 +195,9 @@ def fold_batch_norms(graph: GraphModule) -> int:
     (its eval-mode function, the one QAT keeps); returns how many were folded. Others stay as they are.
 
     Why before `prepare_qat_pt2e` rather than leaving it to torchao: its conv-BN passes match each fold
-    against patterns it traces anew on every call, and took 60 of a tiny model's 105 seconds of QAT (the
-    ResNet-56: 43 s to convert); with no BatchNorm left both passes are skipped, and the graph computes the same.
+    against patterns it traces anew on every call, most of a short QAT run's time (docs/benchmarks.md,
+    "BatchNorm folded before quantization-aware training"); with no BatchNorm left both passes are skipped,
+    and the graph computes the same.
     """
     aten = torch.ops.aten
 
