@@ -48,7 +48,7 @@ OPTIMIZERS = ("adamw", "sgd")
 CHECKPOINT_NAME = "checkpoint.pt"
 # A checkpoint made with other values of these would not continue the same run.
 RESUME_MUST_MATCH = ("steps", "batch_size", "seed", "lr", "lr_scaling", "mix", "teacher_signal", "temperature",
-                     "hardest_of", "match", "ema", "optimizer")
+                     "hardest_of", "match", "ema", "optimizer", "sharpness_radius")
 # What the student learns to reproduce: the teacher's softened outputs (the paper's KL), or its last feature map
 # with the classifier frozen as the teacher's (mimicry.py); "auto" is features when healing a pruned copy (prune,
 # compress) and for a new student whose last feature map and classifier have the teacher's shapes (distill, which
@@ -94,6 +94,11 @@ class DistillConfig:
     # Return a moving average of the weights (averaging.py) instead of the last ones: its decay, or 0 for the
     # last weights. Measured: docs/benchmarks.md, "A moving average of the weights".
     ema: float = 0.0
+    # Sharpness-aware steps (SAM, Foret et al. 2021): each gradient is taken again at the weights this far uphill
+    # (an L2 distance over all trainable weights), so that healing seeks weights whose whole neighbourhood fits
+    # the teacher; a second forward and backward pass of the student per step. 0 for plain steps. Measured:
+    # docs/benchmarks.md, "Sharpness-aware steps".
+    sharpness_radius: float = 0.0
 
     def __post_init__(self):
         require_int(self, "steps", 1)
@@ -112,6 +117,9 @@ class DistillConfig:
         require_choice(self, "match", MATCHES)
         require(self, "ema", isinstance(self.ema, (int, float)) and 0 <= self.ema < 1,
                 f"is a decay in [0, 1), 0 for no averaging (got {self.ema})")
+        require(self, "sharpness_radius", isinstance(self.sharpness_radius, (int, float))
+                and 0 <= self.sharpness_radius < math.inf,
+                f"is a distance in weight space, 0 for plain steps (got {self.sharpness_radius})")
 
 
 @dataclass
@@ -187,12 +195,42 @@ class _Optimization:
             optimizer, lambda s: cosine_with_warmup(s, config.steps, warmup_steps))
         return cls(optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=fp16), lr)
 
-    def step(self, loss: torch.Tensor) -> None:
+    def step(self, loss: torch.Tensor, sharpness_radius: float = 0.0,
+             loss_again: Callable[[], torch.Tensor] | None = None, model: nn.Module | None = None) -> None:
+        """One optimizer step on `loss`'s gradient; with `sharpness_radius`, on the gradient of `loss_again()`
+        (the same batch's loss recomputed) at the weights that far along the first gradient (SAM)."""
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if sharpness_radius:
+            self._gradient_uphill(sharpness_radius, loss_again, model)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+
+    def _gradient_uphill(self, radius: float, loss_again: Callable[[], torch.Tensor], model: nn.Module) -> None:
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        # fp16's loss scale multiplies every gradient alike: the direction, all that is used here, is the same.
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in params]))
+        if not torch.isfinite(norm) or norm == 0:
+            return  # an overflow (the scaler then skips the step) or nothing to climb
+        with torch.no_grad():
+            climbs = [p.grad * (radius / norm) for p in params]
+            for p, climb in zip(params, climbs):
+                p.add_(climb)
+        self.optimizer.zero_grad(set_to_none=True)
+        # The second pass sees the same batch at other weights: BatchNorm's running statistics take the first only.
+        norms = [m for m in model.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        try:
+            for m in norms:
+                m.track_running_stats = False  # in training mode: batch statistics, buffers left alone
+            self.scaler.scale(loss_again()).backward()
+        finally:
+            for m in norms:
+                m.track_running_stats = True
+            with torch.no_grad():
+                for p, climb in zip(params, climbs):
+                    p.sub_(climb)
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -343,7 +381,12 @@ def train_step(model: nn.Module, teacher: nn.Module, x: torch.Tensor, loss_fn: L
     if not torch.isfinite(loss):
         raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; "
                             f"{_kept(checkpoint_path)}try a lower --lr (now {config.lr:g})")
-    optimization.step(loss)
+
+    def loss_again() -> torch.Tensor:
+        with placement.autocast():
+            return loss_fn(model(x), teacher_logits)
+
+    optimization.step(loss, config.sharpness_radius, loss_again, model)
     return loss, teacher_logits, student_logits
 
 

@@ -47,7 +47,7 @@ MYNET = textwrap.dedent('''
         def forward(self, x):
             return self.fc(torch.flatten(self.pool(self.layer1(self.stem(x))), 1))
 ''')
-TINY = ["--steps", "2", "--batch-size", "4", "--image", "coffee", "--device", "cpu"]
+TINY = ["--steps", "2", "--batch-size", "4", "--holdout-size", "64", "--image", "coffee", "--device", "cpu"]
 PTQ_TINY = ["--image", "coffee", "--device", "cpu"]  # post-training quantization takes no training options
 
 

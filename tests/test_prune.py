@@ -162,7 +162,7 @@ def test_prune_cli_writes_a_smaller_model_that_reloads_and_exports(tmp_path, tes
     out = tmp_path / "run"
     result = run_cli("prune", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--sparsity", "0.5", "--iterations", "2",
                      "--steps", "4", "--batch-size", "16", "--optimizer", "sgd", "--lr", "0.05",
-                     "--image", "coffee", "--eval-data", test_slice, "--out", out)
+                     "--holdout-size", "64", "--image", "coffee", "--eval-data", test_slice, "--out", out)
     assert result.returncode == 0, result.stderr
     assert "speed-up" in result.stdout and "50" in result.stdout
     report = json.loads((out / "report.json").read_text())
@@ -213,7 +213,8 @@ def test_prune_cli_refuses_impossible_sparsity_without_writing(tmp_path):
 def test_unstructured_cli_reports_zeroed_weights_and_no_speed_up(tmp_path):
     out = tmp_path / "u"
     result = run_cli("prune", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--mode", "unstructured", "--sparsity",
-                     "0.5", "--steps", "2", "--batch-size", "8", "--image", "coffee", "--out", out)
+                     "0.5", "--steps", "2", "--batch-size", "8", "--holdout-size", "64", "--image", "coffee",
+                     "--out", out)
     assert result.returncode == 0, result.stderr
     assert "weights zeroed" in result.stdout and "no faster" in result.stdout
     report = json.loads((out / "report.json").read_text())

@@ -176,6 +176,8 @@ CASES = [
                 needles=("--reconstruct-patches must be a number of patches, 0 (no repair) or more (got -1)",)),
     option_case("lr_scaling_unknown", "--lr-scaling", "cube",
                 needles=("--lr-scaling must be one of none, sqrt, linear (got 'cube')",)),
+    option_case("sharpness_radius_negative", "--sharpness-radius", "-0.5",
+                needles=("--sharpness-radius is a distance in weight space, 0 for plain steps (got -0.5)",)),
     # several processes
     Case("nproc_0", ("--nproc", "0", "patches", "coffee", "--count", "2", "--out", "{out}/p.npy"),
          ("--nproc must be at least 1 (got 0)",)),
@@ -353,7 +355,8 @@ STEPS = 100
 
 def prune_args(teacher: Path, out: Path, *extra: str) -> list[str]:
     return ["prune", teacher, "--image", "coffee", "--steps", str(STEPS), "--batch-size", "8", "--checkpoint-every",
-            "10", "--eval-every", "1000", "--seed", "3", "--device", "cpu", "--out", out, *extra]
+            "10", "--eval-every", "1000", "--holdout-size", "64", "--seed", "3", "--device", "cpu", "--out", out,
+            *extra]
 
 
 @pytest.fixture(scope="module")

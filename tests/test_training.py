@@ -206,6 +206,50 @@ def test_with_ema_the_run_returns_a_moving_average_of_the_weights_and_measures_i
                                                             predict(student, holdout, MEAN, STD)), rel=1e-4)
 
 
+def test_a_sharpness_aware_step_takes_the_gradient_uphill_and_batchnorm_statistics_from_the_first_pass():
+    import copy
+
+    from compress1img.evaluate import normalize
+
+    def squared_error(student_logits, teacher_logits):
+        return (student_logits - teacher_logits).pow(2).mean()
+
+    def step_once(radius):
+        teacher, student = tiny_cnn(0), tiny_cnn(1)
+        # SGD: AdamW would blow the conv bias's gradient up, which is rounding noise (BatchNorm follows the conv).
+        run_distillation(teacher, student, RandomPatches(), DistillConfig(steps=1, batch_size=8, lr=0.1,
+                                                                          optimizer="sgd", sharpness_radius=radius),
+                         RunConfig(device="cpu", progress=False, amp=False), mean=MEAN, std=STD,
+                         holdout=RandomPatches().batch(4, 10_000), loss_fn=squared_error, augment=lambda x, seed: x)
+        return student
+
+    # By hand (SAM, Foret et al. 2021): the gradient at the weights 0.5 along the first gradient, applied to the
+    # weights as they were; the running statistics are one update by the batch at those weights.
+    teacher, expected = tiny_cnn(0).eval(), tiny_cnn(1)
+    x = normalize(RandomPatches().batch(8, 0), MEAN, STD)  # the first step's batch
+    params = list(expected.parameters())
+    first = torch.autograd.grad(squared_error(expected(x), teacher(x)), params)
+    statistics = copy.deepcopy(dict(expected[1].named_buffers()))
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in first]))
+    with torch.no_grad():
+        for p, g in zip(params, first):
+            p.add_(g * 0.5 / norm)
+    uphill = torch.autograd.grad(squared_error(expected(x), teacher(x)), params)
+    with torch.no_grad():
+        for p, g, climbed in zip(params, first, uphill):
+            p.sub_(g * 0.5 / norm)
+            p.grad = climbed
+    torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True).step()
+    expected[1].load_state_dict(statistics, strict=False)
+
+    stepped = step_once(0.5)
+    for (name, value), want in zip(stepped.state_dict().items(), expected.state_dict().values()):
+        torch.testing.assert_close(value, want, msg=name)
+    plain = step_once(0.0)
+    assert not torch.allclose(plain[0].weight, stepped[0].weight)
+    torch.testing.assert_close(plain[1].running_mean, stepped[1].running_mean)
+
+
 class NanTeacher(nn.Module):
     def forward(self, x):
         return torch.full((len(x), 10), float("nan"))
@@ -220,7 +264,8 @@ def test_nan_loss_stops_with_advice(tmp_path):
 
 @pytest.mark.parametrize("field,value", [("steps", 0), ("batch_size", 1), ("lr", -1.0), ("temperature", 0.0),
                                          ("mix", "blend"), ("teacher_signal", "logits"), ("ema", 1.0),
-                                         ("ema", -0.1), ("optimizer", "adam")])
+                                         ("ema", -0.1), ("optimizer", "adam"), ("sharpness_radius", -0.1),
+                                         ("sharpness_radius", float("inf"))])
 def test_a_bad_setting_is_refused_when_the_config_is_made_naming_the_field(field, value):
     from compress1img import ConfigError, InputError
 

@@ -20,13 +20,13 @@ from ..quantization import METHODS, QAT_LR, QAT_STEPS, PTQConfig, QATConfig, Qua
 from ..scoring import PREDICTORS
 from ..training import DistillConfig
 from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, CalibrationMethodOpt, CalibrationOpt,
-    ChannelsOpt, CheckpointEveryOpt, CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EmaOpt, EvalDataOpt, EvalEveryOpt,
-    FreezeBnOpt, HardestOfOpt, IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt, InputSizeOpt, IterationsOpt,
-    KeepFloatOpt, LatencyBatchesOpt, LatencyThreadsOpt, LrOpt, LrScalingOpt, MatchOpt, MeanOpt, MethodOpt, ModeOpt,
-    ModelArg, NoHealOpt, OneImageOpt, NprocOpt, OptimizerOpt,
-    OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt,
-    RoundToOpt, SeedOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build, batch_sizes,
-    flag, latency_config, load, packaged_recipes, read_lines, recipe_values, show_config)
+    ChannelsOpt, CheckpointEveryOpt, CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EmaOpt, EvalDataOpt,
+    EvalEveryOpt, FreezeBnOpt, HardestOfOpt, HoldoutOpt, IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt,
+    InputSizeOpt, IterationsOpt, KeepFloatOpt, LatencyBatchesOpt, LatencyThreadsOpt, LrOpt, LrScalingOpt, MatchOpt,
+    MeanOpt, MethodOpt, ModeOpt, ModelArg, NoHealOpt, OneImageOpt, NprocOpt, OptimizerOpt, OutOpt, OverwriteOpt,
+    PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt, RoundToOpt, SeedOpt, SharpnessOpt,
+    SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build, batch_sizes, flag,
+    latency_config, load, packaged_recipes, read_lines, recipe_values, show_config)
 from ..models.user import parse_args
 from .summaries import print_compress_summary, print_distill_summary
 
@@ -94,13 +94,13 @@ def distill(
     hardest_of: HardestOfOpt = DistillConfig.hardest_of,
     match: MatchOpt = DistillConfig.match,
     ema: EmaOpt = DistillConfig.ema,
+    sharpness_radius: SharpnessOpt = DistillConfig.sharpness_radius,
     seed: SeedOpt = RunConfig.seed,
     eval_data: EvalDataOpt = None,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement (and accuracy) every N "
                                                                  "steps.")] = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
-    holdout_size: Annotated[int, typer.Option("--holdout-size", help="Number of fixed held-out patches for "
-                                                                     "agreement/KL.")] = RunConfig.holdout_size,
+    holdout_size: HoldoutOpt = RunConfig.holdout_size,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = RunConfig.device,
@@ -185,9 +185,11 @@ def prune(
     hardest_of: HardestOfOpt = DistillConfig.hardest_of,
     match: MatchOpt = DistillConfig.match,
     ema: EmaOpt = DistillConfig.ema,
+    sharpness_radius: SharpnessOpt = DistillConfig.sharpness_radius,
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
+    holdout_size: HoldoutOpt = RunConfig.holdout_size,
     latency_threads: LatencyThreadsOpt = None,
     latency_batches: LatencyBatchesOpt = "1,32",
     resume: ResumeOpt = False,
@@ -236,10 +238,12 @@ def quantize(
     hardest_of: HardestOfOpt = DistillConfig.hardest_of,
     match: MatchOpt = DistillConfig.match,
     ema: EmaOpt = DistillConfig.ema,
+    sharpness_radius: SharpnessOpt = DistillConfig.sharpness_radius,
     seed: SeedOpt = RunConfig.seed,
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
+    holdout_size: HoldoutOpt = RunConfig.holdout_size,
     latency_threads: LatencyThreadsOpt = None,
     latency_batches: LatencyBatchesOpt = "1,32",
     resume: ResumeOpt = False,
@@ -301,9 +305,11 @@ def compress_(
     hardest_of: HardestOfOpt = DistillConfig.hardest_of,
     match: MatchOpt = DistillConfig.match,
     ema: EmaOpt = DistillConfig.ema,
+    sharpness_radius: SharpnessOpt = DistillConfig.sharpness_radius,
     eval_data: EvalDataOpt = None,
     eval_every: EvalEveryOpt = RunConfig.eval_every,
     checkpoint_every: CheckpointEveryOpt = RunConfig.checkpoint_every,
+    holdout_size: HoldoutOpt = RunConfig.holdout_size,
     latency_threads: LatencyThreadsOpt = None,
     latency_batches: LatencyBatchesOpt = "1,32",
     resume: ResumeOpt = False,

@@ -272,6 +272,14 @@ EmaOpt = Annotated[float, typer.Option(
     help="Keep a moving average of the weights while training and return it instead of the last weights: its "
          "decay d, in [0, 1), averages over about the last 1 / (1 - d) steps; 0 returns the last weights. Measured: "
          "docs/benchmarks.md, \"A moving average of the weights\".")]
+SharpnessOpt = Annotated[float, typer.Option(
+    "--sharpness-radius", metavar="RHO",
+    help="Sharpness-aware steps (SAM): take each step's gradient again at the weights RHO further along it (an L2 "
+         "distance over all trained weights), so that training seeks weights whose whole neighbourhood matches the "
+         "teacher; each step then runs the model being trained twice. 0: plain steps. Measured: "
+         "docs/benchmarks.md, \"Sharpness-aware steps\".")]
+HoldoutOpt = Annotated[int, typer.Option("--holdout-size", help="Number of fixed held-out patches on which "
+                                                                "agreement with the teacher and KL are measured.")]
 EvalEveryOpt = Annotated[int, typer.Option("--eval-every", help="Measure held-out agreement every N training "
                                                                 "steps.")]
 Int8Opt = Annotated[bool, typer.Option(
