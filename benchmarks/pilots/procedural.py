@@ -49,7 +49,7 @@ def dead_leaves(rng: np.random.Generator, side: int, shapes: int = 4000) -> Imag
         r = power_law_radius(rng, 3.0, side / 4)
         cx, cy = rng.uniform(-r, side + r, 2)
         colour = rng.integers(0, 256, 3).astype(np.float32)
-        # Each shape is drawn in its own box (2r + 1 pixels a side) and pasted there: whole-canvas masks per
+        # Each shape is drawn in its own box (about 2r pixels a side) and pasted there: whole-canvas masks per
         # shape took half a minute per picture.
         box = int(2 * r) + 2
         mask = Image.new("L", (box, box), 0)
