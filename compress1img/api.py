@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from .progress import stage
 from .pruning import PruneConfig, check_drop_blocks, count
 from .quantization import QATConfig, QuantizeConfig, check_keep_float
 from .report import provenance, quality_warnings, settings
-from .runtime import OnnxModule
+from .runtime import OnnxModule, default_threads
 from .sources import ImageArg
 from .stages import CALIBRATION_BATCH_INDEX, Healing, export, latency, measure, prune_stage, quantize_stage, \
     save_float_model
@@ -408,7 +407,7 @@ def bench_onnx(files: Sequence[str | Path], timing: LatencyConfig = LatencyConfi
     if len(set(sizes)) > 1:
         raise InputError("the files take inputs of different sizes (" + ", ".join(
             f"{path}: {'x'.join(map(str, size))}" for path, size in zip(files, sizes)) + "): time them separately")
-    threads = timing.threads or os.cpu_count() or 1
+    threads = timing.threads or default_threads()
     with stage(f"timing {len(files)} ONNX files", progress):
         times = compare_latency({str(i): Path(path) for i, path in enumerate(files)}, sizes[0], timing.batches,
                                 rounds=timing.rounds, threads=threads)

@@ -5,7 +5,6 @@ the median per model is kept; compare models only within one call.
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -14,14 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from .config import require, require_int
-from .runtime import ort_session
+from .runtime import default_threads, ort_session
 
 
 @dataclass(frozen=True)
 class LatencyConfig:
     """How the models of a run are timed in ONNX Runtime."""
 
-    threads: int | None = None  # intra-op threads; None: every core of the machine
+    threads: int | None = None  # intra-op threads; None: runtime.default_threads() (as many as torch uses)
     batches: tuple[int, ...] = (1, 32)  # batch sizes, each timed for every model
     rounds: int = 7  # interleaved rounds (A, B, A, B, ...); the median is kept
 
@@ -40,7 +39,7 @@ def compare_latency(models: dict[str, str | Path | bytes], input_size: tuple[int
                     batch_sizes: tuple[int, ...] = (1, 32), rounds: int = 7, threads: int | None = None,
                     min_seconds: float = 0.2) -> dict[str, dict[str, float]]:
     """Median milliseconds per forward pass: {model name: {"b1_ms": ..., "b32_ms": ...}} (a key per batch size)."""
-    sessions = {name: ort_session(model, threads=threads or os.cpu_count() or 1) for name, model in models.items()}
+    sessions = {name: ort_session(model, threads=threads or default_threads()) for name, model in models.items()}
     results: dict[str, dict[str, float]] = {name: {} for name in models}
     rng = np.random.default_rng(0)
     for batch in batch_sizes:

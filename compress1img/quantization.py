@@ -22,7 +22,6 @@ import contextlib
 import io
 import logging
 import operator
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -436,7 +435,7 @@ def onnx_runner(onnx_bytes: bytes):
     """A callable running the ONNX model in ONNX Runtime on normalised NCHW tensors (for `predict`)."""
     from .runtime import ort_session
 
-    session = ort_session(onnx_bytes, threads=os.cpu_count() or 1)
+    session = ort_session(onnx_bytes)
     name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:

@@ -10,21 +10,28 @@ import torch
 from torch import nn
 
 
+def default_threads() -> int:
+    """The intra-op threads ONNX Runtime gets when not told: as many as torch computes with (every core unless
+    OMP_NUM_THREADS or torch.set_num_threads says fewer), so that the two together never ask for more cores than
+    the process was given (ONNX Runtime's own default takes every core whatever the process was given, and
+    its waiting threads spin)."""
+    return max(1, torch.get_num_threads())
+
+
 def ort_session(model: str | Path | bytes, *, threads: int | None = None,
                 optimized_model_path: str | Path | None = None, optimization_level=None):
     """An `onnxruntime.InferenceSession` on the CPUExecutionProvider for a model file or serialized model.
 
-    `threads` sets the intra-op threads and one inter-op thread (ONNX Runtime's defaults
-    otherwise); `optimization_level` is an `onnxruntime.GraphOptimizationLevel` (ONNX
+    `threads` sets the intra-op threads (`default_threads()` if None) and one inter-op thread;
+    `optimization_level` is an `onnxruntime.GraphOptimizationLevel` (ONNX
     Runtime's default, ORT_ENABLE_ALL, otherwise); `optimized_model_path` saves the graph
     as ONNX Runtime optimized it. Raises what ONNX Runtime raises for a bad model.
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
     if optimization_level is not None:
         options.graph_optimization_level = optimization_level
     if optimized_model_path is not None:

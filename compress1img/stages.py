@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from .quantization import (PTQConfig, QATConfig, QuantizeConfig, calibrate, conv
                            int8_coverage, int8_onnx_bytes, kept_float, onnx_nodes_of, onnx_runner, opset,
                            prepare_qat, ptq_onnx_bytes, runtime_ops)
 from .reconstruction import default_patches, patches_per_pass, reconstruct
+from .runtime import default_threads
 from .training import DistillConfig, TrainingHook, processes_report, run_distillation
 
 log = logging.getLogger("compress1img")
@@ -498,6 +498,6 @@ def latency(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None, 
             models["pruned"] = onnx_model_bytes(student.module.cpu().eval(), ctx.teacher.input_size)
         if int8 is not None:
             models["int8"] = int8.onnx_bytes
-        threads = config.threads or os.cpu_count() or 1
+        threads = config.threads or default_threads()
         timing = compare_latency(models, ctx.teacher.input_size, config.batches, rounds=config.rounds, threads=threads)
     return Latency(timing, {name: len(graph) for name, graph in models.items()}, int8 is not None, threads)

@@ -53,6 +53,19 @@ def test_bench_times_files_against_the_first_at_the_batch_sizes_asked(capsys, tw
     assert table[2].endswith(f"1.00x  {wide}") and table[3].endswith(f"  {narrow}")
 
 
+def test_without_threads_onnx_runtime_takes_as_many_as_torch_was_given(capsys, two_onnx_files):
+    # OMP_NUM_THREADS (or torch.set_num_threads) bounds ONNX Runtime too: two runs side by side, each given one
+    # core, must not both time on every core.
+    threads = torch.get_num_threads()
+    try:
+        for given in (1, 2):
+            torch.set_num_threads(given)
+            result = json.loads(bench(capsys, *two_onnx_files, "--batches", "1", "--repeats", "1", "--json"))
+            assert result["threads"] == given
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_bench_refuses_batches_a_file_cannot_take_and_bad_options_in_one_line(cli, tmp_path, two_onnx_files):
     fixed = tmp_path / "batch1.onnx"
     with warnings.catch_warnings():  # the exporter's deprecation notes

@@ -505,7 +505,8 @@ def bench(
                                                      "first is the one the others' speed-ups are relative to.")],
     batches: Annotated[str, typer.Option("--batches", help="Batch sizes, comma-separated.")] = "1,32",
     threads: Annotated[Optional[int], typer.Option(
-        "--threads", help="ONNX Runtime threads (intra-op). Default: every core of this machine.")] = None,
+        "--threads", help="ONNX Runtime threads (intra-op). Default: as many as torch uses (every core, unless "
+                          "OMP_NUM_THREADS says fewer).")] = None,
     repeats: Annotated[int, typer.Option(
         "--repeats", help="Rounds: each round times every file once, in turn, so that changes in the machine's "
                           "speed hit all files alike; the median round is kept.")] = LatencyConfig.rounds,

@@ -303,8 +303,9 @@ KeepFloatOpt = Annotated[Optional[list[str]], typer.Option(
                          "layer1.0.conv1; a block keeps all its layers) or a layer type (Linear, Conv2d). For layers "
                          "that lose too much accuracy in int8, or run no faster in it.")]
 LatencyThreadsOpt = Annotated[Optional[int], typer.Option(
-    "--latency-threads", help="ONNX Runtime threads (intra-op) for timing the models. Default: every core of this "
-                              "machine; set it to the number the deployment will use.")]
+    "--latency-threads", help="ONNX Runtime threads (intra-op) for timing the models. Default: as many as torch "
+                              "uses (every core, unless OMP_NUM_THREADS says fewer); set it to the number the "
+                              "deployment will use.")]
 LatencyBatchesOpt = Annotated[str, typer.Option(
     "--latency-batches", help="Batch sizes the models are timed at, comma-separated; the report has the "
                               "milliseconds and speed-up at each.")]
