@@ -322,6 +322,29 @@ def test_least_squares_repair_recovers_a_layer_that_only_used_the_kept_channels(
         torch.testing.assert_close(student(x), teacher(x), rtol=0.05, atol=0.05)
 
 
+def test_the_repair_is_the_same_however_many_layers_share_a_teacher_pass(monkeypatch):
+    from compress1img import reconstruction
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 5)).eval()
+    # Narrower first and third convs: the second conv and the classifier lost inputs and kept their outputs.
+    student = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
+                            nn.Conv2d(8, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5)).eval()
+    batches = [torch.randn(32, 3, 8, 8) for _ in range(3)]
+    monkeypatch.setattr(reconstruction, "MAX_ROWS_PER_BATCH", 500)  # a conv's 2,048 rows a batch: a sample of them
+
+    def repaired(target_bytes: int):
+        monkeypatch.setattr(reconstruction, "TARGET_BYTES", target_bytes)
+        model = copy.deepcopy(student)
+        return model.state_dict(), reconstruction.reconstruct(model, teacher, batches)
+
+    (together, report), (apart, report_apart) = repaired(2**30), repaired(1)  # one teacher pass, or one per layer
+    assert report == report_apart and report["layers"] == 2 and report["error_after"] < report["error_before"]
+    assert all(torch.equal(together[name], apart[name]) for name in together)
+    assert not torch.equal(together["2.weight"], student.state_dict()["2.weight"])
+
+
 def test_repair_after_the_cut_brings_the_pruned_model_closer_to_the_original(test_slice):
 
     def cut(patches: int) -> dict:
