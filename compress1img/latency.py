@@ -20,7 +20,7 @@ from .runtime import default_threads, ort_session
 class LatencyConfig:
     """How the models of a run are timed in ONNX Runtime."""
 
-    threads: int | None = None  # intra-op threads; None: runtime.default_threads() (as many as torch uses)
+    threads: int | None = None  # intra-op threads; None: as many as torch uses (of all processes under --nproc)
     batches: tuple[int, ...] = (1, 32)  # batch sizes, each timed for every model
     rounds: int = 7  # interleaved rounds (A, B, A, B, ...); the median is kept
 

@@ -498,6 +498,7 @@ def latency(ctx: RunContext, student: LoadedModel, int8: QuantizeResult | None, 
             models["pruned"] = onnx_model_bytes(student.module.cpu().eval(), ctx.teacher.input_size)
         if int8 is not None:
             models["int8"] = int8.onnx_bytes
-        threads = config.threads or default_threads()
+        # Under several processes the other ranks have stopped after training: their threads are rank 0's to time with.
+        threads = config.threads or default_threads() * distributed.world_size()
         timing = compare_latency(models, ctx.teacher.input_size, config.batches, rounds=config.rounds, threads=threads)
     return Latency(timing, {name: len(graph) for name, graph in models.items()}, int8 is not None, threads)

@@ -104,6 +104,17 @@ def test_nproc_distill_writes_one_set_of_outputs_and_states_the_batch_and_lr(tmp
                                    "lr_given": 1e-3, "lr_used": 2e-3, "lr_scaling": "linear", "precision": precision}
 
 
+def test_nproc_prune_heals_in_two_processes_and_rank_0_times_with_the_threads_of_both(tmp_path, tiny_teacher):
+    out = tmp_path / "run"
+    result = run_cli("--nproc", "2", "prune", tiny_teacher, "--sparsity", "0.3", "--steps", "2", "--batch-size", "4",
+                     "--holdout-size", "16", "--latency-batches", "1", "--out", out, timeout=300, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["heal_processes"]["world_size"] == 2 and report["params_after"] < report["params_before"]
+    # Each process was given one thread (ENV); the other has stopped when rank 0 times the models.
+    assert report["latency_threads"] == 2 and set(report["latency_ms"]) == {"dense", "pruned"}
+
+
 @pytest.mark.parametrize("args,message", [
     (("--nproc", "2", "eval", "model.pt", "--data", "x.npz"), "--nproc applies to distill, prune"),
     (("--nproc", "0", "distill"), "--nproc must be at least 1"),

@@ -304,8 +304,8 @@ KeepFloatOpt = Annotated[Optional[list[str]], typer.Option(
                          "that lose too much accuracy in int8, or run no faster in it.")]
 LatencyThreadsOpt = Annotated[Optional[int], typer.Option(
     "--latency-threads", help="ONNX Runtime threads (intra-op) for timing the models. Default: as many as torch "
-                              "uses (every core, unless OMP_NUM_THREADS says fewer); set it to the number the "
-                              "deployment will use.")]
+                              "uses (every core, unless OMP_NUM_THREADS says fewer; with --nproc, those of all the "
+                              "processes); set it to the number the deployment will use.")]
 LatencyBatchesOpt = Annotated[str, typer.Option(
     "--latency-batches", help="Batch sizes the models are timed at, comma-separated; the report has the "
                               "milliseconds and speed-up at each.")]
