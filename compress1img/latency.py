@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import require, require_int
-from .runtime import default_threads, ort_session
+from .runtime import ort_session
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def compare_latency(models: dict[str, str | Path | bytes], input_size: tuple[int
                     batch_sizes: tuple[int, ...] = (1, 32), rounds: int = 7, threads: int | None = None,
                     min_seconds: float = 0.2) -> dict[str, dict[str, float]]:
     """Median milliseconds per forward pass: {model name: {"b1_ms": ..., "b32_ms": ...}} (a key per batch size)."""
-    sessions = {name: ort_session(model, threads=threads or default_threads()) for name, model in models.items()}
+    sessions = {name: ort_session(model, threads=threads) for name, model in models.items()}
     results: dict[str, dict[str, float]] = {name: {} for name in models}
     rng = np.random.default_rng(0)
     for batch in batch_sizes:
