@@ -888,6 +888,7 @@ def main() -> None:
                       "change_pt": report["top1_change"], "test_agreement": report["test_agreement"],
                       "holdout_agreement": report["holdout_agreement"],
                       "top1_after_cut": report["per_iteration"][0].get("top1_after_cut"),
+                      "top1_after_repair": report["per_iteration"][0].get("top1_after_repair"),
                       "heal_seconds": report["per_iteration"][0].get("heal_seconds"),
                       "minutes": (time.time() - started) / 60, "check_top1": 100 * float(
                           (torch.from_numpy(predictions) == labelled.labels).float().mean())}))
