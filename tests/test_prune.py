@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -15,7 +16,8 @@ from compress1img.pruning import (PruneConfig, PruningError, count, fold_masks, 
                                 sparsify, weight_sparsity)
 from cli_run import run_cli
 
-QUIET = RunConfig(progress=False)
+# 256 held-out patches: what these tests compare moves by tens of points, and the default 1,024 cost seconds a run.
+QUIET = RunConfig(progress=False, holdout_size=256)
 
 
 def budget_prune(model: nn.Module, size: int, sparsity: float, **options) -> tuple[int, int, nn.Module]:
@@ -381,7 +383,7 @@ def test_the_api_takes_an_nn_module_and_gives_the_pruned_module_back(tmp_path):
         prune(nn.Sequential(nn.Flatten(), nn.LazyLinear(10)), "coffee", heal=None, run=QUIET)
     # Its class needs constructor arguments nothing records: the pruned model is saved as a program.
     prune(module, "coffee", PruneConfig(sparsity=0.3, reconstruct_patches=0), heal=None,
-          run=RunConfig(out=tmp_path / "run", progress=False), measure_latency=False)
+          run=dataclasses.replace(QUIET, out=tmp_path / "run"), measure_latency=False)
     assert not (tmp_path / "run" / "model.pt").exists()
     assert load_model(tmp_path / "run" / "model.pt2").num_classes == 10
 

@@ -256,7 +256,8 @@ def test_compress_cli_prunes_then_quantizes_and_quantize_takes_the_pruned_model(
     out = tmp_path / "both"
     result = run_cli("compress", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--sparsity", "0.5", "--int8",
                      "--steps", "3", "--qat-steps", "3", "--batch-size", "16", "--image", "coffee", "--ema", "0.9",
-                     "--holdout-size", "64", "--eval-data", test_slice, "--out", out)
+                     "--holdout-size", "64", "--calibration-size", "64", "--latency-batches", "8",  # one size: seconds
+                     "--eval-data", test_slice, "--out", out)
     assert result.returncode == 0, result.stderr
     assert "int8" in result.stdout and "speed-up" in result.stdout
     report = json.loads((out / "report.json").read_text())
@@ -271,7 +272,7 @@ def test_compress_cli_prunes_then_quantizes_and_quantize_takes_the_pruned_model(
     pruned = load_model(out / "pruned.pt")
     assert sum(p.numel() for p in pruned.module.parameters()) == report["params_after"]
     again = run_cli("quantize", out / "pruned.pt", "--method", "ptq", "--calibration-size", "32", "--image", "coffee",
-                    "--holdout-size", "64", "--out", tmp_path / "again")
+                    "--holdout-size", "64", "--latency-batches", "8", "--out", tmp_path / "again")
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "again" / "report.json").read_text())["quantization"]["float_convs"] == 0
 

@@ -85,8 +85,8 @@ def test_the_cli_takes_a_folder_and_more_images_and_the_report_names_them(tmp_pa
     folder = folder_of_small_images(tmp_path / "small", 3)
     out = tmp_path / "run"
     result = run_cli("prune", BUNDLED_TEACHER, "--arch", "cifar_resnet20", "--sparsity", "0.3", "--no-heal",
-                     "--reconstruct-patches", "0", "--image", folder, "--image", "coffee", "--out", out,
-                     env=ONE_THREAD)
+                     "--reconstruct-patches", "0", "--holdout-size", "64", "--image", folder, "--image", "coffee",
+                     "--out", out, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr
     assert "3 of the 4 images are smaller than 90 px" in result.stderr  # said once, not per image
     assert "source: 4 images, cut into patches" in result.stdout
