@@ -39,8 +39,8 @@ values: the teacher's).
 running statistics all through healing (put in through a TrainingHook), as the teacher does on the same patches.
 `--crop-scale MIN` / `--jitter J` give images used whole stronger views (each image's own random resized crop
 keeping at least MIN of its area, brightness/contrast/saturation factors in [1 - J, 1 + J]) before the loop's flip,
-shift and CutMix; `--cutmix-per-image` cuts each image's own CutMix box from its own partner; `--blend SHARE`
-draws that share of every batch from Animals' patches and the rest from SOURCE.
+shift and CutMix; `--cutmix-per-image` is `mix=cutmix-per-image` (each image its own CutMix box and partner);
+`--blend SHARE` draws that share of every batch from Animals' patches and the rest from SOURCE.
 `--refine POOL` heals on a pool of POOL patches whose pixels were first refined so that the teacher's
 per-layer batch statistics match its BatchNorm running statistics (DeepInversion's loss, started from the
 image's patches; `--refine-iterations`, `--refine-lr`, `--refine-tv` for a smoothness prior, `--refine-ce` for
@@ -496,29 +496,6 @@ def stronger_views(heal: DistillConfig, crop_scale: float, jitter: float):
     return augment
 
 
-def cutmix_per_image(heal: DistillConfig):
-    """An `augment` like the loop's (flip, shift, CutMix with a Beta(mix_alpha, mix_alpha) share) but with CutMix
-    drawn per image: each image its own partner (a random permutation of the batch), its own box size and place,
-    where the loop's CutMix cuts one box, at one place, from the reversed batch into every image. More distinct
-    inputs from the same images, each as close to them as the loop's."""
-    flip_and_shift_only = default_augment(dataclasses.replace(heal, mix="none"))
-
-    def augment(x: torch.Tensor, seed: int) -> torch.Tensor:
-        x = flip_and_shift_only(x, seed)
-        n, _, h, w = x.shape
-        g = torch.Generator().manual_seed(mix_seed(seed, 0, "cutmix-per-image"))
-        share = np.random.default_rng(mix_seed(seed, 1, "cutmix-per-image")).beta(heal.mix_alpha, heal.mix_alpha, n)
-        cut = torch.from_numpy(1.0 - share).float().sqrt()
-        half_h, half_w = (h * cut).long() // 2, (w * cut).long() // 2
-        cy, cx = torch.randint(h, (n,), generator=g), torch.randint(w, (n,), generator=g)
-        partner = torch.randperm(n, generator=g)
-        rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
-        inside = ((rows >= (cy - half_h).view(n, 1, 1)) & (rows < (cy + half_h).view(n, 1, 1))
-                  & (cols >= (cx - half_w).view(n, 1, 1)) & (cols < (cx + half_w).view(n, 1, 1)))
-        return torch.where(inside.unsqueeze(1).to(x.device), x[partner.to(x.device)], x)
-    return augment
-
-
 def jpeg_compressed(heal: DistillConfig, qualities: tuple[int, int], share: float):
     """An `augment` that passes a share of the batch through JPEG (torchvision's encoder and decoder, each image its
     own quality drawn in [low, high]) before the loop's flip, shift and CutMix: the 32 px test images the teacher
@@ -838,14 +815,10 @@ def main() -> None:
                                  patch_config=PatchConfig(crop_fraction=f)).train for i, f in enumerate(fractions)]
             images = MultiImagePatches(zooms, run.seed)
     augment = None
-    if args.cutmix_per_image:
-        if args.crop_scale < 1 or args.jitter:
-            parser.error("--cutmix-per-image does not combine with --crop-scale / --jitter")
+    if args.cutmix_per_image:  # the package's mix="cutmix-per-image"
         name += "-cutmix-per-image"
-        augment = cutmix_per_image(heal)
+        heal = dataclasses.replace(heal, mix="cutmix-per-image")
     if args.jpeg:
-        if augment is not None:
-            parser.error("--jpeg does not combine with --cutmix-per-image")
         low, high, *rest = (float(v) for v in args.jpeg.split(","))
         name += f"-jpeg{low:g}-{high:g}" + (f"x{rest[0]:g}" if rest else "")
         augment = jpeg_compressed(heal, (int(low), int(high)), rest[0] if rest else 1.0)

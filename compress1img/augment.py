@@ -13,8 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .patches import mix_seed
+
 Augment = Callable[[torch.Tensor, int], torch.Tensor]
-MIXES = ("cutmix", "mixup", "none")
+MIXES = ("cutmix", "cutmix-per-image", "mixup", "none")
 
 
 def mix_batch(x: torch.Tensor, mode: str, lam: float, generator: torch.Generator) -> torch.Tensor:
@@ -36,6 +38,21 @@ def mix_batch(x: torch.Tensor, mode: str, lam: float, generator: torch.Generator
     return mixed
 
 
+def cutmix_per_image(x: torch.Tensor, shares: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+    """CutMix drawn per image: image i keeps `shares[i]` of its area and takes a box of its own size and place
+    from a partner of its own (a random permutation of the batch), where `mix_batch` cuts one box, at one
+    place, from the reversed batch into every image: more distinct inputs from the same images."""
+    n, _, h, w = x.shape
+    cut = torch.from_numpy(1.0 - shares).float().sqrt()
+    half_h, half_w = (h * cut).long() // 2, (w * cut).long() // 2
+    cy, cx = torch.randint(h, (n,), generator=generator), torch.randint(w, (n,), generator=generator)
+    partner = torch.randperm(n, generator=generator)
+    rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    inside = ((rows >= (cy - half_h).view(n, 1, 1)) & (rows < (cy + half_h).view(n, 1, 1))
+              & (cols >= (cx - half_w).view(n, 1, 1)) & (cols < (cx + half_w).view(n, 1, 1)))
+    return torch.where(inside.unsqueeze(1).to(x.device), x[partner.to(x.device)], x)
+
+
 def flip_and_shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flip and a random shift of up to S/8 pixels with zero padding, per image."""
     n, _, h, w = x.shape
@@ -52,12 +69,16 @@ def flip_and_shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def default_augment(config) -> Augment:
-    """What a DistillConfig asks for: the released code's flip + pad-crop, then CutMix or MixUp
-    with a Beta(mix_alpha, mix_alpha) ratio."""
+    """What a DistillConfig asks for: the released code's flip + pad-crop, then CutMix (one box per batch, or
+    one per image) or MixUp with a Beta(mix_alpha, mix_alpha) ratio."""
     def augment(x: torch.Tensor, seed: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
         if config.flip_and_shift:
             x = flip_and_shift(x, generator)
+        if config.mix == "cutmix-per-image":  # streams of its own: the draws benchmarks/ measured it with
+            shares = np.random.default_rng(mix_seed(seed, 1, config.mix)).beta(config.mix_alpha, config.mix_alpha,
+                                                                                 len(x))
+            return cutmix_per_image(x, shares, torch.Generator().manual_seed(mix_seed(seed, 0, config.mix)))
         lam = float(np.random.default_rng(seed).beta(config.mix_alpha, config.mix_alpha))
         return mix_batch(x, config.mix, lam, generator)
     return augment

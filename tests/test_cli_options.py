@@ -63,7 +63,7 @@ def printed_config(capsys, *args) -> str:
 
 @pytest.mark.parametrize("args", [
     ("prune", "model.th", "--arch", "cifar_resnet56", "--sparsity", "0.3", "--ignore", "fc", "--image", "china",
-     "--image", "coffee", "--steps", "7", "--no-amp"),
+     "--image", "coffee", "--steps", "7", "--mix", "cutmix-per-image", "--mix-alpha", "1", "--no-amp"),
     ("quantize", "model.th", "--method", "ptq", "--calibration-size", "64"),
     ("compress", "model.th", "--qat-steps", "3", "--qat-lr", "2e-6", "--drop-blocks", "1"),
     ("distill", "--teacher", "model.th", "--student", "cifar_resnet20", "--mix", "mixup", "--out", "runs/r20"),

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress1img import DistillConfig, RunConfig, TrainingError, TrainingHook, distillation_loss, run_distillation
-from compress1img.augment import flip_and_shift, mix_batch
+from compress1img.augment import default_augment, flip_and_shift, mix_batch
 from compress1img.devices import autocast_dtype
 from compress1img.errors import InputError
 from compress1img.report import render_markdown
@@ -76,6 +76,29 @@ def test_cutmix_pastes_a_box_of_the_reversed_batch_and_mixup_interpolates():
         assert values <= {float(i), float(3 - i)} and float(3 - i) in values
     assert torch.allclose(mix_batch(x, "mixup", 0.25, torch.Generator()), 0.25 * x + 0.75 * x.flip(0))
     assert mix_batch(x, "none", 0.5, torch.Generator()) is x
+
+
+def test_cutmix_per_image_gives_each_image_a_box_of_its_own_size_from_a_partner_of_its_own():
+    x = torch.stack([torch.full((3, 16, 16), float(i)) for i in range(16)])
+    per_image = default_augment(DistillConfig(mix="cutmix-per-image", mix_alpha=1.0, flip_and_shift=False))
+    one_box = default_augment(DistillConfig(mix="cutmix", mix_alpha=1.0, flip_and_shift=False))
+
+    def pasted(mixed: torch.Tensor) -> list[tuple[int, int]]:
+        """(partner, pixels taken from it) of each image; (i, 0) where it took none."""
+        found = []
+        for i, image in enumerate(mixed[:, 0]):
+            others = image[image != i]
+            assert len(others.unique()) <= 1  # one partner per image
+            found.append((int(others[0]) if len(others) else i, len(others)))
+        return found
+
+    mixed = pasted(per_image(x, 7))
+    assert torch.equal(per_image(x, 7), per_image(x, 7))  # seeded: a resumed run repeats it
+    assert len({partner - i for i, (partner, _) in enumerate(mixed)}) > 3  # not one fixed pairing
+    assert len({pixels for _, pixels in mixed}) > 3  # boxes of many sizes
+    assert [partner for partner, _ in pasted(one_box(x, 7))] == [15 - i for i in range(16)]  # the reversed batch
+    assert len({pixels for _, pixels in pasted(one_box(x, 7))}) == 1  # and one box
+    assert not torch.equal(per_image(x, 7), per_image(x, 8))
 
 
 def test_flip_and_shift_is_seeded_and_keeps_shape():

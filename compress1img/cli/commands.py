@@ -23,9 +23,10 @@ from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, Cal
     ChannelsOpt, CheckpointEveryOpt, CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EmaOpt, EvalDataOpt,
     EvalEveryOpt, FreezeBnOpt, HardestOfOpt, HoldoutOpt, IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt,
     InputSizeOpt, IterationsOpt, KeepFloatOpt, LatencyBatchesOpt, LatencyThreadsOpt, LrOpt, LrScalingOpt, MatchOpt,
-    MeanOpt, MethodOpt, ModeOpt, ModelArg, NoHealOpt, OneImageOpt, NprocOpt, OptimizerOpt, OutOpt, OverwriteOpt,
-    PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt, RoundToOpt, SeedOpt, SharpnessOpt,
-    SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build, batch_sizes, flag,
+    MeanOpt, MethodOpt, MixAlphaOpt, MixOpt, ModeOpt, ModelArg, NoHealOpt, OneImageOpt, NprocOpt, OptimizerOpt,
+    OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt, RoundToOpt,
+    SeedOpt, SharpnessOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build, batch_sizes,
+    flag,
     latency_config, load, packaged_recipes, read_lines, recipe_values, show_config)
 from ..models.user import parse_args
 from .summaries import print_compress_summary, print_distill_summary
@@ -83,10 +84,8 @@ def distill(
     warmup: Annotated[float, typer.Option("--warmup", help="Fraction of the steps for linear learning-rate warm-up.")]
     = DistillConfig.warmup,
     temperature: TempOpt = DistillConfig.temperature,
-    mix: Annotated[str, typer.Option("--mix", help="On-the-fly mixing of each batch: cutmix (paper's best), mixup, "
-                                                   "none.")] = DistillConfig.mix,
-    mix_alpha: Annotated[float, typer.Option("--mix-alpha", help="Beta(a, a) parameter of the mixing ratio.")]
-    = DistillConfig.mix_alpha,
+    mix: MixOpt = DistillConfig.mix,
+    mix_alpha: MixAlphaOpt = DistillConfig.mix_alpha,
     teacher_signal: Annotated[str, typer.Option(
         "--teacher-signal", help="What the student learns from: soft (full softmax), topk (only the teacher's "
                                  "--topk largest logits), hard (argmax only).")] = DistillConfig.teacher_signal,
@@ -180,6 +179,8 @@ def prune(
     lr_scaling: LrScalingOpt = DistillConfig.lr_scaling,
     optimizer: OptimizerOpt = DistillConfig.optimizer,
     temperature: TempOpt = DistillConfig.temperature,
+    mix: MixOpt = DistillConfig.mix,
+    mix_alpha: MixAlphaOpt = DistillConfig.mix_alpha,
     seed: SeedOpt = RunConfig.seed,
     freeze_bn_stats: FreezeBnOpt = False,
     hardest_of: HardestOfOpt = DistillConfig.hardest_of,
@@ -300,6 +301,8 @@ def compress_(
     qat_steps: QatStepsOpt = QAT_STEPS,
     qat_lr: QatLrOpt = QAT_LR,
     temperature: TempOpt = DistillConfig.temperature,
+    mix: MixOpt = DistillConfig.mix,
+    mix_alpha: MixAlphaOpt = DistillConfig.mix_alpha,
     seed: SeedOpt = RunConfig.seed,
     freeze_bn_stats: FreezeBnOpt = False,
     hardest_of: HardestOfOpt = DistillConfig.hardest_of,

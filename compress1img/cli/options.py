@@ -160,6 +160,10 @@ OptimizerOpt = Annotated[str, typer.Option(
     "--optimizer", help="adamw (the paper's) or sgd (Nesterov momentum 0.9: steps in proportion to each gradient); "
                         "give sgd its own --lr. Measured: docs/benchmarks.md, \"Healing held nearer the teacher\".")]
 TempOpt = Annotated[float, typer.Option("--temperature", help="Softmax temperature T of the KL loss (paper: 8).")]
+MixOpt = Annotated[str, typer.Option(
+    "--mix", help="On-the-fly mixing of each batch: cutmix (the paper's best: one box cut from the reversed batch into "
+                  "every image), cutmix-per-image (each image its own box, size and partner), mixup, none.")]
+MixAlphaOpt = Annotated[float, typer.Option("--mix-alpha", help="Beta(a, a) parameter of the mixing ratio.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for patches, augmentation and initialisation.")]
 EvalDataOpt = Annotated[Optional[Path], typer.Option(
     "--eval-data", help="Labelled data for top-1 accuracy: .npz (images uint8 NHWC + labels) or an ImageFolder "
