@@ -26,8 +26,7 @@ from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, Cal
     MeanOpt, MethodOpt, MixAlphaOpt, MixOpt, ModeOpt, ModelArg, NoHealOpt, OneImageOpt, NprocOpt, OptimizerOpt,
     OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt, RoundToOpt,
     SeedOpt, SharpnessOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build, batch_sizes,
-    flag,
-    latency_config, load, packaged_recipes, read_lines, recipe_values, show_config)
+    flag, latency_config, load, packaged_recipes, read_lines, recipe_values, show_config)
 from ..models.user import parse_args
 from .summaries import print_compress_summary, print_distill_summary
 
