@@ -2,7 +2,8 @@
 
     heal = with_overrides(DistillConfig(steps=1000), options)   # takes out of `options` what it uses
 
-A value is converted to the type of the field's current value (0/1 for booleans; int where it is None).
+A value is converted to the type of the field's current value (0/1 for booleans; where it is None, a number:
+int if it reads as one, else float).
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def with_overrides(config, options: dict[str, str]):
     for field in dataclasses.fields(config):
         if field.name in options:
             current = getattr(config, field.name)
-            kind = type(current) if current is not None else int
             value = options.pop(field.name)
-            changes[field.name] = bool(int(value)) if kind is bool else kind(value)
+            if current is None:
+                changes[field.name] = int(value) if value.lstrip("-").isdigit() else float(value)
+            else:
+                changes[field.name] = bool(int(value)) if type(current) is bool else type(current)(value)
     return dataclasses.replace(config, **changes)

@@ -72,7 +72,7 @@ from PIL import Image
 from torchvision.transforms.v2.functional import jpeg
 
 from compress1img import DistillConfig, PatchConfig, PruneConfig, RunConfig, TrainingHook, load_eval_data, prune
-from compress1img.augment import default_augment
+from compress1img.augment import default_augment, mixing_for_source
 from compress1img.evaluate import normalize, predict
 from compress1img.losses import kl_loss
 from compress1img.mimicry import HEAD_INPUT, FeatureMimicry
@@ -465,7 +465,7 @@ def stronger_views(heal: DistillConfig, crop_scale: float, jitter: float):
     then the loop's own flip, shift and CutMix. More views of each image, as "Knowledge distillation: a good
     teacher is patient and consistent" (Beyer et al., CVPR 2022) gives its few-image students: the teacher
     labels every view as it is shown."""
-    loop_augment = default_augment(heal)
+    loop_augment = default_augment(mixing_for_source(heal, "whole"))
 
     def augment(x: torch.Tensor, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(mix_seed(seed, 0, "stronger-views"))

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from . import distributed, scoring
-from .augment import Augment
+from .augment import Augment, mixing_for_source
 from .config import RunConfig
 from .context import ModelLike, RunContext, as_model, load_labelled, open_run
 from .data import EvalData, check_num_classes
@@ -117,6 +117,7 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
         check_keep_float(model.module, quantize.keep_float)
     ctx = open_run(model, image, run, eval_data=eval_data, patch_config=patch_config, image_mode=image_mode)
     seconds = {"setup": time.perf_counter() - wall_start}  # each stage's wall time, for the report
+    heal, quantize = _mixing_for_source(ctx, heal, quantize)
     config = settings(run=run, prune=prune, heal=heal if prune is not None else None, quantize=quantize,
                       **_inputs(ctx, image, image_mode, patch_config, eval_data, loss_fn, augment, hooks),
                       measure_latency=measure_latency, timing=timing)
@@ -150,6 +151,16 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
                             student.classes, f"{student.source}, int8", interpolation=student.interpolation,
                             crop_pct=student.crop_pct)
     return Result(final, report, int8.onnx_bytes if int8 is not None else None)
+
+
+def _mixing_for_source(ctx: RunContext, heal: DistillConfig | None, quantize: QuantizeConfig | None):
+    """The trainings' "auto" mixing resolved for the images the run learns from (augment.mixing_for_source)."""
+    mode = ctx.source_report["image_mode"]
+    if heal is not None:
+        heal = mixing_for_source(heal, mode)
+    if isinstance(quantize, QATConfig):
+        quantize = dataclasses.replace(quantize, training=mixing_for_source(quantize.training, mode))
+    return heal, quantize
 
 
 def _check_changeable(model: LoadedModel, prune: PruneConfig | None, quantize: QuantizeConfig | None) -> None:
@@ -283,6 +294,7 @@ def distill(teacher: ModelLike, student: str, image: ImageArg = None, config: Di
                    image_mode=image_mode)
     seconds = {"setup": time.perf_counter() - wall_start}
     out_dir = ctx.out_dir
+    config = mixing_for_source(config, ctx.source_report["image_mode"])
     try:
         if loss_fn is None:  # a loss of one's own decides what the student learns
             config = dataclasses.replace(config, match=_student_match(ctx, student_model, config.match))

@@ -6,6 +6,7 @@ resumed run repeats exactly. Only the input is changed: the teacher labels what 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
@@ -16,7 +17,13 @@ import torch.nn.functional as F
 from .patches import mix_seed
 
 Augment = Callable[[torch.Tensor, int], torch.Tensor]
-MIXES = ("cutmix", "cutmix-per-image", "mixup", "none")
+MIXES = ("auto", "cutmix", "cutmix-per-image", "mixup", "none")
+# What "auto" (mix, and mix_alpha None) resolves to, by how the source images are used (sources.IMAGE_MODES).
+# Patches: the paper's one box per batch, Beta(0.25, 0.25) (its CIFAR code). Small images used whole, where the
+# inputs are few: each image its own box and partner, Beta(1, 1): more distinct inputs, which healed more on 100
+# images and as much on 1,000 (docs/benchmarks.md, "The pair again").
+PATCH_MIXING = ("cutmix", 0.25)
+WHOLE_IMAGE_MIXING = ("cutmix-per-image", 1.0)
 
 
 def mix_batch(x: torch.Tensor, mode: str, lam: float, generator: torch.Generator) -> torch.Tensor:
@@ -68,9 +75,19 @@ def flip_and_shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out.gather(3, cols)
 
 
+def mixing_for_source(config, image_mode: str):
+    """`config` (a DistillConfig) with "auto" mixing resolved for a source whose images are used as `image_mode`
+    says ("whole", or patches: "patches", "patch file", a caller's own source); what it sets stays."""
+    mix, alpha = WHOLE_IMAGE_MIXING if image_mode == "whole" else PATCH_MIXING
+    return dataclasses.replace(config, mix=mix if config.mix == "auto" else config.mix,
+                               mix_alpha=alpha if config.mix_alpha is None else config.mix_alpha)
+
+
 def default_augment(config) -> Augment:
     """What a DistillConfig asks for: the released code's flip + pad-crop, then CutMix (one box per batch, or
-    one per image) or MixUp with a Beta(mix_alpha, mix_alpha) ratio."""
+    one per image) or MixUp with a Beta(mix_alpha, mix_alpha) ratio ("auto" not yet resolved: the patches')."""
+    config = mixing_for_source(config, "patches")
+
     def augment(x: torch.Tensor, seed: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
         if config.flip_and_shift:

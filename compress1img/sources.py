@@ -7,8 +7,9 @@ resume and per-rank batches work the same whatever the source. Two ways to use a
 - "patches": the paper's pipeline (patches.py) cuts augmented crops out of it. One image
   or many: with several, each patch of a batch comes from an image drawn at random.
 - "whole": the image itself, resized to the model's input, with only the loop's light
-  augmentation (flip, shift, CutMix) on top; for sets of small images, about the model's
-  input size, which the paper's crops would only blow up.
+  augmentation (flip, shift, CutMix: by default a box per image, augment.WHOLE_IMAGE_MIXING) on
+  top; for sets of small images, about the model's input size, which the paper's crops would
+  only blow up.
 
 "auto" uses images whole when they are too small for the paper's first crop (its side is half
 the image's shorter side and must hold the resized crop) and cuts patches otherwise.

@@ -79,8 +79,8 @@ class DistillConfig:
     scale_loss_by_t2: bool = True  # keeps gradient size independent of T (Hinton et al.)
     teacher_signal: str = "soft"  # see losses.TEACHER_SIGNALS
     topk: int = 5
-    mix: str = "cutmix"  # see augment.MIXES
-    mix_alpha: float = 0.25  # Beta(a, a); the paper's CIFAR code uses 0.25
+    mix: str = "auto"  # see augment.MIXES; "auto" by the source (augment.mixing_for_source)
+    mix_alpha: float | None = None  # Beta(a, a); None by the source: the paper's 0.25 for patches
     flip_and_shift: bool = True  # the released code's on-the-fly flip + pad-4 crop
     # Keep BatchNorm running statistics as they are instead of re-estimating them on patches.
     # Tempting when healing a pretrained model (its statistics come from real data), but after
@@ -112,7 +112,8 @@ class DistillConfig:
         require_choice(self, "teacher_signal", TEACHER_SIGNALS)
         require_int(self, "topk", 1)
         require_choice(self, "mix", MIXES)
-        require_positive(self, "mix_alpha")
+        if self.mix_alpha is not None:
+            require_positive(self, "mix_alpha")
         require_int(self, "hardest_of", 1)
         require_choice(self, "match", MATCHES)
         require(self, "ema", isinstance(self.ema, (int, float)) and 0 <= self.ema < 1,

@@ -54,6 +54,12 @@ def test_qat_graph_runs_every_conv_and_add_in_int8(qat_run):
     assert runtime_ops((out / "model.onnx").read_bytes()).get("QLinearConv") == 19
 
 
+def test_qat_trains_with_the_papers_mixing_on_patches(qat_run):
+    _, report = qat_run
+    training = report["config"]["quantize"]["training"]
+    assert (report["image_mode"], training["mix"], training["mix_alpha"]) == ("patches", "cutmix", 0.25)
+
+
 def test_int8_weights_use_seven_bits_so_that_cpus_without_vnni_compute_the_same_logits(qat_run):
     out, report = qat_run
     # AVX2's uint8 x int8 multiply-add saturates at 32767: 255 x 63 x 2 fits, 255 x 127 x 2 does not.

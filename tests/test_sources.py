@@ -135,3 +135,20 @@ def test_compressing_heals_on_the_bundled_photos_by_default_and_distill_on_one_i
     trained = distill(tiny_teacher, "cifar_resnet20", config=DistillConfig(steps=1, batch_size=4),
                       run=RunConfig(holdout_size=8, progress=False)).report
     assert trained["images_used"] == 1 and trained["image"].endswith("china.jpg")
+
+
+def test_the_mixing_follows_how_the_images_are_used_unless_it_is_set(tmp_path, tiny_teacher):
+    # Few small images used whole heal better with a box per image at Beta(1, 1); patches keep the paper's mixing.
+    folder = folder_of_small_images(tmp_path / "small", 6)
+    quiet, heal = RunConfig(holdout_size=8, progress=False), DistillConfig(steps=1, batch_size=4)
+    cut = PruneConfig(sparsity=0.3, reconstruct_patches=0)
+
+    def mixing(report: dict, training: str = "heal") -> tuple:
+        return report["image_mode"], report["config"][training]["mix"], report["config"][training]["mix_alpha"]
+
+    assert mixing(prune(tiny_teacher, folder, cut, heal=heal, run=quiet).report) == ("whole", "cutmix-per-image", 1.0)
+    assert mixing(prune(tiny_teacher, "coffee", cut, heal=heal, run=quiet).report) == ("patches", "cutmix", 0.25)
+    chosen = DistillConfig(steps=1, batch_size=4, mix="cutmix", mix_alpha=0.5)
+    assert mixing(prune(tiny_teacher, folder, cut, heal=chosen, run=quiet).report) == ("whole", "cutmix", 0.5)
+    trained = distill(tiny_teacher, "cifar_resnet20", folder, heal, run=quiet).report
+    assert mixing(trained, "distill") == ("whole", "cutmix-per-image", 1.0)

@@ -162,8 +162,12 @@ OptimizerOpt = Annotated[str, typer.Option(
 TempOpt = Annotated[float, typer.Option("--temperature", help="Softmax temperature T of the KL loss (paper: 8).")]
 MixOpt = Annotated[str, typer.Option(
     "--mix", help="On-the-fly mixing of each batch: cutmix (the paper's best: one box cut from the reversed batch into "
-                  "every image), cutmix-per-image (each image its own box, size and partner), mixup, none.")]
-MixAlphaOpt = Annotated[float, typer.Option("--mix-alpha", help="Beta(a, a) parameter of the mixing ratio.")]
+                  "every image), cutmix-per-image (each image its own box, size and partner), mixup, none; auto: "
+                  "cutmix-per-image where the images are used whole (--image-mode), cutmix for patches "
+                  "(docs/benchmarks.md, \"The pair again\").")]
+MixAlphaOpt = Annotated[Optional[float], typer.Option(
+    "--mix-alpha", help="Beta(a, a) parameter of the mixing ratio. Default: 1 where the images are used whole, "
+                        "0.25 (the paper's) for patches.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for patches, augmentation and initialisation.")]
 EvalDataOpt = Annotated[Optional[Path], typer.Option(
     "--eval-data", help="Labelled data for top-1 accuracy: .npz (images uint8 NHWC + labels) or an ImageFolder "
