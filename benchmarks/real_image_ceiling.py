@@ -863,6 +863,9 @@ def main() -> None:
                       "top1_after_cut": report["per_iteration"][0].get("top1_after_cut"),
                       "top1_after_repair": report["per_iteration"][0].get("top1_after_repair"),
                       "heal_seconds": report["per_iteration"][0].get("heal_seconds"),
+                      # every 250 steps: top-1 on a strided 1,000 of the odd half, agreement on held-out inputs
+                      "history": [[row["step"], row.get("accuracy"), row.get("holdout_agreement")]
+                                  for row in report["per_iteration"][0].get("heal_history", [])],
                       "minutes": (time.time() - started) / 60, "check_top1": 100 * float(
                           (torch.from_numpy(predictions) == labelled.labels).float().mean())}))
 
