@@ -39,7 +39,9 @@ values: the teacher's).
 running statistics all through healing (put in through a TrainingHook), as the teacher does on the same patches.
 `--crop-scale MIN` / `--jitter J` give images used whole stronger views (each image's own random resized crop
 keeping at least MIN of its area, brightness/contrast/saturation factors in [1 - J, 1 + J]) before the loop's flip,
-shift and CutMix; `--cutmix-per-image` is `mix=cutmix-per-image` (each image its own CutMix box and partner);
+shift and CutMix; `--cutmix-per-image` is `mix=cutmix-per-image` (each image its own CutMix box and partner:
+the default for images used whole since 2026-12-07, so the flag matters for patches; `mix=cutmix mix_alpha=0.25`
+gives images the one box of the runs before);
 `--blend SHARE` draws that share of every batch from Animals' patches and the rest from SOURCE.
 `--refine POOL` heals on a pool of POOL patches whose pixels were first refined so that the teacher's
 per-layer batch statistics match its BatchNorm running statistics (DeepInversion's loss, started from the
