@@ -21,7 +21,7 @@ MIXES = ("auto", "cutmix", "cutmix-per-image", "mixup", "none")
 # What "auto" (mix, and mix_alpha None) resolves to, by how the source images are used (sources.IMAGE_MODES).
 # Patches: the paper's one box per batch, Beta(0.25, 0.25) (its CIFAR code). Small images used whole, where the
 # inputs are few: each image its own box and partner, Beta(1, 1): more distinct inputs, which healed more on 100
-# images and as much on 1,000 (docs/benchmarks.md, "The pair again").
+# images and within the noise of the one box on 1,000 (docs/benchmarks.md, "The pair again" and after).
 PATCH_MIXING = ("cutmix", 0.25)
 WHOLE_IMAGE_MIXING = ("cutmix-per-image", 1.0)
 
