@@ -55,6 +55,8 @@ drawn at random (one image seen at several zooms).
 [LOW, HIGH] before the loop's augmentation (the test file went through JPEG at quality 75).
 `--class-weighted POWER` weighs each patch's feature-map error by (1 / (C x the share of its teacher class so far))
 ** POWER, at most 10: healing evened out towards the classes the teacher sees least.
+`--drop-list BLOCK[,BLOCK...]` drops these blocks (in this order) instead of the ones `drop_blocks=N` would choose
+(PruneConfig.blocks_to_drop, `prune --drop-block`; benchmarks/pilots/block_recoverability.py prints such lists).
 `--save-model` also keeps the healed module (NAME.pt) and its odd-half logits (NAME-logits.npy), for
 benchmarks/pilots/soup.py.
 """
@@ -708,6 +710,7 @@ def main() -> None:
                              "several: each patch at one of them, drawn at random")
     parser.add_argument("--jpeg", metavar="LOW,HIGH[,SHARE]",
                         help="pass a share (default all) of each batch through JPEG at a quality in [LOW, HIGH]")
+    parser.add_argument("--drop-list", metavar="BLOCK[,BLOCK...]", help="the residual blocks to drop, in order")
     parser.add_argument("--save-model", action="store_true",
                         help="also save the healed module (NAME.pt, pickled) and its odd-half logits (NAME-logits.npy)")
     parser.add_argument("--against-teacher", action="store_true",
@@ -740,6 +743,8 @@ def main() -> None:
     config = with_overrides(PruneConfig(sparsity=0.5), options)
     if options:
         parser.error(f"unknown settings: {', '.join(options)}")
+    if args.drop_list:
+        config = dataclasses.replace(config, blocks_to_drop=tuple(args.drop_list.split(",")))
     images = source_images(args.source)
     name = f"{Path(args.source).stem}-{args.image_mode}-{args.steps}" + (f"-seed{run.seed}" if run.seed else "") + (
         f"-ema{heal.ema}" if heal.ema else "")
@@ -829,6 +834,8 @@ def main() -> None:
             parser.error("--crop-scale / --jitter do not combine with --jpeg")
         name += f"-views{args.crop_scale:g}x{args.jitter:g}"
         augment = stronger_views(heal, args.crop_scale, args.jitter)
+    if args.drop_list:
+        name += "-droplist"
     name = args.name or name
     odd = odd_half_file()
 
@@ -850,6 +857,7 @@ def main() -> None:
                       "replace": args.replace and {"start": args.replace, "until": args.replace_until},
                       "crop_scale": args.crop_scale, "jitter": args.jitter, "blend": args.blend,
                       "cutmix_per_image": args.cutmix_per_image, "jpeg": args.jpeg,
+                      "dropped_blocks": [d["block"] for d in report["per_iteration"][0].get("dropped_blocks", [])],
                       "class_weighted": args.class_weighted, "crop_fractions": args.crop_fractions,
                       "mimic": args.mimic, "mimic_layer": args.mimic_layer if args.mimic is not None else None,
                       "adversarial": args.adversarial and {"eps": args.adversarial, "steps": args.adversarial_steps},

@@ -37,7 +37,7 @@ from .models import BUNDLED_TEACHER, LoadedModel, bundled_teacher, create_model_
 from .outputs import check_writable, remove_if_empty
 from .patches import PatchConfig
 from .progress import stage
-from .pruning import PruneConfig, check_drop_blocks, count
+from .pruning import PruneConfig, check_drop_blocks, check_named_blocks, count
 from .quantization import QATConfig, QuantizeConfig, check_keep_float
 from .report import provenance, quality_warnings, settings
 from .runtime import OnnxModule, default_threads
@@ -113,6 +113,8 @@ def compress(model: ModelLike, image: ImageArg = None, *, prune: PruneConfig | N
     # Settings the model cannot honour fail before any work.
     if prune is not None and prune.drop_blocks:
         check_drop_blocks(model.module, prune.drop_blocks, torch.zeros(1, *model.input_size), prune.ignore)
+    if prune is not None and prune.blocks_to_drop:
+        check_named_blocks(model.module, prune.blocks_to_drop, torch.zeros(1, *model.input_size), prune.ignore)
     if quantize is not None:
         check_keep_float(model.module, quantize.keep_float)
     ctx = open_run(model, image, run, eval_data=eval_data, patch_config=patch_config, image_mode=image_mode)

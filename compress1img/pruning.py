@@ -62,13 +62,16 @@ class PruneConfig:
     channels: str = "auto"  # internal: keep residual streams; all: prune them too; auto: internal if it can
     iterations: int = 1
     ignore: tuple[str, ...] = ()
-    drop_blocks: int = 0  # whole residual blocks removed before channels (structured only)
+    drop_blocks: int = 0  # whole residual blocks removed before channels (structured only), chosen on patches
+    # Or the blocks to remove, named (an earlier run's report.json "dropped_blocks", a choice of one's own).
+    blocks_to_drop: tuple[str, ...] = ()
     # Patches for the least-squares repair after each cut (reconstruction.py); 0: no repair; None:
     # none when healing follows (it ended no better), else 1,024 for inputs up to 64 px, 256 above.
     reconstruct_patches: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "ignore", tuple(self.ignore))
+        object.__setattr__(self, "blocks_to_drop", tuple(self.blocks_to_drop))
         require(self, "sparsity", isinstance(self.sparsity, (int, float)) and 0 < self.sparsity < 1,
                 f"is the fraction of parameters to remove, strictly between 0 and 1 (got {self.sparsity})")
         for name, allowed in (("target", TARGETS), ("mode", MODES), ("importance", IMPORTANCES),
@@ -83,8 +86,19 @@ class PruneConfig:
                                                         f"(got {self.reconstruct_patches})")
         require(self, "drop_blocks", not (self.drop_blocks and self.mode == "unstructured"),
                 "needs {} structured: unstructured sparsity keeps every layer", "mode")
+        require(self, "blocks_to_drop", not (self.blocks_to_drop and self.mode == "unstructured"),
+                "needs {} structured: unstructured sparsity keeps every layer", "mode")
+        require(self, "blocks_to_drop", not (self.blocks_to_drop and self.drop_blocks),
+                "names the blocks that {} would choose: give one or the other", "drop_blocks")
+        repeated = sorted({b for b in self.blocks_to_drop if self.blocks_to_drop.count(b) > 1})
+        require(self, "blocks_to_drop", not repeated, f"names a block more than once: {', '.join(repeated)}")
         require(self, "target", not (self.mode == "unstructured" and self.target == "macs"),
                 "macs needs {} structured: zeroed weights still cost MACs", "mode")
+
+    @property
+    def dropping(self) -> int:
+        """How many whole blocks go before the channel cut, chosen or named."""
+        return len(self.blocks_to_drop) or self.drop_blocks
 
 
 def _torch_pruning():
@@ -382,6 +396,37 @@ def drop_blocks(model: nn.Module, count: int, loss_fn: Callable[[nn.Module], tor
         # Blocks inside it went with it: dropping them again would only look free.
         candidates = [c for c in candidates if c != best and not c.startswith(best + ".")]
         dropped.append({"block": best, "loss": losses[best]})
+    return dropped
+
+
+def check_named_blocks(model: nn.Module, names: tuple[str, ...], example: torch.Tensor,
+                       ignore: tuple[str, ...] = ()) -> None:
+    """An InputError unless every name is a droppable block (`droppable_blocks`) and none lies inside another."""
+    candidates = droppable_blocks(model, example, ignore)
+    unknown = [n for n in names if n not in candidates]
+    if unknown:
+        raise InputError(f"--drop-block {unknown[0]}: not a block that can be dropped (a residual block whose output "
+                         f"has its input's shape, holding no --ignore'd layer); this model's: {', '.join(candidates)}")
+    nested = [n for n in names if any(n.startswith(other + ".") for other in names)]
+    if nested:
+        raise InputError(f"--drop-block {nested[0]}: it lies inside another block named, which takes it with it")
+
+
+def drop_named_blocks(model: nn.Module, names: tuple[str, ...], loss_fn: Callable[[nn.Module], torch.Tensor],
+                      example: torch.Tensor, ignore: tuple[str, ...] = (), keep_at_least: float | None = None,
+                      target: str = "params") -> list[dict]:
+    """Replace the blocks `names` by identities, in order; the rows are `drop_blocks`' (the loss after each).
+    A BudgetError when together they leave fewer parameters (MACs) than `keep_at_least`."""
+    check_named_blocks(model, names, example, ignore)
+    dropped = []
+    model.eval()
+    for name in names:
+        drop_block(model, name)
+        with torch.no_grad():
+            dropped.append({"block": name, "loss": float(loss_fn(model))})
+    if keep_at_least is not None and budget_count(model, example, target) < keep_at_least:
+        raise BudgetError(f"--drop-block: the {len(names)} blocks named take away more {target} than the budget "
+                          f"(--sparsity) allows; name fewer or smaller blocks, or ask for a higher --sparsity")
     return dropped
 
 

@@ -38,8 +38,8 @@ from .models import LoadedModel, load_model, save_model, save_program
 from .models.transforms import DROP_BLOCK, drop_block
 from .models.user import is_class_spec
 from .progress import stage
-from .pruning import (PruneConfig, count, drop_blocks, fold_masks, least_within_budget, make_prunable,
-                      prune_to_budget, sparsify, weight_sparsity)
+from .pruning import (PruneConfig, count, drop_blocks, drop_named_blocks, fold_masks, least_within_budget,
+                      make_prunable, prune_to_budget, sparsify, weight_sparsity)
 from .quantization import (PTQConfig, QATConfig, QuantizeConfig, calibrate, convert, freeze_observers,
                            int8_coverage, int8_onnx_bytes, kept_float, onnx_nodes_of, onnx_runner, opset,
                            prepare_qat, ptq_onnx_bytes, runtime_ops)
@@ -145,8 +145,10 @@ def prune_stage(ctx: RunContext, student: LoadedModel, config: PruneConfig, heal
         row: dict = {"iteration": k, "target_sparsity": fraction}
         of_k = f" (iteration {k} of {config.iterations})" if config.iterations > 1 else ""
         # -- cut -----------------------------------------------------------------------------------------------
-        if structured and k == 1 and config.drop_blocks:
-            with stage(f"choosing {config.drop_blocks} residual blocks to drop", shown):
+        if structured and k == 1 and config.dropping:
+            doing = f"dropping {config.dropping} named residual blocks" if config.blocks_to_drop else \
+                f"choosing {config.drop_blocks} residual blocks to drop"
+            with stage(doing, shown):
                 dropped = _drop_blocks(student, config, taylor_loss, example, reference)
             row["dropped_blocks"] = dropped
         counted = "MACs" if config.target == "macs" else "parameters" if structured else "weights"
@@ -246,16 +248,21 @@ def _resumed(ctx: RunContext, student: LoadedModel) -> tuple[LoadedModel, int]:
 
 def _drop_blocks(student: LoadedModel, config: PruneConfig, loss_fn, example: torch.Tensor,
                  reference: int) -> list[dict]:
-    """Replace `config.drop_blocks` residual blocks by identities, recorded as transforms so the model reloads;
-    only blocks that keep the model within the whole budget (`reference`: the original count) are chosen.
+    """Replace `config.drop_blocks` residual blocks by identities (or those `config.blocks_to_drop` names),
+    recorded as transforms so the model reloads; only blocks that keep the model within the whole budget
+    (`reference`: the original count) are chosen.
 
     Chosen by rank 0 alone: a near tie decided differently elsewhere would give ranks models that
     differ in structure but not in shapes, which DDP cannot notice."""
     main = distributed.is_main()
     # What prune_to_budget accepts at the last cut.
     keep_at_least = least_within_budget(int(round(reference * (1 - config.sparsity))), reference)
-    dropped = distributed.share(drop_blocks(student.module, config.drop_blocks, loss_fn, example, config.ignore,
-                                            keep_at_least, config.target) if main else None)
+    if config.blocks_to_drop:
+        dropped = distributed.share(drop_named_blocks(student.module, config.blocks_to_drop, loss_fn, example,
+                                                      config.ignore, keep_at_least, config.target) if main else None)
+    else:
+        dropped = distributed.share(drop_blocks(student.module, config.drop_blocks, loss_fn, example, config.ignore,
+                                                keep_at_least, config.target) if main else None)
     if not main:
         for row in dropped:
             drop_block(student.module, row["block"])

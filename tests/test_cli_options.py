@@ -91,6 +91,8 @@ def test_print_config_shows_the_recipe_overridden_by_the_command_line_and_checks
     assert (recipe["sparsity"], recipe["steps"], recipe["ignore"], recipe["model"]) == (0.7, 9, ["layer1.0"], "m.th")
     assert "print_config" not in recipe and "recipe" not in recipe
     assert cli("prune", "m.th", "--steps", "0", "--print-config") == (2, ["error: --steps must be at least 1 (got 0)"])
+    assert cli("prune", "m.th", "--drop-blocks", "1", "--drop-block", "layer1.1", "--print-config") == (
+        2, ["error: --drop-block names the blocks that --drop-blocks would choose: give one or the other"])
 
 
 @pytest.mark.parametrize("command", ["prune", "quantize", "compress", "bench"])

@@ -267,9 +267,32 @@ def test_dropping_more_blocks_than_exist_or_than_the_budget_is_refused():
         PruneConfig(mode="unstructured", drop_blocks=1)
 
 
+def test_named_blocks_are_dropped_instead_of_chosen(tmp_path):
+    from compress1img.pruning import BudgetError
+
+    # The layout of an earlier run, or one's own: these blocks go, in this order, and channels remove the rest.
+    config = PruneConfig(sparsity=0.5, blocks_to_drop=("layer3.2", "layer1.1"), reconstruct_patches=0)
+    report = prune(bundled_teacher(), "coffee", config, heal=None, run=QUIET, measure_latency=False).report
+    assert report["dropped_blocks"] == ["layer3.2", "layer1.1"]
+    assert abs(report["params_removed"] - 0.5) <= 0.01
+    with pytest.raises(InputError, match=r"^--drop-block layer2\.0: not a block that can be dropped .*this model's: "
+                                         r"layer1\.0, layer1\.1, layer1\.2, layer2\.1"):
+        prune(bundled_teacher(), "coffee", PruneConfig(blocks_to_drop=("layer1.0", "layer2.0")), heal=None,
+              run=dataclasses.replace(QUIET, out=tmp_path / "run"), measure_latency=False)
+    assert not (tmp_path / "run").exists()  # refused before any work
+    every = ("layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2")
+    with pytest.raises(BudgetError, match=r"^--drop-block: the 7 blocks named take away more params than the budget"):
+        prune(bundled_teacher(), "coffee", PruneConfig(sparsity=0.3, blocks_to_drop=every), heal=None, run=QUIET,
+              measure_latency=False)
+    with pytest.raises(InputError, match="blocks_to_drop names the blocks that drop_blocks would choose"):
+        PruneConfig(drop_blocks=1, blocks_to_drop=("layer1.1",))
+    with pytest.raises(InputError, match="blocks_to_drop names a block more than once: layer1.1"):
+        PruneConfig(blocks_to_drop=("layer1.1", "layer1.1"))
+
+
 def test_blocks_inside_a_dropped_block_are_not_dropped_again():
     from compress1img.models.transforms import apply_transforms
-    from compress1img.pruning import BudgetError, drop_blocks, droppable_blocks
+    from compress1img.pruning import BudgetError, drop_blocks, drop_named_blocks, droppable_blocks
 
     def model():
         def block():
@@ -295,6 +318,9 @@ def test_blocks_inside_a_dropped_block_are_not_dropped_again():
                                                 keep_at_least=total - small)] == ["0.0"]
     with pytest.raises(BudgetError, match="after dropping 1, each block left would take away more params"):
         drop_blocks(model(), 2, parameters_left, example, keep_at_least=total - small)
+    # Named, a block inside another named one would go twice.
+    with pytest.raises(InputError, match=r"^--drop-block 0\.1: it lies inside another block named"):
+        drop_named_blocks(model(), ("0", "0.1"), parameters_left, example)
 
 
 def test_least_squares_repair_recovers_a_layer_that_only_used_the_kept_channels():

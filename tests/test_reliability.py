@@ -172,6 +172,8 @@ CASES = [
          ("cannot write --out {unwritable}/p.npy",), absent=("{unwritable}/p.npy",)),
     option_case("drop_blocks_beyond_the_model", "--drop-blocks", "8",
                 needles=("--drop-blocks 8: this model has only 7 blocks that can be dropped",)),
+    option_case("drop_block_not_a_block", "--drop-block", "layer2.0",
+                needles=("--drop-block layer2.0: not a block that can be dropped",)),
     option_case("reconstruct_patches_negative", "--reconstruct-patches", "-1",
                 needles=("--reconstruct-patches must be a number of patches, 0 (no repair) or more (got -1)",)),
     option_case("lr_scaling_unknown", "--lr-scaling", "cube",

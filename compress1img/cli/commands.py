@@ -20,13 +20,14 @@ from ..quantization import METHODS, QAT_LR, QAT_STEPS, PTQConfig, QATConfig, Qua
 from ..scoring import PREDICTORS
 from ..training import DistillConfig
 from .options import (AllocationOpt, AmpOpt, ArchArgsOpt, ArchOpt, BatchOpt, CalibrationMethodOpt, CalibrationOpt,
-    ChannelsOpt, CheckpointEveryOpt, CompileOpt, DebugOpt, DeviceOpt, DropBlocksOpt, EmaOpt, EvalDataOpt,
-    EvalEveryOpt, FreezeBnOpt, HardestOfOpt, HoldoutOpt, IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt, ImportanceOpt,
-    InputSizeOpt, IterationsOpt, KeepFloatOpt, LatencyBatchesOpt, LatencyThreadsOpt, LrOpt, LrScalingOpt, MatchOpt,
-    MeanOpt, MethodOpt, MixAlphaOpt, MixOpt, ModeOpt, ModelArg, NoHealOpt, OneImageOpt, NprocOpt, OptimizerOpt,
-    OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt, ResumeOpt, RoundToOpt,
-    SeedOpt, SharpnessOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt, QAT_LR_HELP, build, batch_sizes,
-    flag, latency_config, load, packaged_recipes, read_lines, recipe_values, show_config)
+    ChannelsOpt, CheckpointEveryOpt, CompileOpt, DebugOpt, DeviceOpt, DropBlockOpt, DropBlocksOpt, EmaOpt,
+    EvalDataOpt, EvalEveryOpt, FreezeBnOpt, HardestOfOpt, HoldoutOpt, IgnoreOpt, ImageModeOpt, ImageOpt, Int8Opt,
+    ImportanceOpt, InputSizeOpt, IterationsOpt, KeepFloatOpt, LatencyBatchesOpt, LatencyThreadsOpt, LrOpt,
+    LrScalingOpt, MatchOpt, MeanOpt, MethodOpt, MixAlphaOpt, MixOpt, ModeOpt, ModelArg, NoHealOpt, OneImageOpt,
+    NprocOpt, OptimizerOpt, OutOpt, OverwriteOpt, PrintConfigOpt, QatLrOpt, QatStepsOpt, RecipeOpt, ReconstructOpt,
+    ResumeOpt, RoundToOpt, SeedOpt, SharpnessOpt, SparsityOpt, StdOpt, StepsOpt, TargetOpt, TempOpt, TrustOpt,
+    QAT_LR_HELP, build, batch_sizes, flag, latency_config, load, packaged_recipes, read_lines, recipe_values,
+    show_config)
 from ..models.user import parse_args
 from .summaries import print_compress_summary, print_distill_summary
 
@@ -123,7 +124,8 @@ def distill(
 
 
 def _prune_config(params: dict) -> PruneConfig:
-    return build(PruneConfig, params, ignore=tuple(params["ignore"] or ()))
+    return build(PruneConfig, params, {"blocks_to_drop": "--drop-block"}, ignore=tuple(params["ignore"] or ()),
+                 blocks_to_drop=tuple(params["drop_block"] or ()))
 
 
 def _refuse_training_options(params: dict, command) -> None:
@@ -165,6 +167,7 @@ def prune(
     iterations: IterationsOpt = 1,
     ignore: IgnoreOpt = None,
     drop_blocks: DropBlocksOpt = 0,
+    drop_block: DropBlockOpt = None,
     reconstruct_patches: ReconstructOpt = None,
     no_heal: NoHealOpt = False,
     arch: ArchOpt = None,
@@ -283,6 +286,7 @@ def compress_(
     iterations: IterationsOpt = 1,
     ignore: IgnoreOpt = None,
     drop_blocks: DropBlocksOpt = 0,
+    drop_block: DropBlockOpt = None,
     reconstruct_patches: ReconstructOpt = None,
     method: MethodOpt = "qat",
     calibration_size: CalibrationOpt = 512,

@@ -87,7 +87,7 @@ def load_recipe(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
         name = key.replace("-", "_")
         if name not in known or name == "recipe":
             raise InputError(f"recipe {value}: unknown option {key!r} for `{ctx.info_name}`")
-        # A repeatable option (--image, --ignore) may be given one value or a list of them.
+        # A repeatable option (--image, --ignore, --drop-block) may be given one value or a list of them.
         values[name] = [item] if getattr(known[name], "multiple", False) and isinstance(item, str) else item
     ctx.default_map = {**(ctx.default_map or {}), **values}
     return value
@@ -252,6 +252,11 @@ DropBlocksOpt = Annotated[int, typer.Option(
                           "the model's outputs least, among those that keep the model within --sparsity; channel "
                           "pruning removes the rest of --sparsity. Fewer layers "
                           "run faster than narrower ones (see docs/benchmarks.md).")]
+DropBlockOpt = Annotated[Optional[list[str]], typer.Option(
+    "--drop-block", help="Remove this whole residual block (as in model.named_modules(), e.g. layer2.4), repeatable: "
+                         "a layout of your own, or an earlier run's (report.json's dropped_blocks), instead of "
+                         "the blocks --drop-blocks would choose on these patches. Channel pruning removes the rest "
+                         "of --sparsity.")]
 ReconstructOpt = Annotated[Optional[int], typer.Option(
     "--reconstruct-patches", help="After each cut, refit by least squares every layer that lost input channels "
                                   "but kept its outputs, so that it reproduces the original's outputs on N patches "
