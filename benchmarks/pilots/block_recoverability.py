@@ -1,7 +1,7 @@
 """Pilot: which residual blocks to drop, by how well the model recovers without them (PRACTISE's recoverability).
 
-    python benchmarks/pilots/block_recoverability.py [--source animals] [--steps 80] [--batch-size 64] \
-        [--choose 6 12] [--name NAME]
+    python benchmarks/pilots/block_recoverability.py [--source IMAGE] [--steps 40] [--batch-size 64] \
+        [--holdout 256] [--choose 6 12] [--name NAME]
 
 `--drop-blocks N` drops, greedily, the blocks whose removal raises the distillation loss on one batch of patches
 least (pruning.drop_blocks): the damage right after the cut. "Practical Network Acceleration with Tiny Sets"
@@ -71,11 +71,11 @@ def choose(rows: list[dict], key: str, count: int, params: dict[str, int], total
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=str(ANIMALS), help="what `prune --image` takes (default: Animals)")
-    parser.add_argument("--steps", type=int, default=80, help="healing steps per candidate")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=40, help="healing steps per candidate")
+    parser.add_argument("--batch-size", type=int, default=64, help="patches per healing step")
     parser.add_argument("--choose", type=int, nargs="+", default=[6, 12], help="numbers of blocks to choose")
-    parser.add_argument("--holdout", type=int, default=512, help="held-out patches the error is measured on")
-    parser.add_argument("--name", default="animals")
+    parser.add_argument("--holdout", type=int, default=256, help="held-out patches the error is measured on")
+    parser.add_argument("--name", default="animals", help="name of the record in benchmarks/results/recoverability/")
     args = parser.parse_args()
 
     teacher = load_model(R56, "cifar_resnet56")
