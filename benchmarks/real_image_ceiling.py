@@ -857,7 +857,7 @@ def main() -> None:
                       "replace": args.replace and {"start": args.replace, "until": args.replace_until},
                       "crop_scale": args.crop_scale, "jitter": args.jitter, "blend": args.blend,
                       "cutmix_per_image": args.cutmix_per_image, "jpeg": args.jpeg,
-                      "dropped_blocks": [d["block"] for d in report["per_iteration"][0].get("dropped_blocks", [])],
+                      "dropped_blocks": report.get("dropped_blocks", []),
                       "class_weighted": args.class_weighted, "crop_fractions": args.crop_fractions,
                       "mimic": args.mimic, "mimic_layer": args.mimic_layer if args.mimic is not None else None,
                       "adversarial": args.adversarial and {"eps": args.adversarial, "steps": args.adversarial_steps},

@@ -257,12 +257,10 @@ def _drop_blocks(student: LoadedModel, config: PruneConfig, loss_fn, example: to
     main = distributed.is_main()
     # What prune_to_budget accepts at the last cut.
     keep_at_least = least_within_budget(int(round(reference * (1 - config.sparsity))), reference)
-    if config.blocks_to_drop:
-        dropped = distributed.share(drop_named_blocks(student.module, config.blocks_to_drop, loss_fn, example,
-                                                      config.ignore, keep_at_least, config.target) if main else None)
-    else:
-        dropped = distributed.share(drop_blocks(student.module, config.drop_blocks, loss_fn, example, config.ignore,
-                                                keep_at_least, config.target) if main else None)
+    drop, which = (drop_named_blocks, config.blocks_to_drop) if config.blocks_to_drop else \
+        (drop_blocks, config.drop_blocks)
+    dropped = distributed.share(drop(student.module, which, loss_fn, example, config.ignore, keep_at_least,
+                                     config.target) if main else None)
     if not main:
         for row in dropped:
             drop_block(student.module, row["block"])

@@ -15,8 +15,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
-# The files whose tests take longest, longest first (per-file sums of `pytest -n 0 --junitxml`, 2026-12-07: 105 to
-# 220 s each on one thread, beside two other one-thread jobs), are collected first. The two processes take whole files in collection order
+# The files whose tests take longest, longest first (per-file sums of a `pytest -n 0 --junitxml` run; they set an
+# order only), are collected first. The two processes take whole files in collection order
 # (pyproject.toml: --dist loadfile --no-loadscope-reorder), so these start at once and the short files fill in
 # at the end, instead of one process running the last long file while the other waits.
 LONGEST_FILES = ("test_examples.py", "test_cli.py", "test_prune.py", "test_quantize.py", "test_reliability.py",
