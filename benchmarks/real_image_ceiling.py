@@ -309,6 +309,48 @@ class ManyFeatures(LastFeatures):
         return mimic + self.kl_weight * self.kl(student_logits, teacher_logits) if self.kl_weight else mimic
 
 
+class JacobianMatched(LastFeatures):
+    """The last feature map (MiR, as `--mimic 0`) plus Jacobian matching (Srinivas and Fleuret, "Knowledge Transfer
+    with Jacobian Matching", ICML 2018): on the first `share` of every batch, the gradient of the teacher's top
+    class's logit with respect to the input pixels, and the student's gradient of the same logit, each scaled to
+    unit length, should agree; `weight` x their mean squared distance is added. The paper found it worth most when
+    the inputs are few: each input then teaches also how the teacher's answer changes around it. Costs the
+    teacher's backward pass and the student's double backward on that share."""
+
+    def __init__(self, heal: DistillConfig, weight: float, share: float):
+        super().__init__(heal)
+        self.weight, self.share, self.models, self.inputs, self.terms = weight, share, None, None, []
+
+    def on_start(self, teacher, student):
+        super().on_start(teacher, student)
+        self.models = (teacher, student)
+        self.handles.append(student.register_forward_pre_hook(lambda m, i: setattr(self, "inputs", i[0])))
+
+    def loss(self, student_logits, teacher_logits):
+        mimic = super().loss(student_logits, teacher_logits)
+        teacher, student = self.models
+        x = self.inputs[:max(1, round(self.share * len(self.inputs)))].detach()
+        top = teacher_logits[:len(x)].argmax(1, keepdim=True)
+        with torch.enable_grad():
+            xt = x.clone().requires_grad_(True)
+            teacher_gradient, = torch.autograd.grad(teacher(xt).gather(1, top).sum(), xt)
+            # The student's second pass takes batch statistics of this share and leaves the running ones alone.
+            norms = [m for m in student.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+            for m in norms:
+                m.track_running_stats = False
+            try:
+                xs = x.clone().requires_grad_(True)
+                student_gradient, = torch.autograd.grad(student(xs).gather(1, top).sum(), xs, create_graph=True)
+            finally:
+                for m in norms:
+                    m.track_running_stats = True
+        t = teacher_gradient.float().flatten(1)
+        s = student_gradient.float().flatten(1)
+        gap = (s / (s.norm(dim=1, keepdim=True) + 1e-12) - t / (t.norm(dim=1, keepdim=True) + 1e-12)).pow(2).sum(1)
+        self.terms.append((float(mimic), float(gap.mean())))
+        return mimic + self.weight * gap.mean()
+
+
 class Anchored(TrainingHook):
     """Healing held near the weights it starts from (the cut teacher's, learnt on real data): after every
     optimizer step each trainable parameter moves a fraction `pull` of the way back to its starting value, the
@@ -675,6 +717,11 @@ def main() -> None:
                         help="the module whose output is matched, pre:MODULE its input (pre:layer3.8.relu2: the "
                              "map before its last ReLU), or head: the classifier's input (pooled); several "
                              "separated by commas, or blocks: every residual block's output")
+    parser.add_argument("--jacobian", type=float, metavar="WEIGHT",
+                        help="the last feature map plus WEIGHT x the distance between the teacher's and the student's "
+                             "input gradients of the teacher's top class, each of unit length (Jacobian matching)")
+    parser.add_argument("--jacobian-share", type=float, default=0.25,
+                        help="the share of every batch the input gradients are matched on")
     parser.add_argument("--class-weighted", type=float, metavar="POWER",
                         help="weigh each patch's feature-map error by (1 / its teacher class's share) ** POWER")
     parser.add_argument("--anchor", type=float, metavar="PULL",
@@ -776,6 +823,13 @@ def main() -> None:
             ManyFeatures(heal, args.mimic, layers)
         hooks.append(mimic)
         loss_fn = mimic.loss
+    if args.jacobian is not None:
+        if loss_fn is not None:
+            parser.error("--jacobian does not combine with --mimic")
+        name += f"-jacobian{args.jacobian:g}x{args.jacobian_share:g}"
+        jacobian = JacobianMatched(heal, args.jacobian, args.jacobian_share)
+        hooks.append(jacobian)
+        loss_fn = jacobian.loss
     if args.class_weighted is not None:
         if loss_fn is not None:
             parser.error("--class-weighted does not combine with --mimic")
@@ -858,6 +912,11 @@ def main() -> None:
                       "crop_scale": args.crop_scale, "jitter": args.jitter, "blend": args.blend,
                       "cutmix_per_image": args.cutmix_per_image, "jpeg": args.jpeg,
                       "dropped_blocks": report.get("dropped_blocks", []),
+                      "jacobian": args.jacobian and {
+                          "weight": args.jacobian, "share": args.jacobian_share,
+                          # (map error, gradient distance) averaged over the first and the last 50 steps
+                          "terms_first": np.mean(jacobian.terms[:50], axis=0).tolist(),
+                          "terms_last": np.mean(jacobian.terms[-50:], axis=0).tolist()},
                       "class_weighted": args.class_weighted, "crop_fractions": args.crop_fractions,
                       "mimic": args.mimic, "mimic_layer": args.mimic_layer if args.mimic is not None else None,
                       "adversarial": args.adversarial and {"eps": args.adversarial, "steps": args.adversarial_steps},
