@@ -347,7 +347,7 @@ class JacobianMatched(LastFeatures):
         t = teacher_gradient.float().flatten(1)
         s = student_gradient.float().flatten(1)
         gap = (s / (s.norm(dim=1, keepdim=True) + 1e-12) - t / (t.norm(dim=1, keepdim=True) + 1e-12)).pow(2).sum(1)
-        self.terms.append((float(mimic), float(gap.mean())))
+        self.terms.append((mimic.detach().item(), gap.mean().detach().item()))
         return mimic + self.weight * gap.mean()
 
 

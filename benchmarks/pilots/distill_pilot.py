@@ -5,7 +5,10 @@
 
 The settings are the packaged recipe distill-cifar-r56-r20's (NAME=VALUE changes a DistillConfig or RunConfig
 field), on Animals' patches unless `--image` names other images (anything `distill --image` takes, e.g. photos);
-scored on all 10,000 images of cifar10_test_jpeg75.npz. Without options the student learns what
+scored on all 10,000 images of cifar10_test_jpeg75.npz. `--image N` (a number) distils on N unlabeled images of
+the file's even-indexed half used whole (as benchmarks/real_image_ceiling.py's N) and scores the odd-indexed half
+only. The mixing is `distill`'s default, `mix=auto` (for patches the recipe's one CutMix box at Beta(0.25, 0.25);
+for images used whole CutMix per image at Beta(1, 1)): `mix=cutmix mix_alpha=0.25` gives images the one box. Without options the student learns what
 `distill` teaches by default: the ResNet-20 ends in the same 64 x 8 x 8 map as the ResNet-56 (`layer3`'s output)
 and the same classifier shape, so it gets a copy of the teacher's classifier, frozen, and learns to reproduce
 the teacher's last feature map (the mean squared error over the teacher's mean energy, as `--match features`
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from compress1img import DistillConfig, RunConfig, distill, load_eval_data
+from compress1img.augment import mixing_for_source
 from compress1img.evaluate import predict
 from compress1img.losses import kl_loss
 from compress1img.mimicry import FeatureMimicry
@@ -29,7 +33,7 @@ from compress1img.mimicry import FeatureMimicry
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: for paths.py
 from paths import ANIMALS, CIFAR_TEST, R56  # noqa: E402
 from overrides import parse, with_overrides  # noqa: E402
-from real_image_ceiling import exact_sign_test  # noqa: E402
+from real_image_ceiling import exact_sign_test, halves, odd_half_file, source_images  # noqa: E402
 
 RESULTS = Path("benchmarks/results/distill-pilot")
 
@@ -54,8 +58,9 @@ class TeacherHeadMimicry(FeatureMimicry):
 
 
 def compare(a: str, b: str) -> None:
-    labels = np.load(CIFAR_TEST)["labels"]
     pa, pb = (np.load(RESULTS / f"{name}.npy") for name in (a, b))
+    labels = np.load(CIFAR_TEST)["labels"]
+    labels = labels[halves()[1]] if len(pa) == len(labels) // 2 else labels  # runs scored on the odd half
     right_a, right_b = pa == labels, pb == labels
     print(json.dumps({"a": a, "b": b, "top1_a": 100 * right_a.mean(), "top1_b": 100 * right_b.mean(),
                       **exact_sign_test(int((right_a & ~right_b).sum()), int((~right_a & right_b).sum()))}))
@@ -69,34 +74,38 @@ def main() -> None:
     parser.add_argument("--mimic", type=float, metavar="KL_WEIGHT", help="feature mimicry plus KL_WEIGHT x the KL")
     parser.add_argument("--name", help="name of the prediction file (default: from the steps and options)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two earlier runs by name")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # NAME=VALUE settings may follow the options
     if args.compare:
         return compare(*args.compare)
     if args.steps is None:
         parser.error("give STEPS or --compare A B")
     options = parse(args.overrides)
     config = with_overrides(DistillConfig(steps=args.steps, batch_size=128, lr=0.003, weight_decay=0.0, warmup=0.03,
-                                          temperature=8.0, mix="cutmix", mix_alpha=0.25), options)
+                                          temperature=8.0), options)
     run = with_overrides(RunConfig(eval_every=max(args.steps // 4, 1), progress=False), options)
     if options:
         parser.error(f"unknown settings: {', '.join(options)}")
-    name = args.name or f"r20-{args.steps}-{config.match}" + (
+    image, eval_data = source_images(args.image), str(odd_half_file() if args.image.isdigit() else CIFAR_TEST)
+    name = args.name or f"r20-{args.steps}-{config.match}" + (f"-{args.image}" if args.image.isdigit() else "") + (
         f"-mimic{args.mimic:g}" if args.mimic is not None else "") + (f"-seed{run.seed}" if run.seed else "")
     hooks, loss_fn = [], None
     if args.mimic is not None:
         mimic = TeacherHeadMimicry(config, args.mimic)
         hooks, loss_fn = [mimic], mimic.loss
     started = time.time()
-    result = distill(str(R56), "cifar_resnet20", args.image, config, run=run, eval_data=str(CIFAR_TEST),
+    result = distill(str(R56), "cifar_resnet20", image, config, run=run, eval_data=eval_data,
                      arch="cifar_resnet56", loss_fn=loss_fn, hooks=hooks)
-    labelled = load_eval_data(str(CIFAR_TEST))
+    labelled = load_eval_data(eval_data)
     predictions = predict(result.model.module, labelled.images, result.model.mean, result.model.std).argmax(1).numpy()
     RESULTS.mkdir(parents=True, exist_ok=True)
     np.save(RESULTS / f"{name}.npy", predictions)
     report = result.report
+    mixing = mixing_for_source(config, report["image_mode"])  # what "auto" became for these images
     print(json.dumps({"name": name, "image": args.image, "steps": args.steps, "mimic": args.mimic,
                       "options": args.overrides,
-                      "match": report.get("match"), "top1": report.get("student_top1"),
+                      "match": report.get("match"), "image_mode": report.get("image_mode"),
+                      "images_used": report.get("images_used"), "eval_data": eval_data,
+                      **{key: getattr(mixing, key) for key in ("mix", "mix_alpha")}, "top1": report.get("student_top1"),
                       "check_top1": 100 * float((predictions == labelled.labels.numpy()).mean()),
                       "test_agreement": report.get("test_agreement"), "train_seconds": report.get("train_seconds"),
                       "minutes": (time.time() - started) / 60}))
