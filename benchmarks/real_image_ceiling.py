@@ -53,6 +53,9 @@ image's shorter side, the paper's 0.5) before it is shrunk to 45 px: with severa
 drawn at random (one image seen at several zooms).
 `--jpeg LOW,HIGH[,SHARE]` passes SHARE (default all) of each batch through JPEG at a quality drawn per patch in
 [LOW, HIGH] before the loop's augmentation (the test file went through JPEG at quality 75).
+`--jacobian WEIGHT` adds Jacobian matching to the last feature map (`--mimic 0`): on `--jacobian-share` of every batch
+(a quarter by default), WEIGHT x the squared distance between the teacher's and the student's input gradients of
+the teacher's top class's logit, each scaled to unit length (Srinivas and Fleuret, ICML 2018).
 `--class-weighted POWER` weighs each patch's feature-map error by (1 / (C x the share of its teacher class so far))
 ** POWER, at most 10: healing evened out towards the classes the teacher sees least.
 `--drop-list BLOCK[,BLOCK...]` drops these blocks (in this order) instead of the ones `drop_blocks=N` would choose
