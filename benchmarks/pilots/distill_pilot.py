@@ -2,6 +2,7 @@
 
     python benchmarks/pilots/distill_pilot.py STEPS [--image IMAGE] [--mimic KL_WEIGHT] [--name NAME] [NAME=VALUE ...]
     python benchmarks/pilots/distill_pilot.py --compare A B       # paired test of two runs' predictions
+    python benchmarks/pilots/distill_pilot.py --compare A B --against-teacher   # ... of their agreement with the teacher
 
 The settings are the packaged recipe distill-cifar-r56-r20's (NAME=VALUE changes a DistillConfig or RunConfig
 field), on Animals' patches unless `--image` names other images (anything `distill --image` takes, e.g. photos);
@@ -24,11 +25,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from compress1img import DistillConfig, RunConfig, distill, load_eval_data
 from compress1img.augment import mixing_for_source
 from compress1img.evaluate import predict
 from compress1img.losses import kl_loss
 from compress1img.mimicry import FeatureMimicry
+from compress1img.models import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: for paths.py
 from paths import ANIMALS, CIFAR_TEST, R56  # noqa: E402
@@ -57,10 +60,15 @@ class TeacherHeadMimicry(FeatureMimicry):
         return mimic + self.kl_weight * self.kl(student_logits, teacher_logits) if self.kl_weight else mimic
 
 
-def compare(a: str, b: str) -> None:
+def compare(a: str, b: str, against_teacher: bool = False) -> None:
     pa, pb = (np.load(RESULTS / f"{name}.npy") for name in (a, b))
-    labels = np.load(CIFAR_TEST)["labels"]
-    labels = labels[halves()[1]] if len(pa) == len(labels) // 2 else labels  # runs scored on the odd half
+    data = np.load(CIFAR_TEST)
+    scored = halves()[1] if len(pa) == len(data["labels"]) // 2 else slice(None)  # runs scored on the odd half
+    labels = data["labels"][scored]
+    if against_teacher:  # the teacher's answers in place of the labels: which run copies it more faithfully
+        teacher = load_model(R56, "cifar_resnet56")
+        labels = predict(teacher.module, torch.from_numpy(data["images"][scored]), teacher.mean,
+                         teacher.std).argmax(1).numpy()
     right_a, right_b = pa == labels, pb == labels
     print(json.dumps({"a": a, "b": b, "top1_a": 100 * right_a.mean(), "top1_b": 100 * right_b.mean(),
                       **exact_sign_test(int((right_a & ~right_b).sum()), int((~right_a & right_b).sum()))}))
@@ -74,9 +82,11 @@ def main() -> None:
     parser.add_argument("--mimic", type=float, metavar="KL_WEIGHT", help="feature mimicry plus KL_WEIGHT x the KL")
     parser.add_argument("--name", help="name of the prediction file (default: from the steps and options)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two earlier runs by name")
+    parser.add_argument("--against-teacher", action="store_true",
+                        help="with --compare: test agreement with the teacher (its answers in place of the labels)")
     args = parser.parse_intermixed_args()  # NAME=VALUE settings may follow the options
     if args.compare:
-        return compare(*args.compare)
+        return compare(*args.compare, args.against_teacher)
     if args.steps is None:
         parser.error("give STEPS or --compare A B")
     options = parse(args.overrides)
