@@ -2,21 +2,21 @@
 
     python benchmarks/pilots/distill_pilot.py STEPS [--image IMAGE] [--mimic KL_WEIGHT] [--name NAME] [NAME=VALUE ...]
     python benchmarks/pilots/distill_pilot.py --compare A B       # paired test of two runs' predictions
-    python benchmarks/pilots/distill_pilot.py --compare A B --against-teacher   # ... of their agreement with the teacher
+    python benchmarks/pilots/distill_pilot.py --compare A B --against-teacher   # ... of agreement with the teacher
 
 The settings are the packaged recipe distill-cifar-r56-r20's (NAME=VALUE changes a DistillConfig or RunConfig
 field), on Animals' patches unless `--image` names other images (anything `distill --image` takes, e.g. photos);
 scored on all 10,000 images of cifar10_test_jpeg75.npz. `--image N` (a number) distils on N unlabeled images of
 the file's even-indexed half used whole (as benchmarks/real_image_ceiling.py's N) and scores the odd-indexed half
 only. The mixing is `distill`'s default, `mix=auto` (for patches the recipe's one CutMix box at Beta(0.25, 0.25);
-for images used whole CutMix per image at Beta(1, 1)): `mix=cutmix mix_alpha=0.25` gives images the one box. Without options the student learns what
-`distill` teaches by default: the ResNet-20 ends in the same 64 x 8 x 8 map as the ResNet-56 (`layer3`'s output)
-and the same classifier shape, so it gets a copy of the teacher's classifier, frozen, and learns to reproduce
-the teacher's last feature map (the mean squared error over the teacher's mean energy, as `--match features`
-heals a pruned copy); `match=logits` is the paper's KL of the softened outputs. `--mimic W` is the same feature
-mimicry put in through the loop's `loss_fn` and `hooks` (the classifier copied when training starts), plus
-W x the default KL. Each run prints one JSON line and keeps its predictions in
-benchmarks/results/distill-pilot/NAME.npy for `--compare`.
+for images used whole CutMix per image at Beta(1, 1)): `mix=cutmix mix_alpha=0.25` gives images the one box.
+Without options the student learns what `distill` teaches by default: the ResNet-20 ends in the same 64 x 8 x 8
+map as the ResNet-56 (`layer3`'s output) and the same classifier shape, so it gets a copy of the teacher's
+classifier, frozen, and learns to reproduce the teacher's last feature map (the mean squared error over the
+teacher's mean energy, as `--match features` heals a pruned copy); `match=logits` is the paper's KL of the
+softened outputs. `--mimic W` is the same feature mimicry put in through the loop's `loss_fn` and `hooks` (the
+classifier copied when training starts), plus W x the default KL. Each run prints one JSON line and keeps its
+predictions in benchmarks/results/distill-pilot/NAME.npy for `--compare`.
 """
 import argparse
 import json
